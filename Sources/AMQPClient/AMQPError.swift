@@ -1,0 +1,34 @@
+/// Why a broker operation failed. Carries no secrets and no C types.
+public struct AMQPError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: Sendable, Equatable {
+        /// TCP/TLS connect, login or the AMQP handshake failed.
+        case connectionFailed
+        /// An established connection broke (socket error, heartbeat timeout, broker closed it).
+        case connectionLost
+        /// The broker closed the channel (e.g. an exchange or queue that does not match a declaration).
+        case channelClosed
+        /// No connection to the broker right now; nothing was sent.
+        case notConnected
+        /// The broker raised a resource alarm and asked publishers to pause (`connection.blocked`).
+        case blocked
+        /// The broker negatively acknowledged the message (`basic.nack`).
+        case nacked
+        /// No confirm arrived within the configured deadline; the outcome is unknown.
+        case confirmTimeout
+        /// The client is shutting down and accepts no new work.
+        case shutdown
+        /// A protocol-level surprise (an unexpected frame or method).
+        case protocolError
+    }
+
+    public var kind: Kind
+    /// Human-readable detail (reply texts from the broker, rabbitmq-c's error string).
+    public var message: String
+
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+
+    public var description: String { "\(kind): \(message)" }
+}

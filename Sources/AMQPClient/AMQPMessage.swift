@@ -1,0 +1,142 @@
+/// A value in an AMQP header table. Only the kinds TCBridge needs; each maps to one AMQP field type.
+public enum AMQPHeaderValue: Sendable, Hashable {
+    case string(String)
+    case int(Int64)
+    case bool(Bool)
+}
+
+/// The `basic` properties of a message. `nil` fields are not sent.
+public struct AMQPProperties: Sendable, Hashable {
+    public var contentType: String?
+    /// `true` sends delivery-mode 2 (persistent).
+    public var persistent: Bool
+    public var messageID: String?
+    public var type: String?
+    /// Seconds since the Unix epoch.
+    public var timestamp: Int64?
+    public var appID: String?
+    /// Header table, sent in key order.
+    public var headers: [(String, AMQPHeaderValue)]
+
+    public init(
+        contentType: String? = nil,
+        persistent: Bool = true,
+        messageID: String? = nil,
+        type: String? = nil,
+        timestamp: Int64? = nil,
+        appID: String? = nil,
+        headers: [(String, AMQPHeaderValue)] = []
+    ) {
+        self.contentType = contentType
+        self.persistent = persistent
+        self.messageID = messageID
+        self.type = type
+        self.timestamp = timestamp
+        self.appID = appID
+        self.headers = headers
+    }
+
+    public static func == (lhs: AMQPProperties, rhs: AMQPProperties) -> Bool {
+        lhs.contentType == rhs.contentType && lhs.persistent == rhs.persistent && lhs.messageID == rhs.messageID
+            && lhs.type == rhs.type && lhs.timestamp == rhs.timestamp && lhs.appID == rhs.appID
+            && lhs.headers.map(\.0) == rhs.headers.map(\.0) && lhs.headers.map(\.1) == rhs.headers.map(\.1)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(messageID)
+        hasher.combine(type)
+    }
+
+    /// The value of header `name`, if present.
+    public func header(_ name: String) -> AMQPHeaderValue? {
+        headers.first { $0.0 == name }?.1
+    }
+}
+
+/// A message to publish: exchange, routing key, properties and body bytes.
+public struct AMQPOutboundMessage: Sendable {
+    public var exchange: String
+    public var routingKey: String
+    public var properties: AMQPProperties
+    public var body: [UInt8]
+    /// Ask the broker to return the message when no queue is bound for it (`mandatory`).
+    public var mandatory: Bool
+
+    public init(exchange: String, routingKey: String, properties: AMQPProperties, body: [UInt8], mandatory: Bool = false) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.properties = properties
+        self.body = body
+        self.mandatory = mandatory
+    }
+}
+
+/// A message received from the broker.
+public struct AMQPInboundMessage: Sendable {
+    public var exchange: String
+    public var routingKey: String
+    public var properties: AMQPProperties
+    public var body: [UInt8]
+    /// The broker delivered this message before (to this or another consumer).
+    public var redelivered: Bool
+
+    public init(exchange: String, routingKey: String, properties: AMQPProperties, body: [UInt8], redelivered: Bool) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.properties = properties
+        self.body = body
+        self.redelivered = redelivered
+    }
+}
+
+/// An exchange the client declares on every (re)connect.
+public struct AMQPExchangeDeclaration: Sendable, Hashable {
+    public enum Kind: String, Sendable { case direct, fanout, topic, headers }
+    public var name: String
+    public var kind: Kind
+    public var durable: Bool
+    public var arguments: [String: AMQPHeaderValue]
+
+    public init(name: String, kind: Kind = .topic, durable: Bool = true, arguments: [String: AMQPHeaderValue] = [:]) {
+        self.name = name
+        self.kind = kind
+        self.durable = durable
+        self.arguments = arguments
+    }
+}
+
+/// A queue the client declares on every (re)connect, with its bindings.
+public struct AMQPQueueDeclaration: Sendable, Hashable {
+    public struct Binding: Sendable, Hashable {
+        public var exchange: String
+        public var routingKey: String
+        public init(exchange: String, routingKey: String) {
+            self.exchange = exchange
+            self.routingKey = routingKey
+        }
+    }
+
+    public var name: String
+    public var durable: Bool
+    public var exclusive: Bool
+    public var autoDelete: Bool
+    /// `x-` arguments such as `x-queue-type`, `x-dead-letter-exchange`, `x-max-length`.
+    public var arguments: [String: AMQPHeaderValue]
+    public var bindings: [Binding]
+
+    public init(
+        name: String,
+        durable: Bool = true,
+        exclusive: Bool = false,
+        autoDelete: Bool = false,
+        arguments: [String: AMQPHeaderValue] = [:],
+        bindings: [Binding] = []
+    ) {
+        self.name = name
+        self.durable = durable
+        self.exclusive = exclusive
+        self.autoDelete = autoDelete
+        self.arguments = arguments
+        self.bindings = bindings
+    }
+}

@@ -1,0 +1,431 @@
+import CRabbitMQ
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One rabbitmq-c connection with one channel.
+///
+/// Threading: not thread-safe and never shared. It is created, used and destroyed by exactly one
+/// owner thread (see ``ConnectionOwnerThread``); every call may block that thread on the socket.
+/// Errors: every failure is thrown as ``AMQPError``; after `.connectionLost`, `.channelClosed` or
+/// `.protocolError` the connection is unusable and must be discarded.
+final class AMQPConnection {
+    /// Something the broker sent that the owner must act on.
+    enum Event {
+        case ack(deliveryTag: UInt64, multiple: Bool)
+        case nack(deliveryTag: UInt64, multiple: Bool)
+        case returned(replyCode: UInt16, replyText: String, message: AMQPInboundMessage)
+        case delivery(deliveryTag: UInt64, message: AMQPInboundMessage)
+        case blocked(reason: String)
+        case unblocked
+        case consumerCancelled
+    }
+
+    static let channel: amqp_channel_t = 1
+
+    let configuration: AMQPConnectionConfiguration
+    private let state: amqp_connection_state_t
+    private var destroyed = false
+
+    /// Opens the socket, logs in, opens channel 1. Blocks the calling thread up to the configured timeouts.
+    init(configuration: AMQPConnectionConfiguration) throws(AMQPError) {
+        guard let state = amqp_new_connection() else { throw AMQPError(.connectionFailed, "out of memory") }
+        self.configuration = configuration
+        self.state = state
+        do {
+            try open()
+        } catch {
+            destroy()
+            throw error
+        }
+    }
+
+    deinit { destroy() }
+
+    /// The socket's file descriptor, for `poll(2)` by the owner.
+    var fileDescriptor: Int32 { amqp_get_sockfd(state) }
+
+    /// `true` when rabbitmq-c holds unread bytes or decoded frames, so `poll` on the socket would miss them.
+    var hasBufferedInput: Bool { amqp_data_in_buffer(state) != 0 || amqp_frames_enqueued(state) != 0 }
+
+    private func open() throws(AMQPError) {
+        let socket: OpaquePointer?
+        if let tls = configuration.tls {
+            socket = amqp_ssl_socket_new(state)
+            guard let socket else { throw AMQPError(.connectionFailed, "cannot create TLS socket") }
+            if amqp_ssl_socket_set_ssl_versions(socket, AMQP_TLSv1_2, AMQP_TLSvLATEST) != AMQP_STATUS_OK.rawValue {
+                throw AMQPError(.connectionFailed, "cannot require TLS 1.2+")
+            }
+            if let ca = tls.caCertificatePath {
+                let status = amqp_ssl_socket_set_cacert(socket, ca)
+                if status != AMQP_STATUS_OK.rawValue { throw AMQPError(.connectionFailed, "cannot load CA file \(ca): \(errorString(status))") }
+            }
+            if let cert = tls.clientCertificatePath, let key = tls.clientKeyPath {
+                let status = amqp_ssl_socket_set_key(socket, cert, key)
+                if status != AMQP_STATUS_OK.rawValue { throw AMQPError(.connectionFailed, "cannot load client certificate: \(errorString(status))") }
+            }
+            amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
+            amqp_ssl_socket_set_verify_hostname(socket, tls.verifyHostname ? 1 : 0)
+        } else {
+            socket = amqp_tcp_socket_new(state)
+            guard socket != nil else { throw AMQPError(.connectionFailed, "cannot create TCP socket") }
+        }
+        var connectTimeout = timeval(configuration.connectTimeout)
+        let status = amqp_socket_open_noblock(socket, configuration.host, Int32(configuration.port), &connectTimeout)
+        guard status == AMQP_STATUS_OK.rawValue else {
+            throw AMQPError(.connectionFailed, "cannot connect to \(configuration.host):\(configuration.port): \(errorString(status))")
+        }
+        var handshakeTimeout = timeval(configuration.connectTimeout)
+        amqp_set_handshake_timeout(state, &handshakeTimeout)
+        var rpcTimeout = timeval(configuration.rpcTimeout)
+        amqp_set_rpc_timeout(state, &rpcTimeout)
+
+        let heartbeatSeconds = Int32(configuration.heartbeat.components.seconds)
+        let reply = withClientProperties { properties in
+            var properties = properties
+            return tcb_login_plain(
+                state, configuration.virtualHost, 0, Int32(AMQP_DEFAULT_FRAME_SIZE), heartbeatSeconds,
+                &properties, configuration.username, configuration.password)
+        }
+        try check(reply, kind: .connectionFailed, "login to \(configuration.host):\(configuration.port)")
+        amqp_channel_open(state, Self.channel)
+        try check(amqp_get_rpc_reply(state), kind: .connectionFailed, "channel.open")
+    }
+
+    // MARK: Topology and channel modes (synchronous RPCs, bounded by rpcTimeout)
+
+    func declare(_ exchange: AMQPExchangeDeclaration) throws(AMQPError) {
+        let arguments = exchange.arguments.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        FieldTable.with(arguments) { table in
+            withBytes(exchange.name) { name in
+                withBytes(exchange.kind.rawValue) { kind in
+                    _ = amqp_exchange_declare(state, Self.channel, name, kind, 0, exchange.durable ? 1 : 0, 0, 0, table)
+                }
+            }
+        }
+        try check(amqp_get_rpc_reply(state), kind: .channelClosed, "exchange.declare \(exchange.name)")
+    }
+
+    /// Declares the queue and its bindings; returns the number of ready messages.
+    @discardableResult
+    func declare(_ queue: AMQPQueueDeclaration) throws(AMQPError) -> UInt32 {
+        let arguments = queue.arguments.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        let ok = FieldTable.with(arguments) { table in
+            withBytes(queue.name) { name in
+                amqp_queue_declare(
+                    state, Self.channel, name, 0, queue.durable ? 1 : 0, queue.exclusive ? 1 : 0,
+                    queue.autoDelete ? 1 : 0, table)
+            }
+        }
+        try check(amqp_get_rpc_reply(state), kind: .channelClosed, "queue.declare \(queue.name)")
+        let messageCount = ok?.pointee.message_count ?? 0
+        for binding in queue.bindings {
+            withBytes(queue.name) { name in
+                withBytes(binding.exchange) { exchange in
+                    withBytes(binding.routingKey) { key in
+                        _ = amqp_queue_bind(state, Self.channel, name, exchange, key, amqp_table_t(num_entries: 0, entries: nil))
+                    }
+                }
+            }
+            try check(amqp_get_rpc_reply(state), kind: .channelClosed, "queue.bind \(queue.name) to \(binding.exchange)")
+        }
+        return messageCount
+    }
+
+    /// Deletes a queue; returns the number of messages it held.
+    @discardableResult
+    func deleteQueue(_ name: String) throws(AMQPError) -> UInt32 {
+        let ok = withBytes(name) { amqp_queue_delete(state, Self.channel, $0, 0, 0) }
+        try check(amqp_get_rpc_reply(state), kind: .channelClosed, "queue.delete \(name)")
+        return ok?.pointee.message_count ?? 0
+    }
+
+    func enablePublisherConfirms() throws(AMQPError) {
+        amqp_confirm_select(state, Self.channel)
+        try check(amqp_get_rpc_reply(state), kind: .channelClosed, "confirm.select")
+    }
+
+    func setPrefetch(_ count: UInt16) throws(AMQPError) {
+        amqp_basic_qos(state, Self.channel, 0, count, 0)
+        try check(amqp_get_rpc_reply(state), kind: .channelClosed, "basic.qos")
+    }
+
+    func consume(queue: String, consumerTag: String) throws(AMQPError) {
+        withBytes(queue) { queueBytes in
+            withBytes(consumerTag) { tag in
+                _ = amqp_basic_consume(state, Self.channel, queueBytes, tag, 0, 0, 0, amqp_table_t(num_entries: 0, entries: nil))
+            }
+        }
+        try check(amqp_get_rpc_reply(state), kind: .channelClosed, "basic.consume \(queue)")
+    }
+
+    // MARK: Asynchronous methods (no reply)
+
+    /// Sends `basic.publish` with its header and body frames. May block while the socket is full.
+    func publish(_ message: AMQPOutboundMessage) throws(AMQPError) {
+        let status = withProperties(message.properties) { properties in
+            withBytes(message.exchange) { exchange in
+                withBytes(message.routingKey) { routingKey in
+                    message.body.withUnsafeBytes { raw in
+                        let body = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
+                        return withUnsafePointer(to: properties) { props in
+                            amqp_basic_publish(state, Self.channel, exchange, routingKey, message.mandatory ? 1 : 0, 0, props, body)
+                        }
+                    }
+                }
+            }
+        }
+        guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "publish: \(errorString(status))") }
+    }
+
+    func ack(_ deliveryTag: UInt64, multiple: Bool = false) throws(AMQPError) {
+        let status = amqp_basic_ack(state, Self.channel, deliveryTag, multiple ? 1 : 0)
+        guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "ack: \(errorString(status))") }
+    }
+
+    func nack(_ deliveryTag: UInt64, requeue: Bool) throws(AMQPError) {
+        let status = amqp_basic_nack(state, Self.channel, deliveryTag, 0, requeue ? 1 : 0)
+        guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "nack: \(errorString(status))") }
+    }
+
+    // MARK: Reading
+
+    /// Reads the next frame that matters, waiting at most `timeout` (zero: only what is buffered or
+    /// readable now). Returns `nil` on timeout. Services heartbeats as a side effect, so the owner must
+    /// call it regularly even when idle.
+    /// - Throws: `.connectionLost` on socket errors, heartbeat timeout or a broker `connection.close`;
+    ///   `.channelClosed` on a broker `channel.close`.
+    func nextEvent(timeout: Duration) throws(AMQPError) -> Event? {
+        defer { amqp_maybe_release_buffers(state) }
+        while true {
+            var frame = amqp_frame_t()
+            var tv = timeval(timeout)
+            let status = amqp_simple_wait_frame_noblock(state, &frame, &tv)
+            if status == AMQP_STATUS_TIMEOUT.rawValue { return nil }
+            guard status == AMQP_STATUS_OK.rawValue else {
+                throw AMQPError(.connectionLost, errorString(status))
+            }
+            guard frame.frame_type == UInt8(AMQP_FRAME_METHOD) else { continue }  // stray content frames
+            let method = frame.payload.method
+            switch method.id {
+            case AMQP_BASIC_ACK_METHOD:
+                let ack = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
+                return .ack(deliveryTag: ack.delivery_tag, multiple: ack.multiple != 0)
+            case AMQP_BASIC_NACK_METHOD:
+                let nack = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
+                return .nack(deliveryTag: nack.delivery_tag, multiple: nack.multiple != 0)
+            case AMQP_BASIC_RETURN_METHOD:
+                let returned = method.decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
+                let exchange = String(amqpBytes: returned.exchange)
+                let routingKey = String(amqpBytes: returned.routing_key)
+                let replyText = String(amqpBytes: returned.reply_text)
+                let (properties, body) = try readContent(channel: frame.channel)
+                return .returned(
+                    replyCode: returned.reply_code, replyText: replyText,
+                    message: AMQPInboundMessage(
+                        exchange: exchange, routingKey: routingKey, properties: properties, body: body, redelivered: false))
+            case AMQP_BASIC_DELIVER_METHOD:
+                let deliver = method.decoded.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
+                let exchange = String(amqpBytes: deliver.exchange)
+                let routingKey = String(amqpBytes: deliver.routing_key)
+                let (properties, body) = try readContent(channel: frame.channel)
+                return .delivery(
+                    deliveryTag: deliver.delivery_tag,
+                    message: AMQPInboundMessage(
+                        exchange: exchange, routingKey: routingKey, properties: properties, body: body,
+                        redelivered: deliver.redelivered != 0))
+            case AMQP_CONNECTION_BLOCKED_METHOD:
+                let blocked = method.decoded.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee
+                return .blocked(reason: String(amqpBytes: blocked.reason))
+            case AMQP_CONNECTION_UNBLOCKED_METHOD:
+                return .unblocked
+            case AMQP_BASIC_CANCEL_METHOD:
+                return .consumerCancelled
+            case AMQP_CHANNEL_CLOSE_METHOD:
+                let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                let text = String(amqpBytes: close.reply_text)
+                var ok = amqp_channel_close_ok_t()
+                amqp_send_method(state, frame.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+                throw AMQPError(.channelClosed, "broker closed the channel: \(close.reply_code) \(text)")
+            case AMQP_CONNECTION_CLOSE_METHOD:
+                let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                let text = String(amqpBytes: close.reply_text)
+                var ok = amqp_connection_close_ok_t()
+                amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
+                throw AMQPError(.connectionLost, "broker closed the connection: \(close.reply_code) \(text)")
+            default:
+                continue
+            }
+        }
+    }
+
+    /// Reads the header and body frames that follow `basic.deliver` / `basic.return`.
+    private func readContent(channel: amqp_channel_t) throws(AMQPError) -> (AMQPProperties, [UInt8]) {
+        var message = amqp_message_t()
+        let reply = amqp_read_message(state, channel, &message, 0)
+        try check(reply, kind: .connectionLost, "reading message content")
+        defer { amqp_destroy_message(&message) }
+        return (AMQPProperties(message.properties), [UInt8](amqpBytes: message.body))
+    }
+
+    // MARK: Closing
+
+    /// Sends `connection.close` (bounded by rpcTimeout) and releases the handle. Idempotent.
+    func close() {
+        guard !destroyed else { return }
+        _ = amqp_connection_close(state, AMQP_REPLY_SUCCESS)
+        destroy()
+    }
+
+    /// Shuts the socket down from any thread, so a call blocked on it returns with an error.
+    /// The only method that may be called off the owner thread.
+    static func abortSocket(fileDescriptor: Int32) {
+        if fileDescriptor >= 0 { _ = shutdown(fileDescriptor, Int32(SHUT_RDWR)) }
+    }
+
+    private func destroy() {
+        guard !destroyed else { return }
+        destroyed = true
+        amqp_destroy_connection(state)
+    }
+
+    // MARK: Helpers
+
+    private func check(_ reply: amqp_rpc_reply_t, kind: AMQPError.Kind, _ context: String) throws(AMQPError) {
+        switch reply.reply_type {
+        case AMQP_RESPONSE_NORMAL:
+            return
+        case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+            let kind: AMQPError.Kind = kind == .channelClosed ? .connectionLost : kind
+            throw AMQPError(kind, "\(context): \(errorString(reply.library_error))")
+        case AMQP_RESPONSE_SERVER_EXCEPTION:
+            switch reply.reply.id {
+            case AMQP_CONNECTION_CLOSE_METHOD:
+                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                throw AMQPError(
+                    kind == .connectionFailed ? .connectionFailed : .connectionLost,
+                    "\(context): broker closed the connection: \(close.reply_code) \(String(amqpBytes: close.reply_text))")
+            case AMQP_CHANNEL_CLOSE_METHOD:
+                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                throw AMQPError(
+                    kind == .connectionFailed ? .connectionFailed : .channelClosed,
+                    "\(context): broker closed the channel: \(close.reply_code) \(String(amqpBytes: close.reply_text))")
+            default:
+                throw AMQPError(.protocolError, "\(context): unexpected server reply \(reply.reply.id)")
+            }
+        default:
+            throw AMQPError(kind, "\(context): no reply")
+        }
+    }
+
+    private func withClientProperties<R>(_ body: (amqp_table_t) -> R) -> R {
+        var arena = StringArena()
+        defer { arena.free() }
+        let capabilityNames = [
+            "publisher_confirms", "connection.blocked", "consumer_cancel_notify", "authentication_failure_close",
+            "basic.nack",
+        ]
+        var capabilities = capabilityNames.map { name in
+            var value = amqp_field_value_t()
+            value.kind = tcb_kind_boolean()
+            value.value.boolean = 1
+            return amqp_table_entry_t(key: arena.bytes(name), value: value)
+        }
+        return capabilities.withUnsafeMutableBufferPointer { capabilityBuffer in
+            var capabilityValue = amqp_field_value_t()
+            capabilityValue.kind = tcb_kind_table()
+            capabilityValue.value.table = amqp_table_t(num_entries: Int32(capabilityBuffer.count), entries: capabilityBuffer.baseAddress)
+            func string(_ key: String, _ text: String) -> amqp_table_entry_t {
+                var value = amqp_field_value_t()
+                value.kind = tcb_kind_utf8()
+                value.value.bytes = arena.bytes(text)
+                return amqp_table_entry_t(key: arena.bytes(key), value: value)
+            }
+            var entries = [
+                amqp_table_entry_t(key: arena.bytes("capabilities"), value: capabilityValue),
+                string("product", "tc-bridge"),
+                string("connection_name", configuration.connectionName),
+            ]
+            return entries.withUnsafeMutableBufferPointer { buffer in
+                body(amqp_table_t(num_entries: Int32(buffer.count), entries: buffer.baseAddress))
+            }
+        }
+    }
+}
+
+// MARK: - Conversions
+
+private func errorString(_ status: Int32) -> String {
+    String(cString: amqp_error_string2(status))
+}
+
+/// Calls `body` with bytes that stay valid for the whole call (rabbitmq-c copies what it keeps).
+func withBytes<R>(_ text: String, _ body: (amqp_bytes_t) -> R) -> R {
+    var text = text
+    return text.withUTF8 { buffer in
+        body(amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(mutating: buffer.baseAddress)))
+    }
+}
+
+private func withProperties<R>(_ properties: AMQPProperties, _ body: (amqp_basic_properties_t) -> R) -> R {
+    var arena = StringArena()
+    defer { arena.free() }
+    var props = amqp_basic_properties_t()
+    var flags: amqp_flags_t = TCB_FLAG_DELIVERY_MODE
+    props.delivery_mode = properties.persistent ? 2 : 1
+    if let contentType = properties.contentType {
+        flags |= TCB_FLAG_CONTENT_TYPE
+        props.content_type = arena.bytes(contentType)
+    }
+    if let messageID = properties.messageID {
+        flags |= TCB_FLAG_MESSAGE_ID
+        props.message_id = arena.bytes(messageID)
+    }
+    if let type = properties.type {
+        flags |= TCB_FLAG_TYPE
+        props.type = arena.bytes(type)
+    }
+    if let timestamp = properties.timestamp {
+        flags |= TCB_FLAG_TIMESTAMP
+        props.timestamp = UInt64(clamping: timestamp)
+    }
+    if let appID = properties.appID {
+        flags |= TCB_FLAG_APP_ID
+        props.app_id = arena.bytes(appID)
+    }
+    if properties.headers.isEmpty {
+        props._flags = flags
+        return body(props)
+    }
+    props._flags = flags | TCB_FLAG_HEADERS
+    return FieldTable.with(properties.headers) { table in
+        props.headers = table
+        return body(props)
+    }
+}
+
+extension AMQPProperties {
+    /// Copies decoded rabbitmq-c properties into Swift values.
+    init(_ props: amqp_basic_properties_t) {
+        let flags = props._flags
+        self.init(
+            contentType: flags & TCB_FLAG_CONTENT_TYPE != 0 ? String(amqpBytes: props.content_type) : nil,
+            persistent: flags & TCB_FLAG_DELIVERY_MODE != 0 && props.delivery_mode == 2,
+            messageID: flags & TCB_FLAG_MESSAGE_ID != 0 ? String(amqpBytes: props.message_id) : nil,
+            type: flags & TCB_FLAG_TYPE != 0 ? String(amqpBytes: props.type) : nil,
+            timestamp: flags & TCB_FLAG_TIMESTAMP != 0 ? Int64(clamping: props.timestamp) : nil,
+            appID: flags & TCB_FLAG_APP_ID != 0 ? String(amqpBytes: props.app_id) : nil,
+            headers: flags & TCB_FLAG_HEADERS != 0 ? FieldTable.decode(props.headers) : []
+        )
+    }
+}
+
+extension timeval {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self.init(tv_sec: Int(max(seconds, 0)), tv_usec: Int(max(attoseconds, 0) / 1_000_000_000_000))
+    }
+}

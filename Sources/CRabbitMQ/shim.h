@@ -1,0 +1,37 @@
+// Shim over rabbitmq-c 0.11 (Debian 12 librabbitmq-dev, flat header layout).
+// Only what Swift cannot call or express directly lives here.
+#ifndef TCBRIDGE_CRABBITMQ_SHIM_H
+#define TCBRIDGE_CRABBITMQ_SHIM_H
+
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <amqp_tcp_socket.h>
+#include <amqp_ssl_socket.h>
+
+// amqp_login_with_properties is C-variadic, which Swift refuses: a fixed-signature PLAIN login.
+static inline amqp_rpc_reply_t tcb_login_plain(amqp_connection_state_t state, const char *vhost,
+                                               int channel_max, int frame_max, int heartbeat,
+                                               const amqp_table_t *client_properties,
+                                               const char *user, const char *password) {
+    return amqp_login_with_properties(state, vhost, channel_max, frame_max, heartbeat,
+                                      client_properties, AMQP_SASL_METHOD_PLAIN, user, password);
+}
+
+// Property flags typed as amqp_flags_t (the macros import as Int32).
+static const amqp_flags_t TCB_FLAG_CONTENT_TYPE = AMQP_BASIC_CONTENT_TYPE_FLAG;
+static const amqp_flags_t TCB_FLAG_HEADERS = AMQP_BASIC_HEADERS_FLAG;
+static const amqp_flags_t TCB_FLAG_DELIVERY_MODE = AMQP_BASIC_DELIVERY_MODE_FLAG;
+static const amqp_flags_t TCB_FLAG_MESSAGE_ID = AMQP_BASIC_MESSAGE_ID_FLAG;
+static const amqp_flags_t TCB_FLAG_TIMESTAMP = AMQP_BASIC_TIMESTAMP_FLAG;
+static const amqp_flags_t TCB_FLAG_TYPE = AMQP_BASIC_TYPE_FLAG;
+static const amqp_flags_t TCB_FLAG_APP_ID = AMQP_BASIC_APP_ID_FLAG;
+
+// Field-value kinds as plain integers (AMQP_FIELD_KIND_* is an enum of chars).
+static inline uint8_t tcb_kind_utf8(void) { return AMQP_FIELD_KIND_UTF8; }
+static inline uint8_t tcb_kind_bytes(void) { return AMQP_FIELD_KIND_BYTES; }
+static inline uint8_t tcb_kind_i64(void) { return AMQP_FIELD_KIND_I64; }
+static inline uint8_t tcb_kind_i32(void) { return AMQP_FIELD_KIND_I32; }
+static inline uint8_t tcb_kind_boolean(void) { return AMQP_FIELD_KIND_BOOLEAN; }
+static inline uint8_t tcb_kind_table(void) { return AMQP_FIELD_KIND_TABLE; }
+
+#endif
