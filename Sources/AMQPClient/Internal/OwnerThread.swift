@@ -1,0 +1,113 @@
+import CRabbitMQ
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Starts a dedicated OS thread for a connection owner, outside Swift's cooperative pool,
+/// so blocking socket calls never starve async tasks.
+enum OwnerThread {
+    private final class Box {
+        let name: String
+        let body: () -> Void
+        init(name: String, _ body: @escaping () -> Void) {
+            self.name = name
+            self.body = body
+        }
+        func setName() { tcb_set_current_thread_name(String(name.utf8.prefix(15))!) }
+    }
+
+    /// Runs `body` on a new detached thread named `name` (truncated to 15 bytes, the Linux limit).
+    static func spawn(name: String, _ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(name: name, body)).toOpaque()
+        #if canImport(Glibc)
+        var thread = pthread_t()
+        #else
+        var thread: pthread_t?
+        #endif
+        let result = pthread_create(&thread, nil, { raw in
+            #if canImport(Glibc)
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            #else
+            let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
+            #endif
+            box.setName()
+            box.body()
+            return nil
+        }, box)
+        precondition(result == 0, "pthread_create failed: \(result)")
+        #if canImport(Glibc)
+        pthread_detach(thread)
+        #else
+        pthread_detach(thread!)
+        #endif
+    }
+}
+
+/// A self-pipe that wakes an owner thread blocked in `poll(2)`.
+/// `signal()` is safe from any thread; waiting and draining belong to the owner.
+final class Wakeup: Sendable {
+    private let fileDescriptor: Int32
+    private let writeDescriptor: Int32
+
+    init() {
+        var fds: [Int32] = [-1, -1]
+        let result = pipe(&fds)
+        precondition(result == 0, "pipe failed")
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        fileDescriptor = fds[0]
+        writeDescriptor = fds[1]
+    }
+
+    deinit {
+        close(fileDescriptor)
+        close(writeDescriptor)
+    }
+
+    /// Wakes the owner. A full pipe already guarantees a wake-up, so a failed write is harmless.
+    func signal() {
+        var byte: UInt8 = 1
+        _ = write(writeDescriptor, &byte, 1)
+    }
+
+    private func drain() {
+        var buffer = [UInt8](repeating: 0, count: 256)
+        while read(fileDescriptor, &buffer, buffer.count) > 0 {}
+    }
+
+    /// Blocks the owner thread until `socket` is readable, `signal()` was called, or `timeout` passes.
+    /// Pass `socket: -1` to wait on the wake-up alone.
+    func wait(socket: Int32, timeout: Duration) {
+        var fds = [
+            pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: socket, events: Int16(POLLIN), revents: 0),
+        ]
+        let milliseconds = Int32(clamping: max(0, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+        _ = poll(&fds, socket >= 0 ? 2 : 1, milliseconds)
+        if fds[0].revents != 0 { drain() }
+    }
+}
+
+/// Capped exponential backoff with full jitter, for reconnecting.
+public struct AMQPBackoff: Sendable, Equatable {
+    /// First delay (default 100 ms).
+    public var initial: Duration
+    /// Upper bound for any delay (default 5 s).
+    public var maximum: Duration
+
+    public init(initial: Duration = .milliseconds(100), maximum: Duration = .seconds(5)) {
+        self.initial = initial
+        self.maximum = maximum
+    }
+
+    /// The delay before attempt `attempt` (0-based): uniform in [cap/2, cap], cap = min(maximum, initial * 2^attempt).
+    func delay(attempt: Int) -> Duration {
+        let cap = min(maximum, initial * Double(1 << min(attempt, 20)))
+        return cap * Double.random(in: 0.5...1.0)
+    }
+}

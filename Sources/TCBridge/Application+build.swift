@@ -1,0 +1,102 @@
+import AMQPClient
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+import TutorCruncher
+
+/// Builds the receiver's router: `POST /webhook[/...]`, `GET /health`; 405 for other methods on
+/// the webhook paths, 404 elsewhere. Router-level tests use this directly.
+public func buildRouter(
+    configuration: BridgeConfiguration, publisher: any EventPublishing, logger: Logger
+) -> Router<BasicRequestContext> {
+    let router = Router(context: BasicRequestContext.self)
+    let ingest = WebhookIngest(configuration: configuration, publisher: publisher, logger: logger)
+    let signatureHeader = HTTPField.Name("webhook-signature")!
+    let maxBodyBytes = configuration.maxBodyBytes
+
+    @Sendable func receive(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > maxBodyBytes {
+            return jsonResponse(.error(413, "body larger than \(maxBodyBytes) bytes"))
+        }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: maxBodyBytes)
+        } catch is NIOTooManyBytesError {
+            return jsonResponse(.error(413, "body larger than \(maxBodyBytes) bytes"))
+        }
+        let body = Array(buffer.readableBytesView)
+        let result = await ingest.handle(body: body, path: request.uri.path, signature: request.headers[signatureHeader])
+        return jsonResponse(result)
+    }
+
+    @Sendable func methodNotAllowed(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        var response = jsonResponse(.error(405, "method not allowed; use POST"))
+        response.headers[.allow] = "POST"
+        return response
+    }
+
+    for path in ["webhook", "webhook/**"] {
+        router.post(RouterPath(path), use: receive)
+        for method in [HTTPRequest.Method.get, .put, .delete, .patch, .head, .options] {
+            router.on(RouterPath(path), method: method, use: methodNotAllowed)
+        }
+    }
+    router.get("health") { _, _ -> Response in
+        let state = publisher.state
+        var body = JSONObject()
+        let healthy: Bool
+        switch state {
+        case .connected:
+            healthy = true
+            body["broker"] = .string("connected")
+        case .blocked(let reason):
+            healthy = true
+            body["broker"] = .string("blocked")
+            body["reason"] = .string(reason)
+        case .connecting:
+            healthy = false
+            body["broker"] = .string("connecting")
+        case .disconnected:
+            healthy = false
+            body["broker"] = .string("disconnected")
+        case .closed:
+            healthy = false
+            body["broker"] = .string("closed")
+        }
+        body["status"] = .string(healthy ? "ok" : "unavailable")
+        return jsonResponse(IngestResponse(status: healthy ? 200 : 503, body: body))
+    }
+    return router
+}
+
+/// Builds the whole receiver application. `services` (normally the ``AMQPPublisher``) run inside
+/// the application's service group and are shut down after the HTTP server has drained, so
+/// in-flight requests still get their confirms.
+public func buildApplication(
+    configuration: BridgeConfiguration,
+    publisher: any EventPublishing,
+    services: [any Service] = [],
+    logger: Logger,
+    onListening: @escaping @Sendable (_ port: Int) async -> Void = { _ in }
+) -> some ApplicationProtocol {
+    let router = buildRouter(configuration: configuration, publisher: publisher, logger: logger)
+    return Application(
+        router: router,
+        configuration: ApplicationConfiguration(
+            address: .hostname(configuration.host, port: configuration.port),
+            serverName: nil),
+        services: services,
+        onServerRunning: { channel in await onListening(channel.localAddress?.port ?? configuration.port) },
+        logger: logger)
+}
+
+private func jsonResponse(_ result: IngestResponse) -> Response {
+    var bytes = JSONWriter.bytes(.object(result.body))
+    bytes.append(UInt8(ascii: "\n"))
+    return Response(
+        status: HTTPResponse.Status(code: result.status),
+        headers: [.contentType: "application/json"],
+        body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+}

@@ -1,0 +1,81 @@
+import AMQPClient
+import TutorCruncher
+
+/// Names of the AMQP headers the bridge sets. Part of the documented message format.
+public enum BridgeHeader {
+    /// `subject.model` of the event (string), absent when the event has no subject.
+    public static let subjectModel = "tc-subject-model"
+    /// `subject.id` (integer, or string when the sender sends a string).
+    public static let subjectID = "tc-subject-id"
+    /// The event's `branch` (integer), absent when the event has none.
+    public static let branch = "tc-branch"
+    /// ``EventEnvelope/formatVersion`` (integer).
+    public static let envelopeVersion = "tc-envelope-version"
+    /// On `unrecognised` messages: the HTTP request path the body was posted to.
+    public static let requestPath = "tc-request-path"
+    /// On `unrecognised` messages: why the body is not an event batch.
+    public static let unrecognisedReason = "tc-unrecognised-reason"
+}
+
+/// Turns envelopes and unrecognised bodies into AMQP messages. Pure; thread-safe.
+public struct MessageFactory: Sendable {
+    /// Routing key of bodies that are not an event batch.
+    public static let unrecognisedRoutingKey = "unrecognised"
+
+    public var exchange: String
+    public var appID: String
+
+    public init(exchange: String, appID: String) {
+        self.exchange = exchange
+        self.appID = appID
+    }
+
+    public func message(for envelope: EventEnvelope, receivedAt: UTCTimestamp) -> AMQPOutboundMessage {
+        var headers: [(String, AMQPHeaderValue)] = [(BridgeHeader.envelopeVersion, .int(EventEnvelope.formatVersion))]
+        if let model = envelope.subjectModel { headers.append((BridgeHeader.subjectModel, .string(model))) }
+        switch envelope.subjectID {
+        case .number(let literal)?:
+            headers.append((BridgeHeader.subjectID, Int64(literal).map(AMQPHeaderValue.int) ?? .string(literal)))
+        case .string(let text)?:
+            headers.append((BridgeHeader.subjectID, .string(text)))
+        default:
+            break
+        }
+        if let branch = envelope.branch { headers.append((BridgeHeader.branch, .int(branch))) }
+        return AMQPOutboundMessage(
+            exchange: exchange,
+            routingKey: envelope.action,
+            properties: AMQPProperties(
+                contentType: "application/json",
+                persistent: true,
+                messageID: envelope.eventID,
+                type: envelope.action,
+                timestamp: receivedAt.secondsSinceEpoch,
+                appID: appID,
+                headers: headers),
+            body: envelope.body)
+    }
+
+    /// The raw body, unchanged, for routing key `unrecognised`. Its `message_id` is
+    /// `<hex SHA-256 of the body>-raw`, stable across sender retries.
+    public func unrecognisedMessage(
+        body: [UInt8], bodyDigest: String, path: String, reason: String, receivedAt: UTCTimestamp
+    ) -> AMQPOutboundMessage {
+        let isJSON = !reason.hasPrefix("not JSON")
+        return AMQPOutboundMessage(
+            exchange: exchange,
+            routingKey: Self.unrecognisedRoutingKey,
+            properties: AMQPProperties(
+                contentType: isJSON ? "application/json" : "application/octet-stream",
+                persistent: true,
+                messageID: "\(bodyDigest)-raw",
+                type: Self.unrecognisedRoutingKey,
+                timestamp: receivedAt.secondsSinceEpoch,
+                appID: appID,
+                headers: [
+                    (BridgeHeader.requestPath, .string(path)),
+                    (BridgeHeader.unrecognisedReason, .string(String(reason.prefix(200)))),
+                ]),
+            body: body)
+    }
+}

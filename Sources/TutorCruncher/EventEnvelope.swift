@@ -1,0 +1,58 @@
+/// The normalised message body the bridge publishes for one event (envelope format version 1).
+///
+/// It is the event object exactly as received (every key, in order, numbers as written), with
+/// `branch`, `actor`, `subject` and `extra_msg` added as `null` where absent, followed by three
+/// keys the bridge adds: `event_id`, `request_time`, `received_at`. If the sender ever includes
+/// one of those three names itself, the bridge's value replaces it in place.
+public struct EventEnvelope: Sendable, Equatable {
+    /// Bumped on any incompatible change to the body layout; published in the
+    /// `tc-envelope-version` header.
+    public static let formatVersion: Int64 = 1
+
+    /// Keys made explicit (`null`) when the event lacks them.
+    public static let optionalEventKeys = ["branch", "actor", "subject", "extra_msg"]
+
+    /// `<hex SHA-256 of the raw body>-<index of the event in the body>`: the same for a sender
+    /// retry of the same bytes.
+    public let eventID: String
+    public let action: String
+    /// `subject.model`, e.g. `Tutor`, `Credit Request`; `nil` when the event has no subject.
+    public let subjectModel: String?
+    /// `subject.id` when it is an integer or string.
+    public let subjectID: JSONValue?
+    public let branch: Int64?
+    /// The full envelope object.
+    public let object: JSONObject
+
+    /// The envelope serialised compactly as UTF-8 JSON.
+    public var body: [UInt8] { JSONWriter.bytes(.object(object)) }
+
+    public init(event: JSONObject, index: Int, bodyDigest: String, requestTime: JSONValue, receivedAt: UTCTimestamp) {
+        var object = event
+        for key in Self.optionalEventKeys where object[key] == nil {
+            object[key] = .null
+        }
+        let eventID = "\(bodyDigest)-\(index)"
+        object["event_id"] = .string(eventID)
+        object["request_time"] = requestTime
+        object["received_at"] = .string(receivedAt.iso8601)
+        self.eventID = eventID
+        self.action = event["action"]?.stringValue ?? ""
+        let subject = event["subject"]?.objectValue
+        self.subjectModel = subject?["model"]?.stringValue
+        switch subject?["id"] {
+        case .some(.number(let literal)): self.subjectID = .number(literal)
+        case .some(.string(let text)): self.subjectID = .string(text)
+        default: self.subjectID = nil
+        }
+        self.branch = event["branch"]?.int64Value
+        self.object = object
+    }
+
+    /// One envelope per event of `batch`, in order.
+    public static func envelopes(for batch: EventBatch, bodyDigest: String, receivedAt: UTCTimestamp) -> [EventEnvelope] {
+        batch.events.enumerated().map { index, event in
+            EventEnvelope(event: event, index: index, bodyDigest: bodyDigest, requestTime: batch.requestTime, receivedAt: receivedAt)
+        }
+    }
+}
