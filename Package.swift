@@ -101,7 +101,14 @@ let package = Package(
         // Shared test helpers: the private RabbitMQ node, a raw AMQP test consumer, signing.
         .target(
             name: "TestSupport",
-            dependencies: ["AMQPClient", "TutorCruncher", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "AMQPClient",
+                "TutorCruncher",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             path: "Tests/TestSupport",
             swiftSettings: swiftSettings
         ),

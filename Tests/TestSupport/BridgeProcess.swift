@@ -1,0 +1,85 @@
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import NIOCore
+
+/// The real `tc-bridge serve` executable in a child process, for signal and crash tests.
+public final class BridgeProcess: @unchecked Sendable {
+    // @unchecked: `process` is only started in init and then read; Foundation's Process is thread-safe for that.
+    public let process: Process
+    public let port: Int
+    private let output: Pipe
+
+    /// The built executable: next to the test bundle (`swift build` puts both in the bin path).
+    public static var executable: String {
+        if let path = ProcessInfo.processInfo.environment["TCBRIDGE_BIN"] { return path }
+        let binDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        var candidate = binDirectory.appendingPathComponent("tc-bridge").path
+        if !FileManager.default.fileExists(atPath: candidate) {
+            // Running inside the .xctest bundle directory layout.
+            candidate = binDirectory.deletingLastPathComponent().appendingPathComponent("tc-bridge").path
+        }
+        return candidate
+    }
+
+    /// Starts the bridge with `arguments` after `serve` and waits for its "listening" line.
+    public init(node: RabbitMQNode, arguments: [String] = [], environment: [String: String] = [:]) async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.executable)
+        process.arguments = ["serve", "--port", "0"] + arguments
+        var env = ProcessInfo.processInfo.environment
+        env["TC_PRIVATE_KEY"] = Webhooks.testKey
+        env["AMQP_URL"] = node.url
+        env["TC_BRIDGE_LOG_LEVEL"] = "warning"
+        for (key, value) in environment { env[key] = value }
+        process.environment = env
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.standardError
+        try process.run()
+        self.process = process
+        self.output = output
+        var collected = ""
+        var port: Int?
+        let handle = output.fileHandleForReading
+        while port == nil {
+            let data = handle.availableData
+            if data.isEmpty { break }
+            collected += String(decoding: data, as: UTF8.self)
+            if let range = collected.range(of: #"listening on http://[^:]+:(\d+)"#, options: .regularExpression) {
+                let match = collected[range]
+                port = Int(match.split(separator: ":").last!)
+            }
+        }
+        guard let port else { throw ProcessFailure(command: "tc-bridge serve", status: -1, output: collected) }
+        self.port = port
+    }
+
+    public func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
+    /// Waits for the process to exit and returns its exit status.
+    public func waitForExit(timeout: Duration = .seconds(30)) async throws -> Int32 {
+        try await waitUntil(timeout: timeout, "tc-bridge to exit") { !self.process.isRunning }
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning { process.terminate() }
+    }
+}
+
+/// One HTTP request on a fresh connection.
+public func httpRequest(
+    port: Int, method: HTTPRequest.Method = .post, path: String = "/webhook", headers: HTTPFields = [:], body: [UInt8] = []
+) async throws -> (status: Int, body: String) {
+    try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+        let response = try await client.execute(
+            TestClient.Request(path, method: method, headers: headers, body: body.isEmpty ? nil : ByteBuffer(bytes: body)))
+        return (Int(response.status.code), response.body.map { String(buffer: $0) } ?? "")
+    }
+}
+
+/// POSTs a body signed with the test key to `path`.
+public func postSigned(port: Int, body: [UInt8], path: String = "/webhook") async throws -> (status: Int, body: String) {
+    try await httpRequest(port: port, path: path, headers: [HTTPField.Name("webhook-signature")!: Webhooks.sign(body)], body: body)
+}

@@ -1,0 +1,115 @@
+import AMQPClient
+import Foundation
+
+/// A private RabbitMQ node run by `scripts/rabbitmq`, on loopback.
+///
+/// ``shared`` is the suite-wide broker (started by `scripts/test`, or here when missing; never
+/// skipped). Tests that stop, kill or alarm a broker use their own node (``dedicated(name:port:)``)
+/// so they cannot disturb tests running in parallel.
+public struct RabbitMQNode: Sendable {
+    public let name: String
+    public let port: Int
+
+    public var url: String { "amqp://guest:guest@127.0.0.1:\(port)/%2F" }
+    public var connection: AMQPConnectionConfiguration {
+        var configuration = try! AMQPConnectionConfiguration(url: url)
+        configuration.heartbeat = .seconds(5)
+        configuration.connectionName = "tc-bridge-tests"
+        return configuration
+    }
+
+    /// The shared test broker: `TCBRIDGE_TEST_AMQP_PORT` (default 5673), node name `test`.
+    public static let shared: RabbitMQNode = {
+        let port = ProcessInfo.processInfo.environment["TCBRIDGE_TEST_AMQP_PORT"].flatMap(Int.init) ?? 5673
+        let node = RabbitMQNode(name: "test", port: port)
+        try! node.start()
+        return node
+    }()
+
+    /// A node of its own for a disruptive test, started now.
+    public static func dedicated(name: String, port: Int) throws -> RabbitMQNode {
+        let node = RabbitMQNode(name: name, port: port)
+        try node.start()
+        return node
+    }
+
+    public func start() throws { try script("start", "--name", name, "--port", String(port)) }
+    public func stop() throws { try script("stop", "--name", name) }
+    public func kill() throws { try script("kill", "--name", name) }
+    public var isRunning: Bool { (try? script("status", "--name", name)) != nil }
+
+    /// Runs `rabbitmqctl ARGS` against this node and returns its output.
+    @discardableResult
+    public func ctl(_ arguments: String...) throws -> String {
+        try script(["ctl", "--name", name, "--"] + arguments)
+    }
+
+    @discardableResult
+    private func script(_ arguments: String...) throws -> String { try script(arguments) }
+
+    @discardableResult
+    private func script(_ arguments: [String]) throws -> String {
+        try runProcess(Repository.root + "/scripts/rabbitmq", arguments)
+    }
+}
+
+public enum Repository {
+    /// The package root, found from this file's path.
+    public static let root: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    public static func fixture(_ name: String) -> [UInt8] {
+        let path = root + "/Tests/TutorCruncherTests/Fixtures/" + name
+        return Array(FileManager.default.contents(atPath: path)!)
+    }
+}
+
+public struct ProcessFailure: Error, CustomStringConvertible {
+    public var command: String
+    public var status: Int32
+    public var output: String
+    public var description: String { "\(command) exited \(status): \(output)" }
+}
+
+/// Runs a command to completion; throws with its output when it fails.
+@discardableResult
+public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if let environment { process.environment = environment }
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    let output = String(decoding: data, as: UTF8.self)
+    guard process.terminationStatus == 0 else {
+        throw ProcessFailure(
+            command: ([executable] + arguments).joined(separator: " "), status: process.terminationStatus, output: output)
+    }
+    return output
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes. For waiting on a real
+/// condition (a broker state, a queue depth), never in place of one.
+public func waitUntil(
+    timeout: Duration = .seconds(30), _ what: String, _ condition: () async throws -> Bool
+) async throws {
+    let deadline = ContinuousClock.now.advanced(by: timeout)
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    throw TimedOut(what: what, timeout: timeout)
+}
+
+public struct TimedOut: Error, CustomStringConvertible {
+    public var what: String
+    public var timeout: Duration
+    public var description: String { "timed out after \(timeout) waiting for \(what)" }
+}
