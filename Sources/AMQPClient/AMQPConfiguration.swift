@@ -131,10 +131,11 @@ public struct AMQPConnectionConfiguration: Sendable, Equatable, CustomStringConv
             }
         } else if let colon = hostPort.lastIndex(of: ":") {
             host = String(hostPort[..<colon])
-            guard let p = Int(hostPort[hostPort.index(after: colon)...]), (1...65535).contains(p) else {
-                throw .invalidURL("port must be 1-65535")
+            let portText = hostPort[hostPort.index(after: colon)...]
+            if !portText.isEmpty {  // "host:" means the scheme's default port
+                guard let p = Int(portText), (1...65535).contains(p) else { throw .invalidURL("port must be 1-65535") }
+                port = p
             }
-            port = p
         }
         if host.isEmpty { host = "localhost" }
         self.init(host: host, port: port, virtualHost: vhost, username: username, password: password, tls: tls)

@@ -135,6 +135,15 @@ final class AMQPConnection {
         return messageCount
     }
 
+    /// Checks that a queue exists (`passive` declare); returns its ready and consumer counts.
+    func declarePassive(queue: String) throws(AMQPError) -> (messageCount: UInt32, consumerCount: UInt32) {
+        let ok = withBytes(queue) { name in
+            amqp_queue_declare(state, Self.channel, name, 1, 0, 0, 0, amqp_table_t(num_entries: 0, entries: nil))
+        }
+        try check(amqp_get_rpc_reply(state), kind: .channelClosed, "queue.declare (passive) \(queue)")
+        return (ok?.pointee.message_count ?? 0, ok?.pointee.consumer_count ?? 0)
+    }
+
     /// Deletes a queue; returns the number of messages it held.
     @discardableResult
     func deleteQueue(_ name: String) throws(AMQPError) -> UInt32 {

@@ -1,0 +1,177 @@
+import AMQPClient
+import Foundation
+import Logging
+import Testing
+import TestSupport
+
+/// Runs a publisher for the duration of `body`, then stops it and waits for its thread to finish.
+func withPublisher<R>(
+    _ configuration: AMQPPublisherConfiguration, _ body: (AMQPPublisher) async throws -> R
+) async throws -> R {
+    var logger = Logger(label: "test-publisher")
+    logger.logLevel = .error
+    let publisher = AMQPPublisher(configuration: configuration, logger: logger)
+    let runner = Task { try await publisher.run() }
+    do {
+        let result = try await body(publisher)
+        publisher.requestStop()
+        try await runner.value
+        return result
+    } catch {
+        publisher.requestStop()
+        _ = try? await runner.value
+        throw error
+    }
+}
+
+func message(exchange: String, key: String, body: String, id: String? = nil) -> AMQPOutboundMessage {
+    AMQPOutboundMessage(
+        exchange: exchange, routingKey: key,
+        properties: AMQPProperties(
+            contentType: "application/json", messageID: id, type: key, timestamp: 1_700_000_000, appID: "tests",
+            headers: [("tc-branch", .int(590)), ("tc-subject-model", .string("Credit Request")), ("flag", .bool(true))]),
+        body: Array(body.utf8))
+}
+
+@Suite struct AMQPPublisherTests {
+    let node = RabbitMQNode.shared
+
+    func exchangeName() -> String { "test-ex-\(UUID().uuidString.prefix(8))" }
+
+    @Test func publishedMessagesArriveWithTheirProperties() async throws {
+        let exchange = exchangeName()
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange)])) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try await publisher.publish([message(exchange: exchange, key: "A.B", body: #"{"n":1}"#, id: "id-1")])
+        }
+        let received = try await probe.waitForMessages(count: 1)
+        let first = try #require(received.first)
+        #expect(first.routingKey == "A.B")
+        #expect(first.body == Array(#"{"n":1}"#.utf8))
+        #expect(first.properties.contentType == "application/json")
+        #expect(first.properties.persistent)
+        #expect(first.properties.messageID == "id-1")
+        #expect(first.properties.type == "A.B")
+        #expect(first.properties.timestamp == 1_700_000_000)
+        #expect(first.properties.appID == "tests")
+        #expect(first.properties.header("tc-branch") == .int(590))
+        #expect(first.properties.header("tc-subject-model") == .string("Credit Request"))
+        #expect(first.properties.header("flag") == .bool(true))
+    }
+
+    @Test func concurrentPublishersShareTheChannelAndAllAreConfirmed() async throws {
+        let exchange = exchangeName()
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        let tasks = 40, perTask = 25
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange)])) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for task in 0..<tasks {
+                    group.addTask {
+                        let batch = (0..<perTask).map { message(exchange: exchange, key: "K", body: "\(task)-\($0)") }
+                        try await publisher.publish(batch)
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        let received = try await probe.waitForMessages(count: tasks * perTask)
+        #expect(Set(received.map { String(decoding: $0.body, as: UTF8.self) }).count == tasks * perTask)
+    }
+
+    @Test func emptyPublishSucceedsAtOnce() async throws {
+        try await withPublisher(.init(connection: node.connection)) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try await publisher.publish([])
+        }
+    }
+
+    @Test func unreachableBrokerFailsFastWithNotConnected() async throws {
+        var connection = node.connection
+        connection.port = 1  // nothing listens there
+        try await withPublisher(.init(connection: connection, reconnectBackoff: .init(initial: .milliseconds(10), maximum: .milliseconds(50)))) { publisher in
+            try await waitUntil("publisher to report the failure") {
+                if case .disconnected = publisher.state { return true }
+                return false
+            }
+            let error = await #expect(throws: AMQPError.self) {
+                try await publisher.publish([message(exchange: "", key: "k", body: "x")])
+            }
+            #expect(error?.kind == .notConnected)
+        }
+    }
+
+    @Test func brokerNackFailsOnlyThatPublish() async throws {
+        // A queue that refuses messages beyond its length makes the broker nack them.
+        let exchange = exchangeName()
+        let queue = "full-\(UUID().uuidString.prefix(8))"
+        let probe = try await QueueProbe(exchange: exchange, bindingKeys: ["ok"])
+        defer { Task { await probe.stop() } }
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange)])) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try await AMQPAdmin(connection: node.connection).declare(queues: [
+                AMQPQueueDeclaration(
+                    name: queue, arguments: ["x-max-length": .int(0), "x-overflow": .string("reject-publish"), "x-expires": .int(60_000)],
+                    bindings: [.init(exchange: exchange, routingKey: "full")])
+            ])
+            let error = await #expect(throws: AMQPError.self) {
+                try await publisher.publish([message(exchange: exchange, key: "full", body: "refused")])
+            }
+            #expect(error?.kind == .nacked)
+            // The channel is still healthy: the next publish is confirmed.
+            try await publisher.publish([message(exchange: exchange, key: "ok", body: "accepted")])
+        }
+        #expect(try await probe.waitForMessages(count: 1).first?.body == Array("accepted".utf8))
+    }
+
+    @Test func channelErrorFailsOutstandingConfirmsAndThePublisherRecovers() async throws {
+        let exchange = exchangeName()
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        try await withPublisher(
+            .init(connection: node.connection, exchanges: [.init(name: exchange)], reconnectBackoff: .init(initial: .milliseconds(10), maximum: .milliseconds(100)))
+        ) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            // Publishing to an exchange that does not exist makes the broker close the channel.
+            let error = await #expect(throws: AMQPError.self) {
+                try await publisher.publish([message(exchange: "no-such-exchange-\(UUID())", key: "k", body: "x")])
+            }
+            #expect(error?.kind == .channelClosed)
+            try await waitUntil("publisher reconnected") { publisher.state == .connected }
+            try await publisher.publish([message(exchange: exchange, key: "after", body: "recovered")])
+        }
+        #expect(try await probe.waitForMessages(count: 1).first?.routingKey == "after")
+    }
+
+    @Test func publishAfterShutdownIsRefused() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .error
+        let publisher = AMQPPublisher(configuration: .init(connection: node.connection), logger: logger)
+        let runner = Task { try await publisher.run() }
+        try await waitUntil("publisher connected") { publisher.state == .connected }
+        publisher.requestStop()
+        try await runner.value
+        #expect(publisher.state == .closed)
+        let error = await #expect(throws: AMQPError.self) { try await publisher.publish([message(exchange: "", key: "k", body: "x")]) }
+        #expect(error?.kind == .shutdown)
+    }
+
+    @Test func idleConnectionStaysUpThroughHeartbeats() async throws {
+        var connection = node.connection
+        connection.heartbeat = .seconds(1)
+        let exchange = exchangeName()
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        try await withPublisher(.init(connection: connection, exchanges: [.init(name: exchange)])) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            // Idle for several heartbeat intervals: the broker closes connections that miss two.
+            try await Task.sleep(for: .seconds(4))
+            #expect(publisher.state == .connected)
+            try await publisher.publish([message(exchange: exchange, key: "alive", body: "x")])
+        }
+        try await probe.waitForMessages(count: 1)
+    }
+}
