@@ -1,0 +1,65 @@
+import Foundation
+import TestSupport
+import Testing
+import TutorCruncher
+
+/// The `tc-bridge` executable's argument and environment handling.
+@Suite struct CommandLineTests {
+    func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
+        var env = ProcessInfo.processInfo.environment
+        for key in ["TC_PRIVATE_KEY", "TC_PRIVATE_KEY_FILE", "AMQP_URL"] { env.removeValue(forKey: key) }
+        for (key, value) in environment { env[key] = value }
+        do {
+            return (0, try runProcess(BridgeProcess.executable, arguments, environment: env))
+        } catch let failure as ProcessFailure {
+            return (failure.status, failure.output)
+        }
+    }
+
+    func temporaryFile(_ contents: [UInt8]) throws -> String {
+        let path = NSTemporaryDirectory() + "tcbridge-\(UUID().uuidString)"
+        FileManager.default.createFile(atPath: path, contents: Data(contents))
+        return path
+    }
+
+    @Test func serveRefusesToStartWithoutAKey() throws {
+        let result = try run(["serve", "--port", "0"])
+        #expect(result.status != 0)
+        #expect(result.output.contains("no private API key configured"))
+        #expect(result.output.contains("TC_PRIVATE_KEY"))
+    }
+
+    @Test func serveRejectsABadAMQPURLWithoutEchoingThePassword() throws {
+        let result = try run(["serve", "--port", "0"], environment: ["TC_PRIVATE_KEY": "k", "AMQP_URL": "amqp://u:hunter2@host:notaport/"])
+        #expect(result.status != 0)
+        #expect(result.output.contains("invalid AMQP URL"))
+        #expect(!result.output.contains("hunter2"))
+    }
+
+    @Test func serveRejectsAnUnreadableKeyFile() throws {
+        let result = try run(["serve", "--private-key-file", "/nonexistent/key"])
+        #expect(result.status != 0)
+        #expect(result.output.contains("cannot read private key file /nonexistent/key"))
+    }
+
+    @Test func signPrintsTheSignatureFromTheEnvironmentKey() throws {
+        let body = Webhooks.body(actions: ["LOGIN"])
+        let file = try temporaryFile(body)
+        let result = try run(["sign", file], environment: ["TC_PRIVATE_KEY": Webhooks.testKey])
+        #expect(result.status == 0)
+        #expect(result.output == Webhooks.sign(body) + "\n")
+    }
+
+    @Test func signReadsTheFirstKeyOfAKeyFile() throws {
+        let body = Array("{}".utf8)
+        let keyFile = try temporaryFile(Array("  new-key  \nold-key\n".utf8))
+        let result = try run(["sign", "--private-key-file", keyFile, try temporaryFile(body)])
+        #expect(result.output == WebhookVerifier.signature(for: body, key: WebhookSigningKey("new-key")) + "\n")
+    }
+
+    @Test func signWithoutKeyFails() throws {
+        let result = try run(["sign", try temporaryFile([1, 2, 3])])
+        #expect(result.status != 0)
+        #expect(result.output.contains("no private API key configured"))
+    }
+}
