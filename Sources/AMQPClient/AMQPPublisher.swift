@@ -213,9 +213,7 @@ private final class PublisherLoop: @unchecked Sendable {
     private unowned(unsafe) let publisher: AMQPPublisher
     private let clock = ContinuousClock()
 
-    private var outstanding: [UInt64: PendingBatch] = [:]
-    private var lowestUnconfirmedTag: UInt64 = 1
-    private var nextTag: UInt64 = 1
+    private var ledger = ConfirmLedger<PendingBatch>()
     private var inFlight: Deque<PendingBatch> = []
     private var stopDeadline: ContinuousClock.Instant?
 
@@ -235,7 +233,6 @@ private final class PublisherLoop: @unchecked Sendable {
                 break
             }
             fail(queued, AMQPError(.notConnected, "connecting to the broker"))
-            publisher.setState(attempt == 0 ? .connecting : publisher.state)
             let connection: AMQPConnection
             do {
                 connection = try AMQPConnection(configuration: configuration.connection)
@@ -299,8 +296,7 @@ private final class PublisherLoop: @unchecked Sendable {
                     } catch {
                         return .lost(error)
                     }
-                    outstanding[nextTag] = batch
-                    nextTag += 1
+                    ledger.register(batch)
                 }
             }
 
@@ -308,10 +304,10 @@ private final class PublisherLoop: @unchecked Sendable {
                 while let event = try connection.nextEvent(timeout: .zero) {
                     switch event {
                     case .ack(let tag, let multiple):
-                        settle(upTo: tag, multiple: multiple) { $0.confirmOne() }
+                        for batch in ledger.settle(upTo: tag, multiple: multiple) { batch.confirmOne() }
                     case .nack(let tag, let multiple):
-                        settle(upTo: tag, multiple: multiple) {
-                            $0.settle(.failure(AMQPError(.nacked, "broker rejected the message (basic.nack)")))
+                        for batch in ledger.settle(upTo: tag, multiple: multiple) {
+                            batch.settle(.failure(AMQPError(.nacked, "broker rejected the message (basic.nack)")))
                         }
                     case .returned(let code, let text, let message):
                         logger.debug("message returned", metadata: ["code": "\(code)", "reason": "\(text)", "routing_key": "\(message.routingKey)"])
@@ -351,26 +347,9 @@ private final class PublisherLoop: @unchecked Sendable {
         }
     }
 
-    /// Applies `action` to the batch of `tag`, or of every outstanding tag up to `tag` when `multiple`.
-    private func settle(upTo tag: UInt64, multiple: Bool, _ action: (PendingBatch) -> Void) {
-        if multiple {
-            var current = lowestUnconfirmedTag
-            while current <= tag {
-                if let batch = outstanding.removeValue(forKey: current) { action(batch) }
-                current += 1
-            }
-            lowestUnconfirmedTag = max(lowestUnconfirmedTag, tag + 1)
-        } else if let batch = outstanding.removeValue(forKey: tag) {
-            action(batch)
-        }
-        while lowestUnconfirmedTag < nextTag, outstanding[lowestUnconfirmedTag] == nil { lowestUnconfirmedTag += 1 }
-    }
-
     private func resetTags() {
-        outstanding.removeAll()
+        _ = ledger.reset()
         inFlight.removeAll()
-        lowestUnconfirmedTag = 1
-        nextTag = 1
     }
 
     private func failOutstanding(_ error: AMQPError) {

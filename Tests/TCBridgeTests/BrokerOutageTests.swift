@@ -44,7 +44,8 @@ import Testing
 
 /// The real executable under signals.
 @Suite struct GracefulShutdownTests {
-    @Test func sigtermWithRequestsInFlightLosesNoneAndExitsZero() async throws {
+    @Test(arguments: [SIGTERM, SIGINT])
+    func signalWithRequestsInFlightLosesNoneAndExitsZero(signal: Int32) async throws {
         let exchange = "sigterm-\(UUID().uuidString.prefix(8))"
         let probe = try await QueueProbe(exchange: exchange)
         defer { Task { await probe.stop() } }
@@ -72,7 +73,7 @@ import Testing
             }
             group.addTask {
                 try await waitUntil("some requests answered") { outcome.okCount >= 100 }
-                bridge.signal(SIGTERM)
+                bridge.signal(signal)
                 outcome.markSignalSent()
             }
             try await group.waitForAll()
@@ -84,7 +85,7 @@ import Testing
         let delivered = try await probe.waitForMessages(count: accepted.count)
         let deliveredIDs = Set(delivered.compactMap(\.properties.messageID))
         #expect(accepted.isSubset(of: deliveredIDs), "lost \(accepted.subtracting(deliveredIDs).count) of \(accepted.count)")
-        print("sigterm: sent \(outcome.sentCount), 2xx \(accepted.count) (\(outcome.okAfterSignal) after SIGTERM), delivered \(deliveredIDs.count)")
+        print("signal \(signal): sent \(outcome.sentCount), 2xx \(accepted.count) (\(outcome.okAfterSignal) after the signal), delivered \(deliveredIDs.count)")
     }
 }
 

@@ -18,7 +18,7 @@ import TutorCruncher
 
     func temporaryFile(_ contents: [UInt8]) throws -> String {
         let path = NSTemporaryDirectory() + "tcbridge-\(UUID().uuidString)"
-        FileManager.default.createFile(atPath: path, contents: Data(contents))
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(contents)))
         return path
     }
 

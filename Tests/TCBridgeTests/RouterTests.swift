@@ -156,6 +156,18 @@ import TutorCruncher
         #expect(publisher.published.isEmpty)
     }
 
+    @Test func largeBodiesUpToTheLimitAreAccepted() async throws {
+        // TutorCruncher documents no size limit and subjects embed whole arrays: well past
+        // Hummingbird's 2 MiB default upload size.
+        let filler = String(repeating: "x", count: 3 * 1024 * 1024)
+        let body = Array(#"{"events": [{"action": "BIG", "subject": {"model": "Tutor", "id": 1, "bio": "\#(filler)"}}]}"#.utf8)
+        try await app(maxBodyBytes: 16 * 1024 * 1024).test(.live) { client in
+            let response = try await client.execute(uri: "/webhook", method: .post, headers: signedHeaders(body), body: ByteBuffer(bytes: body))
+            #expect(response.status == .ok)
+        }
+        #expect(publisher.published.first?.body.count ?? 0 > 3 * 1024 * 1024)
+    }
+
     @Test func healthFollowsThePublisherState() async throws {
         try await app().test(.router) { client in
             let up = try await client.execute(uri: "/health", method: .get)
