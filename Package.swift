@@ -11,6 +11,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "tc-bridge", targets: ["tc-bridge"]),
+        .executable(name: "tc-consume", targets: ["tc-consume"]),
+        .library(name: "TutorCruncherConsumer", targets: ["TutorCruncherConsumer"]),
+        .library(name: "TutorCruncherEvents", targets: ["TutorCruncherEvents"]),
         .library(name: "TutorCruncher", targets: ["TutorCruncher"]),
         .library(name: "AMQPClient", targets: ["AMQPClient"]),
     ],
@@ -51,6 +54,35 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Typed, decoded events for consumers: Decodable views over the envelope, lossless JSON decoding.
+        .target(
+            name: "TutorCruncherEvents",
+            dependencies: ["TutorCruncher"],
+            swiftSettings: swiftSettings
+        ),
+        // The consumer library downstream services import: subscribe to actions, get typed events.
+        // Depends on neither Hummingbird nor the receiver.
+        .target(
+            name: "TutorCruncherConsumer",
+            dependencies: [
+                "AMQPClient",
+                "TutorCruncher",
+                "TutorCruncherEvents",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "tc-consume",
+            dependencies: [
+                "TutorCruncherConsumer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The HTTP receiver: Hummingbird routes that verify, normalise and publish.
         .target(
             name: "TCBridge",
@@ -82,6 +114,16 @@ let package = Package(
             name: "TutorCruncherTests",
             dependencies: ["TutorCruncher"],
             resources: [.copy("Fixtures")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TutorCruncherEventsTests",
+            dependencies: ["TutorCruncherEvents", "TestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TutorCruncherConsumerTests",
+            dependencies: ["TutorCruncherConsumer", "TCBridge", "TestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
