@@ -234,6 +234,7 @@ private final class ConsumerLoop: @unchecked Sendable {
     private var nextPublishTag: UInt64 = 1
     private var stopDeadline: ContinuousClock.Instant?
     private var cancelled = false
+    private let consumerTag = "tc-consumer-\(UInt64.random(in: 0...UInt64.max))"
 
     init(configuration: AMQPConsumerConfiguration, logger: Logger, consumer: AMQPConsumer) {
         self.configuration = configuration
@@ -255,7 +256,7 @@ private final class ConsumerLoop: @unchecked Sendable {
                 for queue in configuration.queues { try connection.declare(queue) }
                 try connection.enablePublisherConfirms()
                 try connection.setPrefetch(configuration.prefetch)
-                try connection.consume(queue: configuration.queue, consumerTag: "")
+                try connection.consume(queue: configuration.queue, consumerTag: consumerTag)
             } catch {
                 consumer.setState(.disconnected(reason: error.message))
                 let delay = configuration.reconnectBackoff.delay(attempt: attempt)
@@ -299,9 +300,10 @@ private final class ConsumerLoop: @unchecked Sendable {
                 if stopRequested, !cancelled {
                     cancelled = true
                     stopDeadline = clock.now.advanced(by: configuration.shutdownTimeout)
-                    // Closing the channel's subscription: no new deliveries; those already sent but not
-                    // handed out are requeued when the connection closes.
+                    // No new deliveries; any already on the wire are not handed out and are requeued
+                    // by the broker when the connection closes.
                     consumer.finishDeliveries()
+                    try connection.cancel(consumerTag: consumerTag)
                 }
                 while let event = try connection.nextEvent(timeout: .zero) {
                     switch event {

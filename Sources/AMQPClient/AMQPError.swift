@@ -24,10 +24,13 @@ public struct AMQPError: Error, Sendable, Equatable, CustomStringConvertible {
     public var kind: Kind
     /// Human-readable detail (reply texts from the broker, rabbitmq-c's error string).
     public var message: String
+    /// The broker's reply code when it closed the channel or connection (e.g. 404, 406), else `nil`.
+    public var replyCode: UInt16?
 
-    public init(_ kind: Kind, _ message: String) {
+    public init(_ kind: Kind, _ message: String, replyCode: UInt16? = nil) {
         self.kind = kind
         self.message = message
+        self.replyCode = replyCode
     }
 
     public var description: String { "\(kind): \(message)" }

@@ -92,16 +92,30 @@ public struct AMQPInboundMessage: Sendable {
 /// An exchange the client declares on every (re)connect.
 public struct AMQPExchangeDeclaration: Sendable, Hashable {
     public enum Kind: String, Sendable { case direct, fanout, topic, headers }
+
+    /// How the client asserts the exchange on connect.
+    public enum Mode: Sendable, Hashable {
+        /// `exchange.declare` with these properties; the broker refuses a mismatch with an existing one.
+        case declare
+        /// Use the exchange as it exists (whatever its arguments); create it with these properties
+        /// only when it is missing. For clients that do not own the exchange, such as consumers.
+        case declareIfMissing
+    }
+
     public var name: String
     public var kind: Kind
     public var durable: Bool
     public var arguments: [String: AMQPHeaderValue]
+    public var mode: Mode
 
-    public init(name: String, kind: Kind = .topic, durable: Bool = true, arguments: [String: AMQPHeaderValue] = [:]) {
+    public init(
+        name: String, kind: Kind = .topic, durable: Bool = true, arguments: [String: AMQPHeaderValue] = [:], mode: Mode = .declare
+    ) {
         self.name = name
         self.kind = kind
         self.durable = durable
         self.arguments = arguments
+        self.mode = mode
     }
 }
 

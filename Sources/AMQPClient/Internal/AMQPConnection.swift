@@ -98,6 +98,21 @@ final class AMQPConnection {
     // MARK: Topology and channel modes (synchronous RPCs, bounded by rpcTimeout)
 
     func declare(_ exchange: AMQPExchangeDeclaration) throws(AMQPError) {
+        if exchange.mode == .declareIfMissing {
+            withBytes(exchange.name) { name in
+                withBytes(exchange.kind.rawValue) { kind in
+                    _ = amqp_exchange_declare(state, Self.channel, name, kind, 1, 0, 0, 0, amqp_table_t(num_entries: 0, entries: nil))
+                }
+            }
+            do {
+                try check(amqp_get_rpc_reply(state), kind: .channelClosed, "exchange.declare (passive) \(exchange.name)")
+                return
+            } catch where error.replyCode == 404 {
+                // NOT_FOUND closed the channel: reopen it and create the exchange.
+                amqp_channel_open(state, Self.channel)
+                try check(amqp_get_rpc_reply(state), kind: .connectionLost, "channel.open")
+            }
+        }
         let arguments = exchange.arguments.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         FieldTable.with(arguments) { table in
             withBytes(exchange.name) { name in
@@ -160,6 +175,12 @@ final class AMQPConnection {
     func setPrefetch(_ count: UInt16) throws(AMQPError) {
         amqp_basic_qos(state, Self.channel, 0, count, 0)
         try check(amqp_get_rpc_reply(state), kind: .channelClosed, "basic.qos")
+    }
+
+    /// Cancels a subscription (`basic.cancel`); deliveries already sent may still arrive before the reply.
+    func cancel(consumerTag: String) throws(AMQPError) {
+        withBytes(consumerTag) { tag in _ = amqp_basic_cancel(state, Self.channel, tag) }
+        try check(amqp_get_rpc_reply(state), kind: .channelClosed, "basic.cancel")
     }
 
     func consume(queue: String, consumerTag: String) throws(AMQPError) {
@@ -258,13 +279,13 @@ final class AMQPConnection {
                 let text = String(amqpBytes: close.reply_text)
                 var ok = amqp_channel_close_ok_t()
                 amqp_send_method(state, frame.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
-                throw AMQPError(.channelClosed, "broker closed the channel: \(close.reply_code) \(text)")
+                throw AMQPError(.channelClosed, "broker closed the channel: \(close.reply_code) \(text)", replyCode: close.reply_code)
             case AMQP_CONNECTION_CLOSE_METHOD:
                 let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
                 let text = String(amqpBytes: close.reply_text)
                 var ok = amqp_connection_close_ok_t()
                 amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
-                throw AMQPError(.connectionLost, "broker closed the connection: \(close.reply_code) \(text)")
+                throw AMQPError(.connectionLost, "broker closed the connection: \(close.reply_code) \(text)", replyCode: close.reply_code)
             default:
                 continue
             }
@@ -316,12 +337,16 @@ final class AMQPConnection {
                 let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
                 throw AMQPError(
                     kind == .connectionFailed ? .connectionFailed : .connectionLost,
-                    "\(context): broker closed the connection: \(close.reply_code) \(String(amqpBytes: close.reply_text))")
+                    "\(context): broker closed the connection: \(close.reply_code) \(String(amqpBytes: close.reply_text))",
+                    replyCode: close.reply_code)
             case AMQP_CHANNEL_CLOSE_METHOD:
                 let close = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                let text = String(amqpBytes: close.reply_text)
+                var ok = amqp_channel_close_ok_t()
+                amqp_send_method(state, Self.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
                 throw AMQPError(
                     kind == .connectionFailed ? .connectionFailed : .channelClosed,
-                    "\(context): broker closed the channel: \(close.reply_code) \(String(amqpBytes: close.reply_text))")
+                    "\(context): broker closed the channel: \(close.reply_code) \(text)", replyCode: close.reply_code)
             default:
                 throw AMQPError(.protocolError, "\(context): unexpected server reply \(reply.reply.id)")
             }

@@ -1,0 +1,167 @@
+import AMQPClient
+import Logging
+import ServiceLifecycle
+import TutorCruncher
+import TutorCruncherEvents
+
+/// Subscribes a service's queue to TutorCruncher actions and hands out typed events.
+///
+/// Declares (idempotently, on every connect) the queue, its bindings and its dead-letter queue;
+/// reconnects with backoff after a broker restart and carries on. Undecodable messages never reach
+/// you: they go straight to the dead-letter queue with the reason in `tc-error`.
+///
+/// Use ``deliveries`` and settle each ``TutorCruncherDelivery`` yourself, or give a handler to
+/// ``TutorCruncherEventProcessor``. Run the consumer as a `Service` (e.g. in a `ServiceGroup`):
+/// on graceful shutdown it stops taking new deliveries, waits for those in flight to be settled
+/// (up to `shutdownTimeout`) and closes. Delivery is at least once: see ``TutorCruncherDelivery``.
+public final class TutorCruncherConsumer: Service, Sendable {
+    public let configuration: TutorCruncherConsumerConfiguration
+    let amqp: AMQPConsumer
+    let logger: Logger
+    let duplicateFilter: DuplicateFilter?
+
+    public init(configuration: TutorCruncherConsumerConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        self.amqp = AMQPConsumer(configuration: configuration.amqpConfiguration, logger: logger)
+        self.duplicateFilter = configuration.duplicateFilterCapacity.map(DuplicateFilter.init(capacity:))
+    }
+
+    /// Runs the broker connection until graceful shutdown or cancellation.
+    public func run() async throws {
+        try await amqp.run()
+    }
+
+    /// Decoded events in arrival order, across reconnects; finishes when the consumer stops.
+    /// Iterate from one task; settle each delivery (concurrently if you like).
+    public var deliveries: TutorCruncherDeliveries { TutorCruncherDeliveries(consumer: self) }
+
+    /// `true` while connected to the broker with the subscription active.
+    public var isConnected: Bool { amqp.state == .connected }
+
+    /// Handles one raw delivery: returns it typed, or disposes of it (duplicate, undecodable) and returns `nil`.
+    func prepare(_ delivery: AMQPDelivery) async -> TutorCruncherDelivery? {
+        let event: TutorCruncherEvent
+        do {
+            event = try TutorCruncherEvent(envelope: delivery.message.body)
+        } catch {
+            logger.error(
+                "undecodable message; dead-lettering",
+                metadata: ["routing_key": "\(delivery.message.routingKey)", "error": "\(error)"])
+            await deadLetter(delivery, reason: "undecodable: \(error)")
+            return nil
+        }
+        if let duplicateFilter, duplicateFilter.contains(event.eventID) {
+            logger.debug("duplicate event acknowledged without handling", metadata: ["event_id": "\(event.eventID)"])
+            try? await delivery.ack()
+            return nil
+        }
+        return TutorCruncherDelivery(event: event, delivery: delivery, consumer: self)
+    }
+
+    /// Publishes a copy of the message to the dead-letter queue with the error, then acknowledges it.
+    /// If that cannot be confirmed the delivery stays unacknowledged and is redelivered: never lost.
+    func deadLetter(_ delivery: AMQPDelivery, reason: String) async {
+        var headers = delivery.message.properties.headers.filter {
+            ![ConsumerHeader.error, ConsumerHeader.originalQueue, ConsumerHeader.originalRoutingKey].contains($0.0)
+        }
+        headers.append((ConsumerHeader.error, .string(String(reason.prefix(1000)))))
+        headers.append((ConsumerHeader.originalQueue, .string(configuration.queue)))
+        headers.append((ConsumerHeader.originalRoutingKey, .string(originalRoutingKey(of: delivery.message))))
+        var properties = delivery.message.properties
+        properties.headers = headers
+        properties.persistent = true
+        let copy = AMQPOutboundMessage(exchange: "", routingKey: configuration.deadLetterQueue, properties: properties, body: delivery.message.body)
+        do {
+            try await delivery.republishThenAck(copy)
+        } catch {
+            logger.warning("could not dead-letter; the message will be redelivered", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Re-queues a copy at the back of the queue with the attempt count raised, then acknowledges.
+    func requeueForRetry(_ delivery: AMQPDelivery, attempt: Int) async throws(AMQPError) {
+        var properties = delivery.message.properties
+        properties.headers = properties.headers.filter { $0.0 != ConsumerHeader.attempt && $0.0 != ConsumerHeader.originalRoutingKey }
+        properties.headers.append((ConsumerHeader.attempt, .int(Int64(attempt + 1))))
+        properties.headers.append((ConsumerHeader.originalRoutingKey, .string(originalRoutingKey(of: delivery.message))))
+        properties.persistent = true
+        let copy = AMQPOutboundMessage(exchange: "", routingKey: configuration.queue, properties: properties, body: delivery.message.body)
+        try await delivery.republishThenAck(copy)
+    }
+
+    private func originalRoutingKey(of message: AMQPInboundMessage) -> String {
+        if case .string(let key)? = message.properties.header(ConsumerHeader.originalRoutingKey) { return key }
+        return message.routingKey
+    }
+}
+
+/// The typed events of a ``TutorCruncherConsumer``.
+public struct TutorCruncherDeliveries: AsyncSequence, Sendable {
+    public typealias Element = TutorCruncherDelivery
+    let consumer: TutorCruncherConsumer
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: AsyncStream<AMQPDelivery>.AsyncIterator
+        let consumer: TutorCruncherConsumer
+
+        public mutating func next() async -> TutorCruncherDelivery? {
+            while let delivery = await base.next() {
+                if let prepared = await consumer.prepare(delivery) { return prepared }
+            }
+            return nil
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: consumer.amqp.deliveries.makeAsyncIterator(), consumer: consumer)
+    }
+}
+
+/// One event to handle. Settle it exactly once: ``ack()``, ``retry(after:)``, ``nack(requeue:)``
+/// or ``reject(reason:)``.
+///
+/// At-least-once: the same event can arrive again (after a broker restart, a lost acknowledgement,
+/// or a TutorCruncher retry of the same webhook); ``redelivered`` and the stable
+/// ``TutorCruncherEvent/eventID`` let handlers stay idempotent.
+public struct TutorCruncherDelivery: Sendable {
+    public let event: TutorCruncherEvent
+    let delivery: AMQPDelivery
+    let consumer: TutorCruncherConsumer
+
+    /// The broker delivered this message before and it was not acknowledged.
+    public var redelivered: Bool { delivery.message.redelivered }
+
+    /// Which attempt this is (1 for the first delivery; raised by ``retry(after:)``).
+    public var attempt: Int {
+        if case .int(let value)? = delivery.message.properties.header(ConsumerHeader.attempt), value >= 1 { return Int(value) }
+        return 1
+    }
+
+    /// Done: the broker forgets the event.
+    public func ack() async throws(AMQPError) {
+        try await delivery.ack()
+        consumer.duplicateFilter?.insert(event.eventID)
+    }
+
+    /// Try again later: re-queued at the back of the queue, until the retry policy's `maxAttempts`
+    /// is used up; then dead-lettered with `error` in the `tc-error` header.
+    public func retry(after error: any Error) async throws(AMQPError) {
+        if attempt >= consumer.configuration.retryPolicy.maxAttempts {
+            await consumer.deadLetter(delivery, reason: "failed \(attempt) times; last error: \(error)")
+        } else {
+            try await consumer.requeueForRetry(delivery, attempt: attempt)
+        }
+    }
+
+    /// Plain `basic.nack`: back into the queue as is (`requeue`), or to the dead-letter queue by the
+    /// broker (without an error header) when `requeue` is false.
+    public func nack(requeue: Bool) async throws(AMQPError) {
+        try await delivery.nack(requeue: requeue)
+    }
+
+    /// Straight to the dead-letter queue with `reason` in the `tc-error` header.
+    public func reject(reason: String) async {
+        await consumer.deadLetter(delivery, reason: reason)
+    }
+}

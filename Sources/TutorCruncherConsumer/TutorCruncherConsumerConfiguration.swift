@@ -1,0 +1,115 @@
+import AMQPClient
+import TutorCruncher
+
+/// How a service subscribes to TutorCruncher events. Every field has a documented default except
+/// the queue name, which identifies the service: two services with different queues each get their
+/// own copy of every event; instances of one service sharing a queue share the work.
+public struct TutorCruncherConsumerConfiguration: Sendable {
+    /// The queue's kind. Quorum queues are replicated (RabbitMQ clusters); classic is the default.
+    public enum QueueType: String, Sendable {
+        case classic
+        case quorum
+    }
+
+    /// What happens when handling fails.
+    public struct RetryPolicy: Sendable, Equatable {
+        /// Handler attempts per event, the first included (default 3). After the last failure the
+        /// event goes to the dead-letter queue with the error in the `tc-error` header.
+        public var maxAttempts: Int
+
+        public init(maxAttempts: Int = 3) {
+            precondition(maxAttempts >= 1, "maxAttempts must be at least 1")
+            self.maxAttempts = maxAttempts
+        }
+    }
+
+    /// Broker connection (default `amqp://guest:guest@127.0.0.1:5672/%2F`).
+    public var connection: AMQPConnectionConfiguration
+    /// The bridge's topic exchange (default `tutorcruncher`). Created if missing; never redeclared
+    /// with different arguments.
+    public var exchange: String
+    /// The service's durable queue.
+    public var queue: String
+    /// Actions to bind; empty (the default) binds every action (`#`). Bindings are only ever added:
+    /// removing an action here does not unbind it from an existing queue.
+    public var actions: [TutorCruncherAction]
+    /// Most events in flight (unacknowledged) at once; also the handler concurrency (default 20).
+    public var prefetch: UInt16
+    /// Classic (default) or quorum; applies to the queue and its dead-letter queue.
+    public var queueType: QueueType
+    /// Where failed and undecodable events go (default `<queue>.dead-letter`).
+    public var deadLetterQueue: String
+    public var retryPolicy: RetryPolicy
+    /// Opt-in: remember this many recently handled `eventID`s and acknowledge repeats without
+    /// handing them out again (default `nil`: off). In memory, per process: a best effort on top of,
+    /// not instead of, idempotent handling.
+    public var duplicateFilterCapacity: Int?
+    /// Delay between reconnect attempts after the broker goes away.
+    public var reconnectBackoff: AMQPBackoff
+    /// On graceful shutdown, how long in-flight events may take to finish (default 30 s); what is
+    /// still unacknowledged then is redelivered later.
+    public var shutdownTimeout: Duration
+
+    public init(
+        connection: AMQPConnectionConfiguration = AMQPConnectionConfiguration(),
+        exchange: String = "tutorcruncher",
+        queue: String,
+        actions: [TutorCruncherAction] = [],
+        prefetch: UInt16 = 20,
+        queueType: QueueType = .classic,
+        deadLetterQueue: String? = nil,
+        retryPolicy: RetryPolicy = RetryPolicy(),
+        duplicateFilterCapacity: Int? = nil,
+        reconnectBackoff: AMQPBackoff = AMQPBackoff(),
+        shutdownTimeout: Duration = .seconds(30)
+    ) {
+        precondition(prefetch > 0, "prefetch must be positive")
+        self.connection = connection
+        self.exchange = exchange
+        self.queue = queue
+        self.actions = actions
+        self.prefetch = prefetch
+        self.queueType = queueType
+        self.deadLetterQueue = deadLetterQueue ?? "\(queue).dead-letter"
+        self.retryPolicy = retryPolicy
+        self.duplicateFilterCapacity = duplicateFilterCapacity
+        self.reconnectBackoff = reconnectBackoff
+        self.shutdownTimeout = shutdownTimeout
+    }
+
+    /// The same, with the connection from an AMQP URL (`amqp://` or `amqps://`).
+    public init(
+        url: String,
+        exchange: String = "tutorcruncher",
+        queue: String,
+        actions: [TutorCruncherAction] = [],
+        prefetch: UInt16 = 20
+    ) throws(AMQPConfigurationError) {
+        var connection = try AMQPConnectionConfiguration(url: url)
+        connection.connectionName = "tc-consumer \(queue)"
+        self.init(connection: connection, exchange: exchange, queue: queue, actions: actions, prefetch: prefetch)
+    }
+
+    /// The queues, bindings and exchange this configuration declares.
+    var amqpConfiguration: AMQPConsumerConfiguration {
+        let typeArgument: [String: AMQPHeaderValue] = ["x-queue-type": .string(queueType.rawValue)]
+        let keys = actions.isEmpty ? ["#"] : actions.map(\.rawValue)
+        return AMQPConsumerConfiguration(
+            connection: connection,
+            exchanges: [AMQPExchangeDeclaration(name: exchange, kind: .topic, durable: true, mode: .declareIfMissing)],
+            queues: [
+                AMQPQueueDeclaration(name: deadLetterQueue, durable: true, arguments: typeArgument),
+                AMQPQueueDeclaration(
+                    name: queue, durable: true,
+                    arguments: typeArgument.merging([
+                        "x-dead-letter-exchange": .string(""),
+                        "x-dead-letter-routing-key": .string(deadLetterQueue),
+                    ]) { $1 },
+                    bindings: keys.map { AMQPQueueDeclaration.Binding(exchange: exchange, routingKey: $0) }),
+            ],
+            queue: queue,
+            prefetch: prefetch,
+            reconnectBackoff: reconnectBackoff,
+            shutdownTimeout: shutdownTimeout)
+    }
+}
