@@ -125,7 +125,11 @@ let package = Package(
         ),
         .testTarget(
             name: "TutorCruncherConsumerTests",
-            dependencies: ["TutorCruncherConsumer", "TCBridge", "TestSupport"],
+            dependencies: [
+                "TutorCruncherConsumer", "TestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -149,7 +153,9 @@ let package = Package(
             dependencies: [
                 "AMQPClient",
                 "TutorCruncher",
+                "TCBridge",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),

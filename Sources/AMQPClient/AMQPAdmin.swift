@@ -24,6 +24,13 @@ public struct AMQPAdmin: Sendable {
         }
     }
 
+    /// The number of consumers subscribed to an existing queue.
+    public func consumerCount(queue: String) async throws(AMQPError) -> Int {
+        try await perform { (connection: AMQPConnection) throws(AMQPError) -> Int in
+            Int(try connection.declarePassive(queue: queue).consumerCount)
+        }
+    }
+
     /// Deletes a queue; returns how many messages it held.
     @discardableResult
     public func deleteQueue(_ name: String) async throws(AMQPError) -> Int {

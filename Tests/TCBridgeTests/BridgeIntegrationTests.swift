@@ -10,28 +10,6 @@ import TestSupport
 import Testing
 import TutorCruncher
 
-/// Runs the real receiver (real AMQPPublisher, real broker) and gives `body` its port.
-func withLiveBridge(
-    node: RabbitMQNode = .shared, exchange: String, maxBodyBytes: Int = 1 << 20,
-    _ body: @escaping @Sendable (_ port: Int, _ publisher: AMQPPublisher) async throws -> Void
-) async throws {
-    var logger = Logger(label: "bridge-under-test")
-    logger.logLevel = .error
-    let publisher = AMQPPublisher(
-        configuration: AMQPPublisherConfiguration(
-            connection: node.connection,
-            exchanges: [AMQPExchangeDeclaration(name: exchange)],
-            reconnectBackoff: AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(500))),
-        logger: logger)
-    let app = buildApplication(
-        configuration: BridgeConfiguration(port: 0, exchange: exchange, maxBodyBytes: maxBodyBytes, verifier: Webhooks.verifier),
-        publisher: publisher, services: [publisher], logger: logger)
-    try await app.test(.live) { client in
-        try await waitUntil("bridge connected to the broker") { publisher.state == .connected }
-        try await body(try #require(client.port), publisher)
-    }
-}
-
 /// End to end against the shared broker: what is POSTed is exactly what arrives.
 @Suite struct BridgeIntegrationTests {
     func exchangeName() -> String { "it-\(UUID().uuidString.prefix(8))" }

@@ -15,24 +15,36 @@ public final class QueueProbe: Sendable {
     private let task: Task<Void, Never>
 
     /// Declares `queue` (unique per test by default) bound to `exchange` with `bindingKeys`, and starts consuming.
-    public init(
+    public convenience init(
         node: RabbitMQNode = .shared,
         exchange: String,
         bindingKeys: [String] = ["#"],
         queue: String = "probe-\(UUID().uuidString.prefix(8))"
     ) async throws {
+        try await self.init(
+            node: node, queue: queue,
+            exchanges: [AMQPExchangeDeclaration(name: exchange, kind: .topic, durable: true)],
+            queues: [
+                AMQPQueueDeclaration(
+                    name: queue, durable: true, arguments: ["x-expires": .int(600_000)],
+                    bindings: bindingKeys.map { .init(exchange: exchange, routingKey: $0) })
+            ])
+    }
+
+    /// Consumes a queue that already exists (e.g. a dead-letter queue), declaring nothing.
+    public convenience init(node: RabbitMQNode = .shared, existingQueue queue: String) async throws {
+        try await self.init(node: node, queue: queue, exchanges: [], queues: [])
+    }
+
+    private init(node: RabbitMQNode, queue: String, exchanges: [AMQPExchangeDeclaration], queues: [AMQPQueueDeclaration]) async throws {
         self.queue = queue
         var logger = Logger(label: "probe")
         logger.logLevel = .warning
         consumer = AMQPConsumer(
             configuration: AMQPConsumerConfiguration(
                 connection: node.connection,
-                exchanges: [AMQPExchangeDeclaration(name: exchange, kind: .topic, durable: true)],
-                queues: [
-                    AMQPQueueDeclaration(
-                        name: queue, durable: true, arguments: ["x-expires": .int(600_000)],
-                        bindings: bindingKeys.map { .init(exchange: exchange, routingKey: $0) })
-                ],
+                exchanges: exchanges,
+                queues: queues,
                 queue: queue,
                 prefetch: 500,
                 reconnectBackoff: AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(500)),

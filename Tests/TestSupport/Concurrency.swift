@@ -1,0 +1,47 @@
+import Synchronization
+
+/// A gate tasks wait at until it is opened. Thread-safe.
+public final class Gate: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    public init() {}
+
+    public func wait() async {
+        await withCheckedContinuation { continuation in
+            let proceed = state.withLock { state in
+                if state.open { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if proceed { continuation.resume() }
+        }
+    }
+
+    public func open() {
+        let waiters = state.withLock { state in
+            state.open = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+/// A thread-safe list, for recording what concurrent handlers saw.
+public final class Recorder<Element: Sendable>: Sendable {
+    private let storage = Mutex<[Element]>([])
+    public init() {}
+    public func append(_ element: Element) { storage.withLock { $0.append(element) } }
+    public var all: [Element] { storage.withLock { $0 } }
+    public var count: Int { storage.withLock { $0.count } }
+}
+
+/// Counts concurrent activity and remembers the highest level seen.
+public final class ConcurrencyMeter: Sendable {
+    private let state = Mutex<(current: Int, peak: Int)>((0, 0))
+    public init() {}
+    public func enter() { state.withLock { $0.current += 1; $0.peak = max($0.peak, $0.current) } }
+    public func leave() { state.withLock { $0.current -= 1 } }
+    public var current: Int { state.withLock { $0.current } }
+    public var peak: Int { state.withLock { $0.peak } }
+}

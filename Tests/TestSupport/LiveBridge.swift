@@ -1,0 +1,72 @@
+import AMQPClient
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import TCBridge
+import TutorCruncher
+
+/// Runs the real receiver (real AMQPPublisher, real broker) and gives `body` its port.
+public func withLiveBridge(
+    node: RabbitMQNode = .shared, exchange: String, maxBodyBytes: Int = 1 << 20,
+    _ body: @escaping @Sendable (_ port: Int, _ publisher: AMQPPublisher) async throws -> Void
+) async throws {
+    var logger = Logger(label: "bridge-under-test")
+    logger.logLevel = .error
+    let publisher = AMQPPublisher(
+        configuration: AMQPPublisherConfiguration(
+            connection: node.connection,
+            exchanges: [AMQPExchangeDeclaration(name: exchange)],
+            reconnectBackoff: AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(500))),
+        logger: logger)
+    let app = buildApplication(
+        configuration: BridgeConfiguration(port: 0, exchange: exchange, maxBodyBytes: maxBodyBytes, verifier: Webhooks.verifier),
+        publisher: publisher, services: [publisher], logger: logger)
+    try await app.test(.live) { client in
+        try await waitUntil("bridge connected to the broker") { publisher.state == .connected }
+        guard let port = client.port else { throw TimedOut(what: "live test server port", timeout: .zero) }
+        try await body(port, publisher)
+    }
+}
+
+
+/// Publishes webhook bodies the way the bridge does (same envelopes, same message properties),
+/// straight through an AMQPPublisher; returns the envelopes. For consumer tests that need many events fast.
+public func publishWebhookBodies(node: RabbitMQNode = .shared, exchange: String, bodies: [[UInt8]]) async throws -> [EventEnvelope] {
+    var logger = Logger(label: "test-publisher")
+    logger.logLevel = .error
+    let publisher = AMQPPublisher(
+        configuration: AMQPPublisherConfiguration(connection: node.connection, exchanges: [AMQPExchangeDeclaration(name: exchange)]),
+        logger: logger)
+    let runner = Task { try await publisher.run() }
+    defer { publisher.requestStop() }
+    try await waitUntil("test publisher connected") { publisher.state == .connected }
+    let factory = MessageFactory(exchange: exchange, appID: "tests")
+    var envelopes: [EventEnvelope] = []
+    var messages: [AMQPOutboundMessage] = []
+    let now = UTCTimestamp.now()
+    for body in bodies {
+        guard case .events(let batch) = WebhookPayload.parse(body) else { continue }
+        for envelope in EventEnvelope.envelopes(for: batch, bodyDigest: sha256Hex(body), receivedAt: now) {
+            envelopes.append(envelope)
+            messages.append(factory.message(for: envelope, receivedAt: now))
+        }
+    }
+    try await publisher.publish(messages)
+    publisher.requestStop()
+    try await runner.value
+    return envelopes
+}
+
+/// Publishes raw bytes with a routing key (for undecodable-message tests).
+public func publishRaw(node: RabbitMQNode = .shared, exchange: String, routingKey: String, body: [UInt8]) async throws {
+    var logger = Logger(label: "test-publisher")
+    logger.logLevel = .error
+    let publisher = AMQPPublisher(
+        configuration: AMQPPublisherConfiguration(connection: node.connection, exchanges: [AMQPExchangeDeclaration(name: exchange)]),
+        logger: logger)
+    let runner = Task { try await publisher.run() }
+    try await waitUntil("test publisher connected") { publisher.state == .connected }
+    try await publisher.publish([AMQPOutboundMessage(exchange: exchange, routingKey: routingKey, properties: AMQPProperties(), body: body)])
+    publisher.requestStop()
+    try await runner.value
+}

@@ -1,0 +1,48 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import TestSupport
+import TutorCruncherConsumer
+
+/// Runs `services` in a ServiceGroup while `body` runs, then shuts them down gracefully and waits.
+func withServices<R: Sendable>(_ services: [any Service], _ body: () async throws -> R) async throws -> R {
+    var logger = Logger(label: "services")
+    logger.logLevel = .error
+    let group = ServiceGroup(configuration: .init(services: services, logger: logger))
+    let runner = Task { try await group.run() }
+    do {
+        let result = try await body()
+        await group.triggerGracefulShutdown()
+        try await runner.value
+        return result
+    } catch {
+        await group.triggerGracefulShutdown()
+        _ = try? await runner.value
+        throw error
+    }
+}
+
+func consumerConfiguration(
+    node: RabbitMQNode = .shared, exchange: String, queue: String = "svc-\(UUID().uuidString.prefix(8))",
+    actions: [TutorCruncherAction] = [], prefetch: UInt16 = 20
+) -> TutorCruncherConsumerConfiguration {
+    var connection = node.connection
+    connection.connectionName = "consumer-tests"
+    return TutorCruncherConsumerConfiguration(
+        connection: connection, exchange: exchange, queue: queue, actions: actions, prefetch: prefetch,
+        reconnectBackoff: AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(500)),
+        shutdownTimeout: .seconds(20))
+}
+
+var quietLogger: Logger {
+    var logger = Logger(label: "consumer-under-test")
+    logger.logLevel = .critical
+    return logger
+}
+
+func uniqueExchange() -> String { "cons-\(UUID().uuidString.prefix(8))" }
+
+struct HandlerFailure: Error, CustomStringConvertible {
+    let attempt: Int
+    var description: String { "billing system said no (attempt \(attempt))" }
+}
