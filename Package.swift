@@ -85,6 +85,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The README's minimal consumer service, compiled so it cannot rot.
+        .executableTarget(
+            name: "example-billing-service",
+            dependencies: [
+                "TutorCruncherConsumer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+            // Deliberately without this package's strict settings: it shows what a user writes.
+        ),
         // The HTTP receiver: Hummingbird routes that verify, normalise and publish.
         .target(
             name: "TCBridge",
