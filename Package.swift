@@ -46,6 +46,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A crash-safe on-disk queue of opaque records with group-committed fsync.
+        .target(
+            name: "DurableSpool",
+            dependencies: [
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // TutorCruncher webhook domain: signatures, payload parsing, the normalised envelope. No I/O.
         .target(
             name: "TutorCruncher",
@@ -100,6 +109,7 @@ let package = Package(
             name: "TCBridge",
             dependencies: [
                 "AMQPClient",
+                "DurableSpool",
                 "TutorCruncher",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -140,6 +150,11 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "DurableSpoolTests",
+            dependencies: ["DurableSpool", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
