@@ -124,6 +124,7 @@ let package = Package(
             name: "tc-bridge",
             dependencies: [
                 "TCBridge",
+                "DurableSpool",
                 "TutorCruncher",
                 "AMQPClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -100,6 +100,9 @@ public struct AMQPExchangeDeclaration: Sendable, Hashable {
         /// Use the exchange as it exists (whatever its arguments); create it with these properties
         /// only when it is missing. For clients that do not own the exchange, such as consumers.
         case declareIfMissing
+        /// `exchange.declare`; if an exchange of that name exists with other properties, log it and use
+        /// it as it is rather than fail (an older deployment's exchange, say).
+        case declareOrUseExisting
     }
 
     public var name: String

@@ -8,6 +8,9 @@ public struct AMQPPublisherConfiguration: Sendable {
     public var connection: AMQPConnectionConfiguration
     /// Exchanges declared (idempotently) on every connect, before anything is published.
     public var exchanges: [AMQPExchangeDeclaration]
+    /// Queues (with bindings) declared on every connect after the exchanges, e.g. the queue behind an
+    /// alternate exchange.
+    public var queues: [AMQPQueueDeclaration]
     /// How long a publish waits for the broker's confirm before failing with `.confirmTimeout`
     /// (default 5 s, well under TutorCruncher's 8 s request timeout).
     public var confirmTimeout: Duration
@@ -19,12 +22,14 @@ public struct AMQPPublisherConfiguration: Sendable {
     public init(
         connection: AMQPConnectionConfiguration,
         exchanges: [AMQPExchangeDeclaration] = [],
+        queues: [AMQPQueueDeclaration] = [],
         confirmTimeout: Duration = .seconds(5),
         reconnectBackoff: AMQPBackoff = AMQPBackoff(),
         shutdownTimeout: Duration = .seconds(5)
     ) {
         self.connection = connection
         self.exchanges = exchanges
+        self.queues = queues
         self.confirmTimeout = confirmTimeout
         self.reconnectBackoff = reconnectBackoff
         self.shutdownTimeout = shutdownTimeout
@@ -68,6 +73,10 @@ public final class AMQPPublisher: Service, Sendable {
         var stopRequested = false
         var finished: CheckedContinuation<Void, Never>?
         var isFinished = false
+        /// Set by the owner thread while it is inside a socket write, for the stall watchdog.
+        var writingSince: ContinuousClock.Instant?
+        var socket: Int32 = -1
+        var returnedCount = 0
     }
 
     public init(configuration: AMQPPublisherConfiguration, logger: Logger) {
@@ -88,12 +97,22 @@ public final class AMQPPublisher: Service, Sendable {
     ///   (some messages may have reached the broker: publishing again is at-least-once), or
     ///   `.shutdown` after shutdown began.
     public func publish(_ messages: [AMQPOutboundMessage]) async throws(AMQPError) {
+        let box = ResultBox()
+        let deadline = configuration.confirmTimeout + .milliseconds(250)
+        // The owner thread enforces the confirm deadline; this timer is the backstop for when that
+        // thread is itself stuck (a socket write the broker stopped reading, until the watchdog fires).
+        let timer = Task {
+            try? await Task.sleep(for: deadline)
+            box.resume(.failure(AMQPError(.confirmTimeout, "no confirm within \(deadline)")))
+        }
+        defer { timer.cancel() }
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) in
+            box.install(continuation)
             let rejection: AMQPError? = shared.withLock { state in
                 if state.stopRequested || state.isFinished { return AMQPError(.shutdown, "publisher is shutting down") }
                 switch state.connectionState {
                 case .connected:
-                    state.commands.append(PublishCommand(messages: messages, continuation: continuation))
+                    state.commands.append(PublishCommand(messages: messages, result: box))
                     return nil
                 case .blocked(let reason):
                     return AMQPError(.blocked, "broker blocked publishing: \(reason)")
@@ -106,13 +125,17 @@ public final class AMQPPublisher: Service, Sendable {
                 }
             }
             if let rejection {
-                continuation.resume(returning: .failure(rejection))
+                box.resume(.failure(rejection))
             } else {
                 wakeup.signal()
             }
         }
         try result.get()
     }
+
+    /// Messages the broker returned as unroutable (`mandatory` publishes no queue was bound for and
+    /// no alternate exchange took). They were still confirmed.
+    public var returnedMessageCount: Int { shared.withLock { $0.returnedCount } }
 
     /// Starts the owner thread and runs until graceful shutdown or cancellation.
     public func run() async throws {
@@ -123,6 +146,8 @@ public final class AMQPPublisher: Service, Sendable {
         precondition(!alreadyStarted, "AMQPPublisher.run() called twice")
         let loop = PublisherLoop(configuration: configuration, logger: logger, publisher: self)
         OwnerThread.spawn(name: "amqp-publisher") { loop.run() }
+        let watchdog = Task { await self.watchForStalledWrites() }
+        defer { watchdog.cancel() }
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -148,7 +173,37 @@ public final class AMQPPublisher: Service, Sendable {
         wakeup.signal()
     }
 
+    /// rabbitmq-c 0.11 can block forever in a socket write when the broker stops reading (resource
+    /// alarm, half-dead peer). If the owner thread stays in one write longer than the confirm timeout,
+    /// shut the socket down: the write fails, outstanding confirms fail, and the owner reconnects.
+    private func watchForStalledWrites() async {
+        let limit = configuration.confirmTimeout
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(250))
+            let stalled: Int32? = shared.withLock { state in
+                guard let since = state.writingSince, ContinuousClock.now - since > limit, state.socket >= 0 else { return nil }
+                return state.socket
+            }
+            if let socket = stalled {
+                logger.warning("socket write stalled; aborting the connection", metadata: ["limit": "\(limit)"])
+                AMQPConnection.abortSocket(fileDescriptor: socket)
+                shared.withLock { $0.writingSince = nil }
+            }
+        }
+    }
+
     // MARK: Owner-thread interface
+
+    fileprivate func beginWrite(socket: Int32) {
+        shared.withLock {
+            $0.writingSince = .now
+            $0.socket = socket
+        }
+    }
+
+    fileprivate func endWrite() { shared.withLock { $0.writingSince = nil } }
+
+    fileprivate func countReturned() { shared.withLock { $0.returnedCount += 1 } }
 
     fileprivate var wakeupHandle: Wakeup { wakeup }
 
@@ -177,22 +232,54 @@ public final class AMQPPublisher: Service, Sendable {
 /// One `publish` call waiting in the inbox.
 struct PublishCommand: Sendable {
     let messages: [AMQPOutboundMessage]
-    let continuation: CheckedContinuation<Result<Void, AMQPError>, Never>
+    let result: ResultBox
+}
+
+/// A continuation that is resumed exactly once, by whichever comes first: the owner thread's
+/// outcome or the caller's deadline. Thread-safe.
+final class ResultBox: Sendable {
+    private let state = Mutex<(continuation: CheckedContinuation<Result<Void, AMQPError>, Never>?, early: Result<Void, AMQPError>?, done: Bool)>((nil, nil, false))
+
+    func install(_ continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) {
+        let early: Result<Void, AMQPError>? = state.withLock { state in
+            if let early = state.early {
+                state.early = nil
+                return early
+            }
+            state.continuation = continuation
+            return nil
+        }
+        if let early { continuation.resume(returning: early) }
+    }
+
+    func resume(_ result: Result<Void, AMQPError>) {
+        let continuation: CheckedContinuation<Result<Void, AMQPError>, Never>? = state.withLock { state in
+            guard !state.done else { return nil }
+            state.done = true
+            if let continuation = state.continuation {
+                state.continuation = nil
+                return continuation
+            }
+            state.early = result
+            return nil
+        }
+        continuation?.resume(returning: result)
+    }
 }
 
 /// A publish call whose messages are on the wire. Owner-thread only.
 private final class PendingBatch {
-    private var continuation: CheckedContinuation<Result<Void, AMQPError>, Never>?
+    private var box: ResultBox?
     private var unconfirmed: Int
     let deadline: ContinuousClock.Instant
 
     init(_ command: PublishCommand, deadline: ContinuousClock.Instant) {
-        self.continuation = command.continuation
+        self.box = command.result
         self.unconfirmed = command.messages.count
         self.deadline = deadline
     }
 
-    var isSettled: Bool { continuation == nil }
+    var isSettled: Bool { box == nil }
 
     func confirmOne() {
         unconfirmed -= 1
@@ -200,8 +287,8 @@ private final class PendingBatch {
     }
 
     func settle(_ result: Result<Void, AMQPError>) {
-        continuation?.resume(returning: result)
-        continuation = nil
+        box?.resume(result)
+        box = nil
     }
 }
 
@@ -236,7 +323,12 @@ private final class PublisherLoop: @unchecked Sendable {
             let connection: AMQPConnection
             do {
                 connection = try AMQPConnection(configuration: configuration.connection)
-                for exchange in configuration.exchanges { try connection.declare(exchange) }
+                for exchange in configuration.exchanges {
+                    if case .usedExisting(let reason) = try connection.declare(exchange) {
+                        logger.warning("using the existing exchange as it is", metadata: ["exchange": "\(exchange.name)", "reason": "\(reason)"])
+                    }
+                }
+                for queue in configuration.queues { try connection.declare(queue) }
                 try connection.enablePublisherConfirms()
             } catch {
                 publisher.setState(.disconnected(reason: error.message))
@@ -281,7 +373,7 @@ private final class PublisherLoop: @unchecked Sendable {
             }
             for command in commands {
                 if blocked {
-                    command.continuation.resume(returning: .failure(AMQPError(.blocked, "broker blocked publishing")))
+                    command.result.resume(.failure(AMQPError(.blocked, "broker blocked publishing")))
                     continue
                 }
                 let batch = PendingBatch(command, deadline: clock.now.advanced(by: configuration.confirmTimeout))
@@ -290,6 +382,8 @@ private final class PublisherLoop: @unchecked Sendable {
                     continue
                 }
                 inFlight.append(batch)
+                publisher.beginWrite(socket: connection.fileDescriptor)
+                defer { publisher.endWrite() }
                 for message in command.messages {
                     do {
                         try connection.publish(message)
@@ -310,7 +404,11 @@ private final class PublisherLoop: @unchecked Sendable {
                             batch.settle(.failure(AMQPError(.nacked, "broker rejected the message (basic.nack)")))
                         }
                     case .returned(let code, let text, let message):
-                        logger.debug("message returned", metadata: ["code": "\(code)", "reason": "\(text)", "routing_key": "\(message.routingKey)"])
+                        // The confirm that follows settles it; the message itself reached no queue.
+                        publisher.countReturned()
+                        logger.warning(
+                            "broker returned an unroutable message",
+                            metadata: ["code": "\(code)", "reason": "\(text)", "routing_key": "\(message.routingKey)", "message_id": "\(message.properties.messageID ?? "")"])
                     case .blocked(let reason):
                         blocked = true
                         publisher.setState(.blocked(reason: reason))
@@ -358,6 +456,6 @@ private final class PublisherLoop: @unchecked Sendable {
     }
 
     private func fail(_ commands: Deque<PublishCommand>, _ error: AMQPError) {
-        for command in commands { command.continuation.resume(returning: .failure(error)) }
+        for command in commands { command.result.resume(.failure(error)) }
     }
 }

@@ -140,6 +140,18 @@ public final class DurableSpool: Sendable {
         }
     }
 
+    /// Removes leased records that can never be forwarded (unreadable payloads), copying them to
+    /// `corrupt/` first so nothing silently disappears.
+    public func setAside(_ records: [SpoolRecord]) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            queue.async {
+                self.store.value.setAside(records)
+                self.publishStatus()
+                continuation.resume()
+            }
+        }
+    }
+
     /// Makes leased records available again (their forwarding failed).
     public func release(_ ids: [SpoolRecord.ID]) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -258,7 +270,7 @@ private final class Store {
         available.append(contentsOf: entries)
     }
 
-    private func keepAside(_ bytes: UnsafeRawBufferPointer, range: Range<Int>, segment: UInt64) {
+    func keepAside(_ bytes: UnsafeRawBufferPointer, range: Range<Int>, segment: UInt64) {
         corruptSpans += 1
         let directory = configuration.directory + "/corrupt"
         _ = makeDirectory(directory)
@@ -345,6 +357,14 @@ private final class Store {
             records.append(SpoolRecord(id: entry.id, payload: payload))
         }
         return records
+    }
+
+    func setAside(_ records: [SpoolRecord]) {
+        for record in records {
+            let framed = RecordFormat.frame(record.payload)
+            framed.withUnsafeBytes { keepAside($0, range: 0..<framed.count, segment: record.id.segment) }
+        }
+        acknowledge(records.map(\.id))
     }
 
     func release(_ ids: [SpoolRecord.ID]) {

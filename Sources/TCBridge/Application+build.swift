@@ -1,4 +1,5 @@
 import AMQPClient
+import DurableSpool
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -6,13 +7,14 @@ import NIOCore
 import ServiceLifecycle
 import TutorCruncher
 
-/// Builds the receiver's router: `POST /webhook[/...]`, `GET /health`; 405 for other methods on
-/// the webhook paths, 404 elsewhere. Router-level tests use this directly.
+/// Builds the receiver's router: `POST /webhook[/...]`, `GET /health`, `GET /ready`; 405 for other
+/// methods on the webhook paths, 404 elsewhere. Router-level tests use this directly.
 public func buildRouter(
-    configuration: BridgeConfiguration, publisher: any EventPublishing, logger: Logger
+    configuration: BridgeConfiguration, publisher: any EventPublishing, spool: DurableSpool? = nil, logger: Logger
 ) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
-    let ingest = WebhookIngest(configuration: configuration, publisher: publisher, logger: logger)
+    let dedup = configuration.dedupWindow.flatMap { $0 > .zero ? DedupWindow(window: $0, maxEntries: configuration.dedupMaxEntries) : nil }
+    let ingest = WebhookIngest(configuration: configuration, publisher: publisher, spool: spool, dedup: dedup, logger: logger)
     let signatureHeader = HTTPField.Name("webhook-signature")!
     let maxBodyBytes = configuration.maxBodyBytes
 
@@ -66,7 +68,26 @@ public func buildRouter(
             body["broker"] = .string("closed")
         }
         body["status"] = .string(healthy ? "ok" : "unavailable")
+        if let spool {
+            let depth = spool.depth
+            body["spool"] = .object(JSONObject(["records": .number(String(depth.records)), "bytes": .number(String(depth.bytes))]))
+        }
         return jsonResponse(IngestResponse(status: healthy ? 200 : 503, body: body))
+    }
+    // Readiness for load balancers: can a webhook be accepted durably right now (broker or spool)?
+    router.get("ready") { _, _ -> Response in
+        let brokerUp = publisher.state == .connected
+        let spoolUp: Bool
+        if let spool {
+            spoolUp = spool.unavailableReason == nil && spool.depth.bytes < spool.configuration.maxBytes
+        } else {
+            spoolUp = false
+        }
+        let ready = brokerUp || spoolUp
+        return jsonResponse(
+            IngestResponse(
+                status: ready ? 200 : 503,
+                body: JSONObject(["ready": .bool(ready), "broker": .bool(brokerUp), "spool": .bool(spoolUp)])))
     }
     return router
 }
@@ -77,11 +98,12 @@ public func buildRouter(
 public func buildApplication(
     configuration: BridgeConfiguration,
     publisher: any EventPublishing,
+    spool: DurableSpool? = nil,
     services: [any Service] = [],
     logger: Logger,
     onListening: @escaping @Sendable (_ port: Int) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
-    let router = buildRouter(configuration: configuration, publisher: publisher, logger: logger)
+    let router = buildRouter(configuration: configuration, publisher: publisher, spool: spool, logger: logger)
     return Application(
         router: router,
         configuration: ApplicationConfiguration(

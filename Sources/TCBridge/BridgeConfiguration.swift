@@ -14,6 +14,11 @@ public struct BridgeConfiguration: Sendable {
     public var verifier: WebhookVerifier
     /// The AMQP `app_id` property of published messages (default `tc-bridge`).
     public var appID: String
+    /// Identical bodies answered 2xx within this window are answered 200 again without publishing
+    /// (default one hour; `nil` or zero: off).
+    public var dedupWindow: Duration?
+    /// Most bodies the dedup window remembers (default 100,000; about 150 bytes each).
+    public var dedupMaxEntries: Int
 
     public init(
         host: String = "127.0.0.1",
@@ -21,7 +26,9 @@ public struct BridgeConfiguration: Sendable {
         exchange: String = "tutorcruncher",
         maxBodyBytes: Int = 16 * 1024 * 1024,
         verifier: WebhookVerifier,
-        appID: String = "tc-bridge"
+        appID: String = "tc-bridge",
+        dedupWindow: Duration? = .seconds(3600),
+        dedupMaxEntries: Int = 100_000
     ) {
         self.host = host
         self.port = port
@@ -29,5 +36,7 @@ public struct BridgeConfiguration: Sendable {
         self.maxBodyBytes = maxBodyBytes
         self.verifier = verifier
         self.appID = appID
+        self.dedupWindow = dedupWindow
+        self.dedupMaxEntries = dedupMaxEntries
     }
 }

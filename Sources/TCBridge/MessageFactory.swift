@@ -53,7 +53,8 @@ public struct MessageFactory: Sendable {
                 timestamp: receivedAt.secondsSinceEpoch,
                 appID: appID,
                 headers: headers),
-            body: envelope.body)
+            body: envelope.body,
+            mandatory: true)
     }
 
     /// The raw body, unchanged, for routing key `unrecognised`. Its `message_id` is
@@ -76,6 +77,7 @@ public struct MessageFactory: Sendable {
                     (BridgeHeader.requestPath, .string(path)),
                     (BridgeHeader.unrecognisedReason, .string(String(reason.prefix(200)))),
                 ]),
-            body: body)
+            body: body,
+            mandatory: true)
     }
 }

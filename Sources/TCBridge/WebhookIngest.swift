@@ -1,4 +1,5 @@
 import AMQPClient
+import DurableSpool
 import Logging
 import Metrics
 import TutorCruncher
@@ -9,10 +10,6 @@ public struct IngestResponse: Sendable, Equatable {
     /// A small JSON object for the sender's log: never secrets, never the payload.
     public var body: JSONObject
 
-    static func ok(events: Int) -> IngestResponse {
-        IngestResponse(status: 200, body: JSONObject(["events": .number(String(events))]))
-    }
-
     static func error(_ status: Int, _ message: String) -> IngestResponse {
         IngestResponse(status: status, body: JSONObject(["error": .string(message)]))
     }
@@ -21,20 +18,30 @@ public struct IngestResponse: Sendable, Equatable {
 /// Verifies, classifies, normalises and publishes one webhook request.
 ///
 /// Order: the signature over the exact bytes is checked before anything is parsed. A verified
-/// request is never answered 4xx (TutorCruncher disables endpoints that answer too many): it is
-/// either published and answered 200, or answered 503 when the broker cannot confirm it.
-/// Thread-safe; one instance serves every request.
+/// request is never answered 4xx (TutorCruncher disables endpoints that answer too many). It is
+/// answered 200 once its messages are confirmed by the broker, or, when the broker is down,
+/// blocked, nacks or misses the confirm deadline, once they are durably in the spool; 503 only when
+/// neither is possible (no spool, spool full or unwritable), so the sender retries.
+/// An identical body already answered 2xx within the dedup window is answered 200 and not
+/// published again. Thread-safe; one instance serves every request.
 public struct WebhookIngest: Sendable {
     let verifier: WebhookVerifier
     let factory: MessageFactory
     let publisher: any EventPublishing
+    let spool: DurableSpool?
+    let dedup: DedupWindow?
     let logger: Logger
     let parser = JSONParser()
 
-    public init(configuration: BridgeConfiguration, publisher: any EventPublishing, logger: Logger) {
+    public init(
+        configuration: BridgeConfiguration, publisher: any EventPublishing, spool: DurableSpool? = nil,
+        dedup: DedupWindow? = nil, logger: Logger
+    ) {
         self.verifier = configuration.verifier
         self.factory = MessageFactory(exchange: configuration.exchange, appID: configuration.appID)
         self.publisher = publisher
+        self.spool = spool
+        self.dedup = dedup
         self.logger = logger
     }
 
@@ -58,6 +65,22 @@ public struct WebhookIngest: Sendable {
 
         let receivedAt = UTCTimestamp.now()
         let digest = sha256Hex(body)
+        if let dedup {
+            switch await dedup.claim(digest) {
+            case .duplicate:
+                Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "duplicate")]).increment()
+                logger.info("identical body within the dedup window; not published again", metadata: ["body_sha256": "\(digest)"])
+                return IngestResponse(status: 200, body: JSONObject(["duplicate": .bool(true)]))
+            case .new:
+                break
+            }
+        }
+        let response = await deliver(body: body, digest: digest, path: path, receivedAt: receivedAt)
+        dedup?.complete(digest, accepted: response.status == 200)
+        return response
+    }
+
+    private func deliver(body: [UInt8], digest: String, path: String, receivedAt: UTCTimestamp) async -> IngestResponse {
         let messages: [AMQPOutboundMessage]
         let eventCount: Int
         switch WebhookPayload.parse(body, parser: parser) {
@@ -71,21 +94,39 @@ public struct WebhookIngest: Sendable {
             eventCount = 0
         }
 
+        var answer = JSONObject(["events": .number(String(eventCount))])
+        if eventCount == 0, messages.first?.routingKey == MessageFactory.unrecognisedRoutingKey {
+            answer["unrecognised"] = .bool(true)
+        }
         do {
             try await publisher.publish(messages)
+            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "published")]).increment()
+            Counter(label: "tcbridge_messages_published_total").increment(by: messages.count)
+            logger.debug("published", metadata: ["path": "\(path)", "messages": "\(messages.count)", "body_sha256": "\(digest)"])
+            return IngestResponse(status: 200, body: answer)
         } catch {
-            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "broker_unavailable")]).increment()
-            logger.warning(
-                "broker did not confirm; answering 503",
-                metadata: ["path": "\(path)", "messages": "\(messages.count)", "error": "\(error)", "body_sha256": "\(digest)"])
-            return .error(503, "broker unavailable, retry later")
+            guard let spool else {
+                Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "broker_unavailable")]).increment()
+                logger.warning(
+                    "broker did not confirm; answering 503",
+                    metadata: ["path": "\(path)", "messages": "\(messages.count)", "error": "\(error)", "body_sha256": "\(digest)"])
+                return .error(503, "broker unavailable, retry later")
+            }
+            do {
+                try await spool.append(SpooledMessages.encode(messages))
+            } catch {
+                Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "spool_refused")]).increment()
+                logger.error(
+                    "broker unavailable and spool refused the events; answering 503",
+                    metadata: ["path": "\(path)", "error": "\(error)", "body_sha256": "\(digest)"])
+                return .error(503, "temporarily unable to accept events, retry later")
+            }
+            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "spooled")]).increment()
+            logger.info(
+                "broker unavailable; events spooled",
+                metadata: ["path": "\(path)", "messages": "\(messages.count)", "reason": "\(error)", "body_sha256": "\(digest)"])
+            answer["spooled"] = .bool(true)
+            return IngestResponse(status: 200, body: answer)
         }
-        Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "published")]).increment()
-        Counter(label: "tcbridge_messages_published_total").increment(by: messages.count)
-        logger.debug("published", metadata: ["path": "\(path)", "messages": "\(messages.count)", "body_sha256": "\(digest)"])
-        if eventCount == 0, messages.count == 1, messages[0].routingKey == MessageFactory.unrecognisedRoutingKey {
-            return IngestResponse(status: 200, body: JSONObject(["events": .number("0"), "unrecognised": .bool(true)]))
-        }
-        return .ok(events: eventCount)
     }
 }

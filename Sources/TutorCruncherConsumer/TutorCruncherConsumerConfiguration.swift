@@ -23,6 +23,10 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         }
     }
 
+    /// The bridge's alternate exchange (default `<exchange>.unroutable`, as `tc-bridge` declares it;
+    /// `nil` if the bridge runs with `--alternate-exchange none`). Only used when this consumer is the
+    /// first to create the exchange, so that it matches the bridge's declaration.
+    public var alternateExchange: String?
     /// Broker connection (default `amqp://guest:guest@127.0.0.1:5672/%2F`).
     public var connection: AMQPConnectionConfiguration
     /// The bridge's topic exchange (default `tutorcruncher`). Created if missing; never redeclared
@@ -66,6 +70,7 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         precondition(prefetch > 0, "prefetch must be positive")
         self.connection = connection
         self.exchange = exchange
+        self.alternateExchange = "\(exchange).unroutable"
         self.queue = queue
         self.actions = actions
         self.prefetch = prefetch
@@ -96,7 +101,12 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         let keys = actions.isEmpty ? ["#"] : actions.map(\.rawValue)
         return AMQPConsumerConfiguration(
             connection: connection,
-            exchanges: [AMQPExchangeDeclaration(name: exchange, kind: .topic, durable: true, mode: .declareIfMissing)],
+            exchanges: [
+                AMQPExchangeDeclaration(
+                    name: exchange, kind: .topic, durable: true,
+                    arguments: alternateExchange.map { ["alternate-exchange": .string($0)] } ?? [:],
+                    mode: .declareIfMissing)
+            ],
             queues: [
                 AMQPQueueDeclaration(name: deadLetterQueue, durable: true, arguments: typeArgument),
                 AMQPQueueDeclaration(

@@ -26,6 +26,13 @@ enum Environment {
         return number
     }
 
+    static func resolveDouble(_ flag: Double?, env name: String, default fallback: Double) throws -> Double {
+        if let flag { return flag }
+        guard let text = value(name) else { return fallback }
+        guard let number = Double(text), number.isFinite else { throw ValidationError("\(name) must be a number, got \"\(text)\"") }
+        return number
+    }
+
     /// The integration's private API key(s): `--private-key-file`/`TC_PRIVATE_KEY_FILE` (one key per
     /// non-empty line; several lines during a key rotation), else `TC_PRIVATE_KEY`. Never a flag value,
     /// so a key never shows in `ps`. `TC_PRIVATE_KEY` is removed from the environment once read.

@@ -1,5 +1,6 @@
 import AMQPClient
 import ArgumentParser
+import DurableSpool
 import Hummingbird
 import Logging
 import TCBridge
@@ -40,8 +41,23 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Largest accepted body in bytes; larger requests get 413 (env: TC_BRIDGE_MAX_BODY_BYTES; default 16777216).")
     var maxBodyBytes: Int?
 
-    @Option(help: "Seconds to wait for the broker's confirm before answering 503 (env: TC_BRIDGE_CONFIRM_TIMEOUT; default 5).")
-    var confirmTimeout: Int?
+    @Option(help: "Seconds to wait for the broker's confirm before spooling instead, e.g. 2 or 0.5 (env: TC_BRIDGE_CONFIRM_TIMEOUT; default 2).")
+    var confirmTimeout: Double?
+
+    @Option(help: "Directory of the durable spool used while the broker is unavailable (env: TC_BRIDGE_SPOOL_DIR; default /var/lib/tc-bridge/spool).")
+    var spoolDir: String?
+
+    @Option(help: "Largest spool size in bytes; beyond it requests get 503 (env: TC_BRIDGE_SPOOL_MAX_BYTES; default 1073741824).")
+    var spoolMaxBytes: Int?
+
+    @Option(help: "Seconds an identical body is answered 200 without publishing again; 0 disables (env: TC_BRIDGE_DEDUP_WINDOW; default 3600).")
+    var dedupWindow: Double?
+
+    @Option(help: "Alternate exchange and queue keeping events no service is bound for; 'none' disables (env: TC_BRIDGE_ALTERNATE_EXCHANGE; default <exchange>.unroutable).")
+    var alternateExchange: String?
+
+    @Option(help: "Most messages the unroutable queue keeps, oldest dropped first (env: TC_BRIDGE_UNROUTABLE_MAX_LENGTH; default 100000).")
+    var unroutableMaxLength: Int?
 
     @Option(help: "File holding the private API key, one key per line during a rotation (env: TC_PRIVATE_KEY_FILE). Default: env TC_PRIVATE_KEY.")
     var privateKeyFile: String?
@@ -73,26 +89,52 @@ struct ServeCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("port must be 0-65535") }
         let maxBody = try Environment.resolveInt(maxBodyBytes, env: "TC_BRIDGE_MAX_BODY_BYTES", default: 16 * 1024 * 1024)
         guard maxBody > 0 else { throw ValidationError("max body bytes must be positive") }
-        let confirmSeconds = try Environment.resolveInt(confirmTimeout, env: "TC_BRIDGE_CONFIRM_TIMEOUT", default: 5)
-        guard confirmSeconds > 0 else { throw ValidationError("confirm timeout must be positive") }
+        let confirmSeconds = try Environment.resolveDouble(confirmTimeout, env: "TC_BRIDGE_CONFIRM_TIMEOUT", default: 2)
+        guard confirmSeconds > 0, confirmSeconds < 8 else {
+            throw ValidationError("confirm timeout must be above 0 and under TutorCruncher's 8 s request timeout")
+        }
+        let dedupSeconds = try Environment.resolveDouble(dedupWindow, env: "TC_BRIDGE_DEDUP_WINDOW", default: 3600)
+        guard dedupSeconds >= 0 else { throw ValidationError("dedup window must not be negative") }
+        let spoolLimit = try Environment.resolveInt(spoolMaxBytes, env: "TC_BRIDGE_SPOOL_MAX_BYTES", default: 1 << 30)
+        guard spoolLimit > 0 else { throw ValidationError("spool max bytes must be positive") }
+        let unroutableLimit = try Environment.resolveInt(unroutableMaxLength, env: "TC_BRIDGE_UNROUTABLE_MAX_LENGTH", default: 100_000)
+        guard unroutableLimit > 0 else { throw ValidationError("unroutable max length must be positive") }
+        let exchangeName = Environment.resolve(exchange, env: "TC_BRIDGE_EXCHANGE", default: "tutorcruncher")
+        let alternate = Environment.resolve(
+            alternateExchange, env: "TC_BRIDGE_ALTERNATE_EXCHANGE", default: BridgeTopology.defaultAlternateExchange(for: exchangeName))
+        let topology = BridgeTopology(
+            exchange: exchangeName, alternateExchange: alternate == "none" ? nil : alternate, unroutableMaxLength: unroutableLimit)
 
         let bridge = BridgeConfiguration(
             host: Environment.resolve(host, env: "TC_BRIDGE_HOST", default: "127.0.0.1"),
             port: port,
-            exchange: Environment.resolve(exchange, env: "TC_BRIDGE_EXCHANGE", default: "tutorcruncher"),
+            exchange: exchangeName,
             maxBodyBytes: maxBody,
-            verifier: WebhookVerifier(keys: keys))
+            verifier: WebhookVerifier(keys: keys),
+            dedupWindow: dedupSeconds > 0 ? .milliseconds(Int64(dedupSeconds * 1000)) : nil)
         let publisher = AMQPPublisher(
             configuration: AMQPPublisherConfiguration(
                 connection: connection,
-                exchanges: [AMQPExchangeDeclaration(name: bridge.exchange, kind: .topic, durable: true)],
-                confirmTimeout: .seconds(confirmSeconds)),
+                exchanges: topology.exchanges,
+                queues: topology.queues,
+                confirmTimeout: .milliseconds(Int64(confirmSeconds * 1000))),
             logger: logger)
+        let spool = DurableSpool(
+            configuration: DurableSpoolConfiguration(
+                directory: Environment.resolve(spoolDir, env: "TC_BRIDGE_SPOOL_DIR", default: "/var/lib/tc-bridge/spool"),
+                maxBytes: Int64(spoolLimit)),
+            logger: logger)
+        let forwarder = SpoolForwarder(spool: spool, publisher: publisher, logger: logger)
         logger.info(
             "starting tc-bridge",
-            metadata: ["broker": "\(connection.redactedURL)", "exchange": "\(bridge.exchange)", "keys": "\(keys.count)"])
+            metadata: [
+                "broker": "\(connection.redactedURL)", "exchange": "\(bridge.exchange)", "keys": "\(keys.count)",
+                "spool": "\(spool.configuration.directory)", "spooled_records": "\(spool.depth.records)",
+            ])
+        // Shutdown runs in reverse: the HTTP server drains first (failed publishes spool), then the
+        // forwarder stops, then the publisher waits for its last confirms and closes.
         let app = buildApplication(
-            configuration: bridge, publisher: publisher, services: [publisher], logger: logger,
+            configuration: bridge, publisher: publisher, spool: spool, services: [publisher, forwarder], logger: logger,
             onListening: { port in
                 // Unbuffered, so scripts and tests waiting for this line see it at once.
                 let line = Array("tc-bridge listening on http://\(bridge.host):\(port)\n".utf8)

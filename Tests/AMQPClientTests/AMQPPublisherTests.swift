@@ -42,7 +42,7 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         let exchange = exchangeName()
         let probe = try await QueueProbe(exchange: exchange)
         defer { Task { await probe.stop() } }
-        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange)])) { publisher in
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
             try await waitUntil("publisher connected") { publisher.state == .connected }
             try await publisher.publish([message(exchange: exchange, key: "A.B", body: #"{"n":1}"#, id: "id-1")])
         }
@@ -66,7 +66,7 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         let probe = try await QueueProbe(exchange: exchange)
         defer { Task { await probe.stop() } }
         let tasks = 40, perTask = 25
-        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange)])) { publisher in
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
             try await waitUntil("publisher connected") { publisher.state == .connected }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for task in 0..<tasks {
@@ -110,7 +110,7 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         let queue = "full-\(UUID().uuidString.prefix(8))"
         let probe = try await QueueProbe(exchange: exchange, bindingKeys: ["ok"])
         defer { Task { await probe.stop() } }
-        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange)])) { publisher in
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
             try await waitUntil("publisher connected") { publisher.state == .connected }
             try await AMQPAdmin(connection: node.connection).declare(queues: [
                 AMQPQueueDeclaration(
@@ -132,7 +132,7 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         let probe = try await QueueProbe(exchange: exchange)
         defer { Task { await probe.stop() } }
         try await withPublisher(
-            .init(connection: node.connection, exchanges: [.init(name: exchange)], reconnectBackoff: .init(initial: .milliseconds(10), maximum: .milliseconds(100)))
+            .init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)], reconnectBackoff: .init(initial: .milliseconds(10), maximum: .milliseconds(100)))
         ) { publisher in
             try await waitUntil("publisher connected") { publisher.state == .connected }
             // Publishing to an exchange that does not exist makes the broker close the channel.
@@ -165,7 +165,7 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         let exchange = exchangeName()
         let probe = try await QueueProbe(exchange: exchange)
         defer { Task { await probe.stop() } }
-        try await withPublisher(.init(connection: connection, exchanges: [.init(name: exchange)])) { publisher in
+        try await withPublisher(.init(connection: connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
             try await waitUntil("publisher connected") { publisher.state == .connected }
             // Idle for several heartbeat intervals: the broker closes connections that miss two.
             try await Task.sleep(for: .seconds(4))

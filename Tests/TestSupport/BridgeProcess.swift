@@ -31,6 +31,7 @@ public final class BridgeProcess: @unchecked Sendable {
         env["TC_PRIVATE_KEY"] = Webhooks.testKey
         env["AMQP_URL"] = node.url
         env["TC_BRIDGE_LOG_LEVEL"] = "warning"
+        env["TC_BRIDGE_SPOOL_DIR"] = NSTemporaryDirectory() + "tc-bridge-spool-\(UUID().uuidString)"
         for (key, value) in environment { env[key] = value }
         process.environment = env
         let output = Pipe()

@@ -15,7 +15,8 @@ public func withLiveBridge(
     let publisher = AMQPPublisher(
         configuration: AMQPPublisherConfiguration(
             connection: node.connection,
-            exchanges: [AMQPExchangeDeclaration(name: exchange)],
+            exchanges: BridgeTopology(exchange: exchange, alternateExchange: BridgeTopology.defaultAlternateExchange(for: exchange)).exchanges,
+            queues: BridgeTopology(exchange: exchange, alternateExchange: BridgeTopology.defaultAlternateExchange(for: exchange)).queues,
             reconnectBackoff: AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(500))),
         logger: logger)
     let app = buildApplication(
@@ -35,7 +36,7 @@ public func publishWebhookBodies(node: RabbitMQNode = .shared, exchange: String,
     var logger = Logger(label: "test-publisher")
     logger.logLevel = .error
     let publisher = AMQPPublisher(
-        configuration: AMQPPublisherConfiguration(connection: node.connection, exchanges: [AMQPExchangeDeclaration(name: exchange)]),
+        configuration: AMQPPublisherConfiguration(connection: node.connection, exchanges: bridgeTopology(exchange).exchanges, queues: bridgeTopology(exchange).queues),
         logger: logger)
     let runner = Task { try await publisher.run() }
     defer { publisher.requestStop() }
@@ -62,11 +63,16 @@ public func publishRaw(node: RabbitMQNode = .shared, exchange: String, routingKe
     var logger = Logger(label: "test-publisher")
     logger.logLevel = .error
     let publisher = AMQPPublisher(
-        configuration: AMQPPublisherConfiguration(connection: node.connection, exchanges: [AMQPExchangeDeclaration(name: exchange)]),
+        configuration: AMQPPublisherConfiguration(connection: node.connection, exchanges: bridgeTopology(exchange).exchanges, queues: bridgeTopology(exchange).queues),
         logger: logger)
     let runner = Task { try await publisher.run() }
     try await waitUntil("test publisher connected") { publisher.state == .connected }
     try await publisher.publish([AMQPOutboundMessage(exchange: exchange, routingKey: routingKey, properties: AMQPProperties(), body: body)])
     publisher.requestStop()
     try await runner.value
+}
+
+/// The topology `tc-bridge serve` declares by default for `exchange`.
+public func bridgeTopology(_ exchange: String) -> BridgeTopology {
+    BridgeTopology(exchange: exchange, alternateExchange: BridgeTopology.defaultAlternateExchange(for: exchange))
 }

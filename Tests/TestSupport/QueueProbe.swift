@@ -23,7 +23,12 @@ public final class QueueProbe: Sendable {
     ) async throws {
         try await self.init(
             node: node, queue: queue,
-            exchanges: [AMQPExchangeDeclaration(name: exchange, kind: .topic, durable: true)],
+            // As a consumer would: use the exchange as it is, or create it as the bridge declares it.
+            exchanges: [
+                AMQPExchangeDeclaration(
+                    name: exchange, kind: .topic, durable: true, arguments: ["alternate-exchange": .string("\(exchange).unroutable")],
+                    mode: .declareIfMissing)
+            ],
             queues: [
                 AMQPQueueDeclaration(
                     name: queue, durable: true, arguments: ["x-expires": .int(600_000)],

@@ -10,7 +10,7 @@ import TutorCruncherConsumer
         let exchange = uniqueExchange()
         let queue = "tc-consume-\(UUID().uuidString.prefix(8))"
         let output = NSTemporaryDirectory() + "tc-consume-\(UUID().uuidString).out"
-        FileManager.default.createFile(atPath: output, contents: nil)
+        #expect(FileManager.default.createFile(atPath: output, contents: nil))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: BridgeProcess.executable.replacingOccurrences(of: "/tc-bridge", with: "/tc-consume"))
         process.arguments = [

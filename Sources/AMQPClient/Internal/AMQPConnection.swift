@@ -97,7 +97,10 @@ final class AMQPConnection {
 
     // MARK: Topology and channel modes (synchronous RPCs, bounded by rpcTimeout)
 
-    func declare(_ exchange: AMQPExchangeDeclaration) throws(AMQPError) {
+    enum ExchangeOutcome { case declared, usedExisting(reason: String) }
+
+    @discardableResult
+    func declare(_ exchange: AMQPExchangeDeclaration) throws(AMQPError) -> ExchangeOutcome {
         if exchange.mode == .declareIfMissing {
             withBytes(exchange.name) { name in
                 withBytes(exchange.kind.rawValue) { kind in
@@ -106,7 +109,7 @@ final class AMQPConnection {
             }
             do {
                 try check(amqp_get_rpc_reply(state), kind: .channelClosed, "exchange.declare (passive) \(exchange.name)")
-                return
+                return .usedExisting(reason: "exists")
             } catch where error.replyCode == 404 {
                 // NOT_FOUND closed the channel: reopen it and create the exchange.
                 amqp_channel_open(state, Self.channel)
@@ -121,7 +124,15 @@ final class AMQPConnection {
                 }
             }
         }
-        try check(amqp_get_rpc_reply(state), kind: .channelClosed, "exchange.declare \(exchange.name)")
+        do {
+            try check(amqp_get_rpc_reply(state), kind: .channelClosed, "exchange.declare \(exchange.name)")
+        } catch where error.replyCode == 406 && exchange.mode == .declareOrUseExisting {
+            // PRECONDITION_FAILED: it exists with other properties. Reopen the channel and use it as it is.
+            amqp_channel_open(state, Self.channel)
+            try check(amqp_get_rpc_reply(state), kind: .connectionLost, "channel.open")
+            return .usedExisting(reason: error.message)
+        }
+        return .declared
     }
 
     /// Declares the queue and its bindings; returns the number of ready messages.

@@ -1,0 +1,40 @@
+import AMQPClient
+
+/// What the bridge declares on every connect: its topic exchange and, unless turned off, an
+/// alternate exchange feeding a bounded durable queue that keeps events no service has bound to yet.
+public struct BridgeTopology: Sendable {
+    public var exchange: String
+    /// Fanout exchange receiving what the main exchange cannot route (`nil`: none; such events are
+    /// returned to the bridge, counted and logged, and dropped by the broker).
+    public var alternateExchange: String?
+    /// The queue bound to the alternate exchange; same name as it.
+    public var unroutableQueue: String? { alternateExchange }
+    /// Most messages the unroutable queue keeps; the oldest are dropped beyond it.
+    public var unroutableMaxLength: Int
+
+    public init(exchange: String, alternateExchange: String?, unroutableMaxLength: Int = 100_000) {
+        self.exchange = exchange
+        self.alternateExchange = alternateExchange
+        self.unroutableMaxLength = unroutableMaxLength
+    }
+
+    /// Default alternate exchange name for `exchange`.
+    public static func defaultAlternateExchange(for exchange: String) -> String { "\(exchange).unroutable" }
+
+    public var exchanges: [AMQPExchangeDeclaration] {
+        var main = AMQPExchangeDeclaration(name: exchange, kind: .topic, durable: true, mode: .declareOrUseExisting)
+        guard let alternateExchange else { return [main] }
+        main.arguments = ["alternate-exchange": .string(alternateExchange)]
+        return [AMQPExchangeDeclaration(name: alternateExchange, kind: .fanout, durable: true), main]
+    }
+
+    public var queues: [AMQPQueueDeclaration] {
+        guard let alternateExchange else { return [] }
+        return [
+            AMQPQueueDeclaration(
+                name: alternateExchange, durable: true,
+                arguments: ["x-max-length": .int(Int64(unroutableMaxLength)), "x-overflow": .string("drop-head")],
+                bindings: [.init(exchange: alternateExchange, routingKey: "")])
+        ]
+    }
+}
