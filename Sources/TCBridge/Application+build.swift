@@ -70,7 +70,9 @@ public func buildRouter(
         body["status"] = .string(healthy ? "ok" : "unavailable")
         if let spool {
             let depth = spool.depth
-            body["spool"] = .object(JSONObject(["records": .number(String(depth.records)), "bytes": .number(String(depth.bytes))]))
+            var spoolState = JSONObject(["records": .number(String(depth.records)), "bytes": .number(String(depth.bytes))])
+            if spool.corruptSpans > 0 { spoolState["corrupt_records_set_aside"] = .number(String(spool.corruptSpans)) }
+            body["spool"] = .object(spoolState)
         }
         return jsonResponse(IngestResponse(status: healthy ? 200 : 503, body: body))
     }

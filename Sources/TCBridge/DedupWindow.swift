@@ -32,6 +32,9 @@ public final class DedupWindow: Sendable {
         self.now = now
     }
 
+    /// Requests waiting on an in-progress claim of `digest` (for tests and diagnostics).
+    func waitingCount(_ digest: String) -> Int { state.withLock { $0.inProgress[digest]?.count ?? 0 } }
+
     /// Entries currently remembered.
     public var count: Int { state.withLock { $0.accepted.count } }
 

@@ -10,6 +10,12 @@ public struct RabbitMQNode: Sendable {
     public let name: String
     public let port: Int
 
+    /// A node description; nothing is started until ``start()``.
+    public init(name: String, port: Int) {
+        self.name = name
+        self.port = port
+    }
+
     public var url: String { "amqp://guest:guest@127.0.0.1:\(port)/%2F" }
     public var connection: AMQPConnectionConfiguration {
         var configuration = try! AMQPConnectionConfiguration(url: url)
@@ -111,5 +117,9 @@ public func waitUntil(
 public struct TimedOut: Error, CustomStringConvertible {
     public var what: String
     public var timeout: Duration
+    public init(what: String, timeout: Duration) {
+        self.what = what
+        self.timeout = timeout
+    }
     public var description: String { "timed out after \(timeout) waiting for \(what)" }
 }
