@@ -175,3 +175,30 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         try await probe.waitForMessages(count: 1)
     }
 }
+
+@Suite struct MandatoryPublishTests {
+    @Test func unroutableMandatoryPublishIsReturnedCountedAndStillConfirmed() async throws {
+        let exchange = "no-bindings-\(UUID().uuidString.prefix(8))"
+        try await withPublisher(.init(connection: RabbitMQNode.shared.connection, exchanges: [.init(name: exchange)])) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            var unroutable = message(exchange: exchange, key: "NOWHERE", body: "x")
+            unroutable.mandatory = true
+            try await publisher.publish([unroutable])
+            try await waitUntil("return counted") { publisher.returnedMessageCount == 1 }
+            // The channel is still usable after basic.return and its content frames.
+            try await publisher.publish([unroutable])
+            try await waitUntil("second return counted") { publisher.returnedMessageCount == 2 }
+        }
+    }
+
+    @Test func existingExchangeWithOtherArgumentsIsUsedAsItIs() async throws {
+        let exchange = "older-\(UUID().uuidString.prefix(8))"
+        try await AMQPAdmin(connection: RabbitMQNode.shared.connection).declare(exchanges: [.init(name: exchange)])
+        let declaration = AMQPExchangeDeclaration(
+            name: exchange, arguments: ["alternate-exchange": .string("\(exchange).ae")], mode: .declareOrUseExisting)
+        try await withPublisher(.init(connection: RabbitMQNode.shared.connection, exchanges: [declaration])) { publisher in
+            try await waitUntil("publisher connected despite the mismatch") { publisher.state == .connected }
+            try await publisher.publish([message(exchange: exchange, key: "k", body: "x")])
+        }
+    }
+}

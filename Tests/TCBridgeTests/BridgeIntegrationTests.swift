@@ -121,3 +121,27 @@ import TutorCruncher
         #expect(try await probe.messages(before: "TEST_SENTINEL").isEmpty)
     }
 }
+
+/// Events no service has bound to yet are kept in the alternate exchange's queue.
+@Suite struct UnroutableEventTests {
+    @Test func unboundActionsLandInTheUnroutableQueueBoundOnesDoNot() async throws {
+        let exchange = "unroutable-\(UUID().uuidString.prefix(8))"
+        let bound = try await QueueProbe(exchange: exchange, bindingKeys: ["BOUND_ACTION"])
+        defer { Task { await bound.stop() } }
+        let unbound = Webhooks.body(actions: ["NOBODY_LISTENS"])
+        let routed = Webhooks.body(actions: ["BOUND_ACTION"])
+        try await withLiveBridge(exchange: exchange) { port, publisher in
+            let kept = try await QueueProbe(existingQueue: "\(exchange).unroutable")
+            defer { Task { await kept.stop() } }
+            let first = try await postSigned(port: port, body: unbound)
+            #expect(first.status == 200)
+            let second = try await postSigned(port: port, body: routed)
+            #expect(second.status == 200)
+            let parked = try #require(try await kept.waitForMessages(count: 1).first)
+            #expect(parked.routingKey == "NOBODY_LISTENS")
+            #expect(parked.properties.messageID == "\(sha256Hex(unbound))-0")
+            #expect(publisher.returnedMessageCount == 0, "the alternate exchange took it: nothing returned")
+        }
+        #expect(try await bound.waitForMessages(count: 1).map(\.routingKey) == ["BOUND_ACTION"])
+    }
+}
