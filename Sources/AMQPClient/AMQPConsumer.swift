@@ -89,6 +89,7 @@ public final class AMQPConsumer: Service, Sendable {
     private let logger: Logger
     private let shared: Mutex<SharedState>
     private let wakeup = Wakeup()
+    private let lifecycle = OwnerLifecycle()
     private let stream: AsyncStream<AMQPDelivery>
     private let streamContinuation: AsyncStream<AMQPDelivery>.Continuation
 
@@ -108,10 +109,7 @@ public final class AMQPConsumer: Service, Sendable {
     private struct SharedState {
         var commands: Deque<SettleCommand> = []
         var connectionState: AMQPConnectionState = .connecting
-        var started = false
         var stopRequested = false
-        var finished: CheckedContinuation<Void, Never>?
-        var isFinished = false
     }
 
     public init(configuration: AMQPConsumerConfiguration, logger: Logger) {
@@ -130,29 +128,10 @@ public final class AMQPConsumer: Service, Sendable {
 
     /// Starts the owner thread and runs until graceful shutdown or cancellation.
     public func run() async throws {
-        let alreadyStarted = shared.withLock { state in
-            defer { state.started = true }
-            return state.started
-        }
-        precondition(!alreadyStarted, "AMQPConsumer.run() called twice")
+        lifecycle.markStarted("AMQPConsumer")
         let loop = ConsumerLoop(configuration: configuration, logger: logger, consumer: self)
         OwnerThread.spawn(name: "amqp-consumer") { loop.run() }
-        await withTaskCancellationHandler {
-            await withGracefulShutdownHandler {
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let done = shared.withLock { state in
-                        if state.isFinished { return true }
-                        state.finished = continuation
-                        return false
-                    }
-                    if done { continuation.resume() }
-                }
-            } onGracefulShutdown: {
-                self.requestStop()
-            }
-        } onCancel: {
-            self.requestStop()
-        }
+        await lifecycle.waitUntilFinished { self.requestStop() }
     }
 
     /// Begins shutdown (see the type's lifecycle notes). Safe from any thread; idempotent.
@@ -164,7 +143,7 @@ public final class AMQPConsumer: Service, Sendable {
     func settle(_ settlement: Settlement, deliveryTag: UInt64, generation: UInt64) async throws(AMQPError) {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) in
             let rejected = shared.withLock { state in
-                if state.isFinished { return true }
+                if lifecycle.isFinished { return true }
                 state.commands.append(
                     SettleCommand(settlement: settlement, deliveryTag: deliveryTag, generation: generation, continuation: continuation))
                 return false
@@ -203,19 +182,17 @@ public final class AMQPConsumer: Service, Sendable {
 
     fileprivate func markFinished() {
         streamContinuation.finish()
-        let (continuation, leftovers) = shared.withLock { state in
-            state.isFinished = true
+        // Finish first: a settle checks `isFinished` under the lock, so anything it appends before this
+        // point is in `commands` below, and anything after is rejected by itself. None is left waiting.
+        lifecycle.finish()
+        let leftovers = shared.withLock { state in
             state.connectionState = .closed
-            defer {
-                state.finished = nil
-                state.commands.removeAll()
-            }
-            return (state.finished, state.commands)
+            defer { state.commands.removeAll() }
+            return state.commands
         }
         for command in leftovers {
             command.continuation.resume(returning: .failure(AMQPError(.connectionLost, "consumer closed; the message will be redelivered")))
         }
-        continuation?.resume()
     }
 }
 

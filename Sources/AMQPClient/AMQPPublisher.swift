@@ -65,14 +65,12 @@ public final class AMQPPublisher: Service, Sendable {
     private let logger: Logger
     private let shared: Mutex<SharedState>
     private let wakeup = Wakeup()
+    private let lifecycle = OwnerLifecycle()
 
     private struct SharedState {
         var commands: Deque<PublishCommand> = []
         var connectionState: AMQPConnectionState = .connecting
-        var started = false
         var stopRequested = false
-        var finished: CheckedContinuation<Void, Never>?
-        var isFinished = false
         /// Set by the owner thread while it is inside a socket write, for the stall watchdog.
         var writingSince: ContinuousClock.Instant?
         var socket: Int32 = -1
@@ -109,7 +107,7 @@ public final class AMQPPublisher: Service, Sendable {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) in
             box.install(continuation)
             let rejection: AMQPError? = shared.withLock { state in
-                if state.stopRequested || state.isFinished { return AMQPError(.shutdown, "publisher is shutting down") }
+                if state.stopRequested || lifecycle.isFinished { return AMQPError(.shutdown, "publisher is shutting down") }
                 switch state.connectionState {
                 case .connected:
                     state.commands.append(PublishCommand(messages: messages, result: box))
@@ -139,31 +137,12 @@ public final class AMQPPublisher: Service, Sendable {
 
     /// Starts the owner thread and runs until graceful shutdown or cancellation.
     public func run() async throws {
-        let alreadyStarted = shared.withLock { state in
-            defer { state.started = true }
-            return state.started
-        }
-        precondition(!alreadyStarted, "AMQPPublisher.run() called twice")
+        lifecycle.markStarted("AMQPPublisher")
         let loop = PublisherLoop(configuration: configuration, logger: logger, publisher: self)
         OwnerThread.spawn(name: "amqp-publisher") { loop.run() }
         let watchdog = Task { await self.watchForStalledWrites() }
         defer { watchdog.cancel() }
-        await withTaskCancellationHandler {
-            await withGracefulShutdownHandler {
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let done = shared.withLock { state in
-                        if state.isFinished { return true }
-                        state.finished = continuation
-                        return false
-                    }
-                    if done { continuation.resume() }
-                }
-            } onGracefulShutdown: {
-                self.requestStop()
-            }
-        } onCancel: {
-            self.requestStop()
-        }
+        await lifecycle.waitUntilFinished { self.requestStop() }
     }
 
     /// Begins shutdown: no new publishes are accepted; outstanding confirms are awaited up to
@@ -219,13 +198,8 @@ public final class AMQPPublisher: Service, Sendable {
     }
 
     fileprivate func markFinished() {
-        let continuation = shared.withLock { state in
-            state.isFinished = true
-            state.connectionState = .closed
-            defer { state.finished = nil }
-            return state.finished
-        }
-        continuation?.resume()
+        shared.withLock { $0.connectionState = .closed }
+        lifecycle.finish()
     }
 }
 

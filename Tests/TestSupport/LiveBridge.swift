@@ -30,46 +30,42 @@ public func withLiveBridge(
 }
 
 
-/// Publishes webhook bodies the way the bridge does (same envelopes, same message properties),
-/// straight through an AMQPPublisher; returns the envelopes. For consumer tests that need many events fast.
-public func publishWebhookBodies(node: RabbitMQNode = .shared, exchange: String, bodies: [[UInt8]]) async throws -> [EventEnvelope] {
+/// Runs a publisher declaring the bridge's default topology for `exchange` while `body` runs.
+func withTestPublisher<R>(node: RabbitMQNode, exchange: String, _ body: (AMQPPublisher) async throws -> R) async throws -> R {
     var logger = Logger(label: "test-publisher")
     logger.logLevel = .error
+    let topology = bridgeTopology(exchange)
     let publisher = AMQPPublisher(
-        configuration: AMQPPublisherConfiguration(connection: node.connection, exchanges: bridgeTopology(exchange).exchanges, queues: bridgeTopology(exchange).queues),
+        configuration: AMQPPublisherConfiguration(connection: node.connection, exchanges: topology.exchanges, queues: topology.queues),
         logger: logger)
     let runner = Task { try await publisher.run() }
     defer { publisher.requestStop() }
     try await waitUntil("test publisher connected") { publisher.state == .connected }
-    let factory = MessageFactory(exchange: exchange, appID: "tests")
-    var envelopes: [EventEnvelope] = []
-    var messages: [AMQPOutboundMessage] = []
-    let now = UTCTimestamp.now()
-    for body in bodies {
-        guard case .events(let batch) = WebhookPayload.parse(body) else { continue }
-        for envelope in EventEnvelope.envelopes(for: batch, bodyDigest: sha256Hex(body), receivedAt: now) {
-            envelopes.append(envelope)
-            messages.append(factory.message(for: envelope, receivedAt: now))
-        }
-    }
-    try await publisher.publish(messages)
+    let result = try await body(publisher)
     publisher.requestStop()
     try await runner.value
+    return result
+}
+
+/// Publishes webhook bodies the way the bridge does (same envelopes, same message properties),
+/// straight through an AMQPPublisher; returns the envelopes. For consumer tests that need many events fast.
+public func publishWebhookBodies(node: RabbitMQNode = .shared, exchange: String, bodies: [[UInt8]]) async throws -> [EventEnvelope] {
+    let factory = MessageFactory(exchange: exchange, appID: "tests")
+    let now = UTCTimestamp.now()
+    var envelopes: [EventEnvelope] = []
+    for body in bodies {
+        guard case .events(let batch) = WebhookPayload.parse(body) else { continue }
+        envelopes += EventEnvelope.envelopes(for: batch, bodyDigest: sha256Hex(body), receivedAt: now)
+    }
+    let messages = envelopes.map { factory.message(for: $0, receivedAt: now) }
+    try await withTestPublisher(node: node, exchange: exchange) { try await $0.publish(messages) }
     return envelopes
 }
 
 /// Publishes raw bytes with a routing key (for undecodable-message tests).
 public func publishRaw(node: RabbitMQNode = .shared, exchange: String, routingKey: String, body: [UInt8]) async throws {
-    var logger = Logger(label: "test-publisher")
-    logger.logLevel = .error
-    let publisher = AMQPPublisher(
-        configuration: AMQPPublisherConfiguration(connection: node.connection, exchanges: bridgeTopology(exchange).exchanges, queues: bridgeTopology(exchange).queues),
-        logger: logger)
-    let runner = Task { try await publisher.run() }
-    try await waitUntil("test publisher connected") { publisher.state == .connected }
-    try await publisher.publish([AMQPOutboundMessage(exchange: exchange, routingKey: routingKey, properties: AMQPProperties(), body: body)])
-    publisher.requestStop()
-    try await runner.value
+    let message = AMQPOutboundMessage(exchange: exchange, routingKey: routingKey, properties: AMQPProperties(), body: body)
+    try await withTestPublisher(node: node, exchange: exchange) { try await $0.publish([message]) }
 }
 
 /// The topology `tc-bridge serve` declares by default for `exchange`.
