@@ -44,7 +44,7 @@ public final class QueueProbe: Sendable {
     private init(node: RabbitMQNode, queue: String, exchanges: [AMQPExchangeDeclaration], queues: [AMQPQueueDeclaration]) async throws {
         self.queue = queue
         var logger = Logger(label: "probe")
-        logger.logLevel = .warning
+        logger.logLevel = .error  // reconnect warnings during injected outages are expected
         consumer = AMQPConsumer(
             configuration: AMQPConsumerConfiguration(
                 connection: node.connection,

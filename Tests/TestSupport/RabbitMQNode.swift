@@ -42,6 +42,9 @@ public struct RabbitMQNode: Sendable {
     public func start() throws { try script("start", "--name", name, "--port", String(port)) }
     public func stop() throws { try script("stop", "--name", name) }
     public func kill() throws { try script("kill", "--name", name) }
+    /// Freezes the node (SIGSTOP): connections stay open but nothing is read or answered.
+    public func pause() throws { try script("pause", "--name", name) }
+    public func resume() throws { try script("resume", "--name", name) }
     public var isRunning: Bool { (try? script("status", "--name", name)) != nil }
 
     /// Runs `rabbitmqctl ARGS` against this node and returns its output.

@@ -1,0 +1,57 @@
+import AMQPClient
+import Foundation
+import Logging
+import Synchronization
+import TestSupport
+import Testing
+
+/// A broker that stops reading (frozen with SIGSTOP) must not freeze the publisher: rabbitmq-c 0.11
+/// blocks in a full socket write forever, so each call's deadline and the stalled-write watchdog
+/// must get callers answered and the connection torn down.
+@Suite(.serialized) struct StalledBrokerTests {
+    @Test func frozenBrokerFailsPublishesWithinTheirDeadlineAndThePublisherRecovers() async throws {
+        let node = try RabbitMQNode.dedicated(name: "stall", port: 5694)
+        defer {
+            try? node.resume()
+            try? node.stop()
+        }
+        var connection = node.connection
+        connection.heartbeat = .seconds(60)  // rule heartbeats out: only the watchdog can notice
+        let exchange = "stall-\(UUID().uuidString.prefix(8))"
+        let probe = try await QueueProbe(node: node, exchange: exchange)
+        defer { Task { await probe.stop() } }
+        let configuration = AMQPPublisherConfiguration(
+            connection: connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)],
+            confirmTimeout: .seconds(1), reconnectBackoff: .init(initial: .milliseconds(50), maximum: .milliseconds(500)))
+        try await withPublisher(configuration) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try node.pause()
+            // 1 MiB messages until the socket buffers are full and a write blocks.
+            let big = message(exchange: exchange, key: "BIG", body: String(repeating: "x", count: 1 << 20))
+            let outcomes = Recorder<AMQPError.Kind>()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<32 {
+                    group.addTask {
+                        do {
+                            try await publisher.publish([big])
+                        } catch let error as AMQPError {
+                            outcomes.append(error.kind)
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            // Every caller was answered (the group finished) with a failure, not left hanging.
+            #expect(outcomes.count == 32)
+            // The watchdog aborted the stuck socket: the owner thread is free and reconnecting.
+            try await waitUntil(timeout: .seconds(20), "publisher to give up the stalled connection") {
+                if case .disconnected = publisher.state { return true }
+                return false
+            }
+            try node.resume()
+            try await waitUntil(timeout: .seconds(60), "publisher reconnected") { publisher.state == .connected }
+            try await publisher.publish([message(exchange: exchange, key: "AFTER", body: "recovered")])
+        }
+        try await waitUntil(timeout: .seconds(30), "post-recovery message") { probe.messages.contains { $0.routingKey == "AFTER" } }
+    }
+}
