@@ -221,52 +221,31 @@ private final class ConsumerLoop: @unchecked Sendable {
     }
 
     func run() {
-        var attempt = 0
-        while true {
-            let (commands, stopRequested) = consumer.takeCommands()
-            failStale(commands)
-            if stopRequested { break }
-            let connection: AMQPConnection
-            do {
-                connection = try AMQPConnection(configuration: configuration.connection)
+        let supervisor = ConnectionSupervisor(
+            connection: configuration.connection, backoff: configuration.reconnectBackoff, wakeup: consumer.wakeupHandle,
+            logger: logger, setState: consumer.setState)
+        supervisor.run(
+            shouldStop: {
+                let (commands, stopRequested) = consumer.takeCommands()
+                failStale(commands)
+                return stopRequested
+            },
+            prepare: { (connection: AMQPConnection) throws(AMQPError) in
                 for exchange in configuration.exchanges { try connection.declare(exchange) }
                 for queue in configuration.queues { try connection.declare(queue) }
                 try connection.enablePublisherConfirms()
                 try connection.setPrefetch(configuration.prefetch)
                 try connection.consume(queue: configuration.queue, consumerTag: consumerTag)
-            } catch {
-                consumer.setState(.disconnected(reason: error.message))
-                let delay = configuration.reconnectBackoff.delay(attempt: attempt)
-                logger.warning("consumer connection failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
-                attempt += 1
-                consumer.wakeupHandle.wait(socket: -1, timeout: delay)
-                continue
-            }
-            attempt = 0
-            generation += 1
-            unsettled.removeAll()
-            nextPublishTag = 1
-            consumer.setState(.connected)
-            logger.info("consumer connected")
-            switch serve(connection) {
-            case .stopped:
-                connection.close()
-                consumer.markFinished()
-                logger.info("consumer stopped")
-                return
-            case .lost(let error):
-                logger.warning("consumer connection lost; reconnecting", metadata: ["error": "\(error)"])
-                consumer.setState(.disconnected(reason: error.message))
-                failRepublishes(error)
-                connection.close()
-            }
-        }
+            },
+            connected: {
+                generation += 1
+                unsettled.removeAll()
+                nextPublishTag = 1
+            },
+            serve: { serve($0) },
+            lost: { failRepublishes($0) })
+        logger.info("consumer stopped")
         consumer.markFinished()
-    }
-
-    private enum ServeOutcome {
-        case stopped
-        case lost(AMQPError)
     }
 
     private func serve(_ connection: AMQPConnection) -> ServeOutcome {

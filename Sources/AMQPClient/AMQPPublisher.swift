@@ -286,17 +286,16 @@ private final class PublisherLoop: @unchecked Sendable {
     }
 
     func run() {
-        var attempt = 0
-        while true {
-            let (queued, stopRequested) = publisher.takeCommands()
-            if stopRequested {
-                fail(queued, AMQPError(.shutdown, "publisher is shutting down"))
-                break
-            }
-            fail(queued, AMQPError(.notConnected, "connecting to the broker"))
-            let connection: AMQPConnection
-            do {
-                connection = try AMQPConnection(configuration: configuration.connection)
+        let supervisor = ConnectionSupervisor(
+            connection: configuration.connection, backoff: configuration.reconnectBackoff, wakeup: publisher.wakeupHandle,
+            logger: logger, setState: publisher.setState)
+        supervisor.run(
+            shouldStop: {
+                let (queued, stopRequested) = publisher.takeCommands()
+                fail(queued, stopRequested ? AMQPError(.shutdown, "publisher is shutting down") : AMQPError(.notConnected, "connecting to the broker"))
+                return stopRequested
+            },
+            prepare: { (connection: AMQPConnection) throws(AMQPError) in
                 for exchange in configuration.exchanges {
                     if case .usedExisting(let reason) = try connection.declare(exchange) {
                         logger.warning("using the existing exchange as it is", metadata: ["exchange": "\(exchange.name)", "reason": "\(reason)"])
@@ -304,38 +303,12 @@ private final class PublisherLoop: @unchecked Sendable {
                 }
                 for queue in configuration.queues { try connection.declare(queue) }
                 try connection.enablePublisherConfirms()
-            } catch {
-                publisher.setState(.disconnected(reason: error.message))
-                let delay = configuration.reconnectBackoff.delay(attempt: attempt)
-                logger.warning("broker connection failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
-                attempt += 1
-                publisher.wakeupHandle.wait(socket: -1, timeout: delay)
-                continue
-            }
-            logger.info("connected to broker")
-            attempt = 0
-            resetTags()
-            publisher.setState(.connected)
-            let outcome = serve(connection)
-            switch outcome {
-            case .stopped:
-                connection.close()
-                logger.info("publisher stopped")
-                publisher.markFinished()
-                return
-            case .lost(let error):
-                logger.warning("broker connection lost; reconnecting", metadata: ["error": "\(error)"])
-                publisher.setState(.disconnected(reason: error.message))
-                failOutstanding(error)
-                connection.close()
-            }
-        }
+            },
+            connected: { resetTags() },
+            serve: { serve($0) },
+            lost: { failOutstanding($0) })
+        logger.info("publisher stopped")
         publisher.markFinished()
-    }
-
-    private enum ServeOutcome {
-        case stopped
-        case lost(AMQPError)
     }
 
     private func serve(_ connection: AMQPConnection) -> ServeOutcome {

@@ -1,0 +1,64 @@
+import Logging
+
+/// How one connection's serving ended.
+enum ServeOutcome {
+    /// Shutdown completed; the connection should be closed for good.
+    case stopped
+    /// The connection broke; reconnect.
+    case lost(AMQPError)
+}
+
+/// The loop every owner thread runs: connect (retrying with backoff), prepare the connection, serve
+/// it until shutdown or loss, and start again after a loss. Owner-thread only; the hooks run on it.
+struct ConnectionSupervisor {
+    let connection: AMQPConnectionConfiguration
+    let backoff: AMQPBackoff
+    let wakeup: Wakeup
+    let logger: Logger
+    let setState: (AMQPConnectionState) -> Void
+
+    /// Returns when `shouldStop` says so before an attempt, or when `serve` reports `.stopped`.
+    /// - Parameters:
+    ///   - shouldStop: checked before every attempt (also the place to fail work queued meanwhile).
+    ///   - prepare: declares topology and channel modes on a new connection.
+    ///   - connected: the connection is ready; reset per-connection state.
+    ///   - serve: runs the connection until shutdown or loss.
+    ///   - lost: the connection broke; fail or forget what was outstanding on it.
+    func run(
+        shouldStop: () -> Bool,
+        prepare: (AMQPConnection) throws(AMQPError) -> Void,
+        connected: () -> Void,
+        serve: (AMQPConnection) -> ServeOutcome,
+        lost: (AMQPError) -> Void
+    ) {
+        var attempt = 0
+        while !shouldStop() {
+            let current: AMQPConnection
+            do {
+                current = try AMQPConnection(configuration: connection)
+                try prepare(current)
+            } catch {
+                setState(.disconnected(reason: error.message))
+                let delay = backoff.delay(attempt: attempt)
+                logger.warning("broker connection failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                attempt += 1
+                wakeup.wait(socket: -1, timeout: delay)
+                continue
+            }
+            attempt = 0
+            connected()
+            setState(.connected)
+            logger.info("connected to broker")
+            switch serve(current) {
+            case .stopped:
+                current.close()
+                return
+            case .lost(let error):
+                logger.warning("broker connection lost; reconnecting", metadata: ["error": "\(error)"])
+                setState(.disconnected(reason: error.message))
+                lost(error)
+                current.close()
+            }
+        }
+    }
+}
