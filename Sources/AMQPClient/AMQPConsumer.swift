@@ -207,8 +207,7 @@ private final class ConsumerLoop: @unchecked Sendable {
     /// Deliveries handed out on the current connection and not yet settled.
     private var unsettled: Set<UInt64> = []
     /// Republished messages waiting for their confirm: publish tag -> (delivery to ack, caller).
-    private var pendingRepublish: [UInt64: (deliveryTag: UInt64, continuation: CheckedContinuation<Result<Void, AMQPError>, Never>)] = [:]
-    private var nextPublishTag: UInt64 = 1
+    private var pendingRepublish = ConfirmLedger<(deliveryTag: UInt64, continuation: CheckedContinuation<Result<Void, AMQPError>, Never>)>()
     private var stopDeadline: ContinuousClock.Instant?
     private var cancelled = false
     private let consumerTag = "tc-consumer-\(UInt64.random(in: 0...UInt64.max))"
@@ -240,7 +239,6 @@ private final class ConsumerLoop: @unchecked Sendable {
             connected: {
                 generation += 1
                 unsettled.removeAll()
-                nextPublishTag = 1
             },
             serve: { serve($0) },
             lost: { failRepublishes($0) })
@@ -312,15 +310,12 @@ private final class ConsumerLoop: @unchecked Sendable {
             command.continuation.resume(returning: .success(()))
         case .republishThenAck(let message):
             try connection.publish(message)
-            pendingRepublish[nextPublishTag] = (command.deliveryTag, command.continuation)
-            nextPublishTag += 1
+            pendingRepublish.register((command.deliveryTag, command.continuation))
         }
     }
 
     private func confirmRepublish(upTo tag: UInt64, multiple: Bool, success: Bool, on connection: AMQPConnection) throws(AMQPError) {
-        let tags = multiple ? pendingRepublish.keys.filter { $0 <= tag }.sorted() : [tag]
-        for publishTag in tags {
-            guard let pending = pendingRepublish.removeValue(forKey: publishTag) else { continue }
+        for pending in pendingRepublish.settle(upTo: tag, multiple: multiple) {
             if success {
                 unsettled.remove(pending.deliveryTag)
                 try connection.ack(pending.deliveryTag)
@@ -332,8 +327,7 @@ private final class ConsumerLoop: @unchecked Sendable {
     }
 
     private func failRepublishes(_ error: AMQPError) {
-        for pending in pendingRepublish.values { pending.continuation.resume(returning: .failure(error)) }
-        pendingRepublish.removeAll()
+        for pending in pendingRepublish.reset() { pending.continuation.resume(returning: .failure(error)) }
         unsettled.removeAll()
     }
 
