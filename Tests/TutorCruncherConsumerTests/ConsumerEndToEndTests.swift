@@ -65,3 +65,21 @@ import TutorCruncherConsumer
         }
     }
 }
+
+@Suite struct QuorumQueueTests {
+    @Test func quorumQueueConsumerDeclaresItsQueuesAndReceives() async throws {
+        let exchange = uniqueExchange()
+        var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice])
+        configuration.queueType = .quorum
+        let handled = Recorder<String>()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { handled.append($0.eventID) }
+        try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            let envelopes = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["RAISED_INVOICE"])])
+            try await waitUntil("event handled") { handled.all == [envelopes[0].eventID] }
+        }
+        let types = try RabbitMQNode.shared.ctl("list_queues", "name", "type", "--no-table-headers", "--quiet")
+        #expect(types.contains("\(configuration.queue)\tquorum"))
+        #expect(types.contains("\(configuration.deadLetterQueue)\tquorum"))
+    }
+}
