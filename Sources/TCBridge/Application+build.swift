@@ -3,6 +3,7 @@ import DurableSpool
 import HTTPTypes
 import Hummingbird
 import Logging
+import Metrics
 import NIOCore
 import ServiceLifecycle
 import TutorCruncher
@@ -18,19 +19,55 @@ public func buildRouter(
     let signatureHeader = HTTPField.Name("webhook-signature")!
     let maxBodyBytes = configuration.maxBodyBytes
 
+    let bodyBudget = ByteBudget(limit: configuration.limits.unverifiedBodyBudget)
+    let smallBody = 64 << 10
+
+    /// Reads nothing before the signature header is known to be well-formed, and never holds more
+    /// unverified body bytes than the global budget allows.
     @Sendable func receive(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > maxBodyBytes {
-            return jsonResponse(.error(413, "body larger than \(maxBodyBytes) bytes"))
+        let signature = request.headers[signatureHeader]
+        if let rejection = WebhookVerifier.precheck(signatureHeader: signature) {
+            return closing(jsonResponse(ingest.rejected(rejection, path: request.uri.path, bodyBytes: nil)))
         }
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.body.collect(upTo: maxBodyBytes)
-        } catch is NIOTooManyBytesError {
-            return jsonResponse(.error(413, "body larger than \(maxBodyBytes) bytes"))
+        let declaredLength = request.headers[.contentLength].flatMap { Int($0) }
+        if let declaredLength, declaredLength > maxBodyBytes {
+            return closing(jsonResponse(.error(413, "body larger than \(maxBodyBytes) bytes")))
         }
-        let body = Array(buffer.readableBytesView)
-        let result = await ingest.handle(body: body, path: request.uri.path, signature: request.headers[signatureHeader])
-        return jsonResponse(result)
+        // Bytes are taken from the budget as they arrive, so a client that announces much and
+        // sends little holds little. Bodies that announce at most `smallBody` bytes (every genuine
+        // TutorCruncher delivery) may use the whole budget; others leave a share for them, so a
+        // flood of big unsigned bodies cannot starve genuine ones.
+        let ceiling = (declaredLength ?? .max) <= smallBody ? bodyBudget.limit : bodyBudget.limit - bodyBudget.limit / 8
+        var reserved = 0
+        defer { bodyBudget.release(reserved) }
+        var body: [UInt8] = []
+        if let declaredLength { body.reserveCapacity(declaredLength) }
+        for try await chunk in request.body {
+            let count = chunk.readableBytes
+            guard body.count + count <= maxBodyBytes else {
+                return closing(jsonResponse(.error(413, "body larger than \(maxBodyBytes) bytes")))
+            }
+            guard bodyBudget.reserve(count, ceiling: ceiling) else { return overBudget() }
+            reserved += count
+            body.append(contentsOf: chunk.readableBytesView)
+        }
+        let result = await ingest.handle(
+            body: body, path: request.uri.path, signature: signature,
+            onVerified: {
+                // From here on the body is the sender's: it no longer counts against the budget.
+                bodyBudget.release(reserved)
+                reserved = 0
+            })
+        // A client that cannot sign gets no keep-alive.
+        return result.status == 403 ? closing(jsonResponse(result)) : jsonResponse(result)
+    }
+
+    @Sendable func overBudget() -> Response {
+        Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "unverified_budget_exhausted")]).increment()
+        logger.warning("unverified body budget exhausted; answering 503", metadata: ["budget_bytes": "\(bodyBudget.limit)"])
+        var response = closing(jsonResponse(.error(503, "too many bodies in flight, retry later")))
+        response.headers[.retryAfter] = "1"
+        return response
     }
 
     @Sendable func methodNotAllowed(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
@@ -108,12 +145,21 @@ public func buildApplication(
     let router = buildRouter(configuration: configuration, publisher: publisher, spool: spool, logger: logger)
     return Application(
         router: router,
+        server: .guardedHTTP1(limits: configuration.limits, connections: ConnectionCount(), logger: logger),
         configuration: ApplicationConfiguration(
             address: .hostname(configuration.host, port: configuration.port),
             serverName: nil),
         services: services,
         onServerRunning: { channel in await onListening(channel.localAddress?.port ?? configuration.port) },
         logger: logger)
+}
+
+/// Marks a response that is sent before its request body was read: the connection is closed
+/// after it rather than drained.
+private func closing(_ response: Response) -> Response {
+    var response = response
+    response.headers[.connection] = "close"
+    return response
 }
 
 private func jsonResponse(_ result: IngestResponse) -> Response {

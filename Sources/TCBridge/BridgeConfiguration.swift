@@ -19,6 +19,8 @@ public struct BridgeConfiguration: Sendable {
     public var dedupWindow: Duration?
     /// Most bodies the dedup window remembers (default 100,000; about 150 bytes each).
     public var dedupMaxEntries: Int
+    /// Timeouts, the connection cap and the budget for bodies not yet verified.
+    public var limits: ConnectionLimits
 
     public init(
         host: String = "127.0.0.1",
@@ -28,7 +30,8 @@ public struct BridgeConfiguration: Sendable {
         verifier: WebhookVerifier,
         appID: String = "tc-bridge",
         dedupWindow: Duration? = .seconds(3600),
-        dedupMaxEntries: Int = 100_000
+        dedupMaxEntries: Int = 100_000,
+        limits: ConnectionLimits = ConnectionLimits()
     ) {
         self.host = host
         self.port = port
@@ -38,5 +41,6 @@ public struct BridgeConfiguration: Sendable {
         self.appID = appID
         self.dedupWindow = dedupWindow
         self.dedupMaxEntries = dedupMaxEntries
+        self.limits = limits
     }
 }

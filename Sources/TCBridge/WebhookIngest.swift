@@ -45,23 +45,14 @@ public struct WebhookIngest: Sendable {
         self.logger = logger
     }
 
-    public func handle(body: [UInt8], path: String, signature: String?) async -> IngestResponse {
-        switch verifier.verify(body: body, signatureHeader: signature) {
-        case .valid:
-            break
-        case .missing:
-            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "signature_missing")]).increment()
-            logger.notice("rejected webhook: no signature", metadata: ["path": "\(path)"])
-            return .error(403, "missing webhook-signature header")
-        case .malformed:
-            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "signature_malformed")]).increment()
-            logger.notice("rejected webhook: malformed signature", metadata: ["path": "\(path)"])
-            return .error(403, "malformed webhook-signature header")
-        case .mismatch:
-            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "signature_mismatch")]).increment()
-            logger.notice("rejected webhook: signature mismatch", metadata: ["path": "\(path)", "bytes": "\(body.count)"])
-            return .error(403, "invalid webhook-signature")
-        }
+    /// Handles one request. `onVerified` runs once the signature has been checked, whatever the
+    /// outcome (the router then stops counting the body as unverified).
+    public func handle(
+        body: [UInt8], path: String, signature: String?, onVerified: () -> Void = {}
+    ) async -> IngestResponse {
+        let verification = verifier.verify(body: body, signatureHeader: signature)
+        onVerified()
+        guard verification == .valid else { return rejected(verification, path: path, bodyBytes: body.count) }
 
         let receivedAt = UTCTimestamp.now()
         let digest = sha256Hex(body)
@@ -78,6 +69,21 @@ public struct WebhookIngest: Sendable {
         let response = await deliver(body: body, digest: digest, path: path, receivedAt: receivedAt)
         dedup?.complete(digest, accepted: response.status == 200)
         return response
+    }
+
+    /// The answer to a request whose signature is not valid: 403, counted and logged (never the
+    /// body or the header's value). `bodyBytes` is `nil` when the body was not read.
+    public func rejected(_ verification: SignatureVerification, path: String, bodyBytes: Int?) -> IngestResponse {
+        let outcome: String
+        let message: String
+        switch verification {
+        case .missing: (outcome, message) = ("signature_missing", "missing webhook-signature header")
+        case .malformed: (outcome, message) = ("signature_malformed", "malformed webhook-signature header")
+        case .mismatch, .valid: (outcome, message) = ("signature_mismatch", "invalid webhook-signature")
+        }
+        Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", outcome)]).increment()
+        logger.notice("rejected webhook: \(message)", metadata: ["path": "\(path)", "bytes": "\(bodyBytes.map(String.init) ?? "unread")"])
+        return .error(403, message)
     }
 
     private func deliver(body: [UInt8], digest: String, path: String, receivedAt: UTCTimestamp) async -> IngestResponse {

@@ -57,6 +57,13 @@ public struct WebhookVerifier: Sendable {
         return valid ? .valid : .mismatch
     }
 
+    /// What can be said of a `webhook-signature` header before the body is read: `.missing`,
+    /// `.malformed`, or `nil` when it is well-formed (64 hex digits) and the body must be checked.
+    public static func precheck(signatureHeader header: String?) -> SignatureVerification? {
+        guard let header else { return .missing }
+        return decodeHex(header) == nil ? .malformed : nil
+    }
+
     /// The signature TutorCruncher would send for `body`, signed with the first key.
     public func signature(for body: [UInt8]) -> String {
         Self.signature(for: body, key: keys[0])

@@ -33,6 +33,13 @@ enum Environment {
         return number
     }
 
+    /// A positive number of seconds (at most a day) as a `Duration`.
+    static func resolveSeconds(_ flag: Double?, env name: String, default fallback: Double) throws -> Duration {
+        let seconds = try resolveDouble(flag, env: name, default: fallback)
+        guard seconds > 0, seconds <= 86_400 else { throw ValidationError("\(name) must be between 0 and 86400 seconds, got \(seconds)") }
+        return .milliseconds(Int64(seconds * 1000))
+    }
+
     /// The integration's private API key(s): `--private-key-file`/`TC_PRIVATE_KEY_FILE` (one key per
     /// non-empty line; several lines during a key rotation), else `TC_PRIVATE_KEY`. Never a flag value,
     /// so a key never shows in `ps`. `TC_PRIVATE_KEY` is removed from the environment once read.

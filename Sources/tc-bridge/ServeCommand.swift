@@ -59,6 +59,21 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Most messages the unroutable queue keeps, oldest dropped first (env: TC_BRIDGE_UNROUTABLE_MAX_LENGTH; default 100000).")
     var unroutableMaxLength: Int?
 
+    @Option(help: "Seconds from a request's first byte to its complete head (env: TC_BRIDGE_HEADER_TIMEOUT; default 5).")
+    var headerTimeout: Double?
+
+    @Option(help: "Seconds from a request's head to the end of its body; slower clients are closed (env: TC_BRIDGE_BODY_TIMEOUT; default 10).")
+    var bodyTimeout: Double?
+
+    @Option(help: "Seconds a keep-alive connection may stay open with no request (env: TC_BRIDGE_IDLE_TIMEOUT; default 15).")
+    var idleTimeout: Double?
+
+    @Option(help: "Most open connections; beyond it new ones get 503 and are closed (env: TC_BRIDGE_MAX_CONNECTIONS; default 1024).")
+    var maxConnections: Int?
+
+    @Option(help: "Bytes of request bodies not yet verified, across all requests; beyond it 503 with Retry-After (env: TC_BRIDGE_UNVERIFIED_BODY_BUDGET; default 67108864).")
+    var unverifiedBodyBudget: Int?
+
     @Option(help: "File holding the private API key, one key per line during a rotation (env: TC_PRIVATE_KEY_FILE). Default: env TC_PRIVATE_KEY.")
     var privateKeyFile: String?
 
@@ -105,13 +120,25 @@ struct ServeCommand: AsyncParsableCommand {
         let topology = BridgeTopology(
             exchange: exchangeName, alternateExchange: alternate == "none" ? nil : alternate, unroutableMaxLength: unroutableLimit)
 
+        let limits = ConnectionLimits(
+            headerTimeout: try Environment.resolveSeconds(headerTimeout, env: "TC_BRIDGE_HEADER_TIMEOUT", default: 5),
+            bodyTimeout: try Environment.resolveSeconds(bodyTimeout, env: "TC_BRIDGE_BODY_TIMEOUT", default: 10),
+            idleTimeout: try Environment.resolveSeconds(idleTimeout, env: "TC_BRIDGE_IDLE_TIMEOUT", default: 15),
+            maxConnections: try Environment.resolveInt(maxConnections, env: "TC_BRIDGE_MAX_CONNECTIONS", default: 1024),
+            unverifiedBodyBudget: try Environment.resolveInt(
+                unverifiedBodyBudget, env: "TC_BRIDGE_UNVERIFIED_BODY_BUDGET", default: 64 << 20))
+        guard limits.maxConnections > 0 else { throw ValidationError("max connections must be positive") }
+        guard limits.unverifiedBodyBudget > 0 else { throw ValidationError("unverified body budget must be positive") }
+        ProcessLimits.prepare(connections: limits.maxConnections, logger: logger)
+
         let bridge = BridgeConfiguration(
             host: Environment.resolve(host, env: "TC_BRIDGE_HOST", default: "127.0.0.1"),
             port: port,
             exchange: exchangeName,
             maxBodyBytes: maxBody,
             verifier: WebhookVerifier(keys: keys),
-            dedupWindow: dedupSeconds > 0 ? .milliseconds(Int64(dedupSeconds * 1000)) : nil)
+            dedupWindow: dedupSeconds > 0 ? .milliseconds(Int64(dedupSeconds * 1000)) : nil,
+            limits: limits)
         let publisher = AMQPPublisher(
             configuration: AMQPPublisherConfiguration(
                 connection: connection,

@@ -1,0 +1,289 @@
+import HummingbirdCore
+import Logging
+import Metrics
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// Limits that keep slow or hostile clients from holding the public endpoint.
+///
+/// TutorCruncher sends small bodies in one go and gives up after 8 s, so a genuine request never
+/// comes near these defaults.
+public struct ConnectionLimits: Sendable, Equatable {
+    /// From the first byte of a request to its complete head. Default 5 s.
+    public var headerTimeout: Duration
+    /// From a request's complete head to the end of its body: a client that trickles bytes is
+    /// closed at this deadline whatever its rate. Default 10 s.
+    public var bodyTimeout: Duration
+    /// A keep-alive connection with no request in progress. Default 15 s.
+    public var idleTimeout: Duration
+    /// Open connections at most; beyond it a new connection is answered 503 and closed. Default 1024.
+    public var maxConnections: Int
+    /// Bytes of request bodies received but not yet verified, across all requests. A request
+    /// that would go beyond it is answered 503 with `Retry-After` and closed. Default 64 MiB.
+    public var unverifiedBodyBudget: Int
+
+    public init(
+        headerTimeout: Duration = .seconds(5), bodyTimeout: Duration = .seconds(10), idleTimeout: Duration = .seconds(15),
+        maxConnections: Int = 1024, unverifiedBodyBudget: Int = 64 << 20
+    ) {
+        self.headerTimeout = headerTimeout
+        self.bodyTimeout = bodyTimeout
+        self.idleTimeout = idleTimeout
+        self.maxConnections = maxConnections
+        self.unverifiedBodyBudget = unverifiedBodyBudget
+    }
+}
+
+/// A counter shared by every connection; thread-safe.
+final class ConnectionCount: Sendable {
+    private let open = Atomic<Int>(0)
+    var current: Int { open.load(ordering: .relaxed) }
+    /// Registers one connection; `false` (and nothing registered) when `limit` is reached.
+    func enter(limit: Int) -> Bool {
+        let now = open.wrappingAdd(1, ordering: .relaxed).newValue
+        if now > limit {
+            open.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+    func leave() { open.wrappingSubtract(1, ordering: .relaxed) }
+}
+
+/// A global budget of bytes; thread-safe. ``reserve(_:)`` never blocks: it succeeds or says no.
+public final class ByteBudget: Sendable {
+    public let limit: Int
+    private let used = Atomic<Int>(0)
+
+    public init(limit: Int) { self.limit = limit }
+
+    public var inUse: Int { used.load(ordering: .relaxed) }
+
+    /// Takes `count` bytes from the budget; `false` (and nothing taken) when that would bring the
+    /// bytes in use above `ceiling` (at most ``limit``).
+    public func reserve(_ count: Int, ceiling: Int? = nil) -> Bool {
+        guard count >= 0 else { return false }
+        let limit = min(ceiling ?? self.limit, self.limit)
+        var current = used.load(ordering: .relaxed)
+        while true {
+            let (sum, overflow) = current.addingReportingOverflow(count)
+            if overflow || sum > limit { return false }
+            let (exchanged, original) = used.compareExchange(expected: current, desired: sum, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+    }
+
+    public func release(_ count: Int) { used.wrappingSubtract(count, ordering: .relaxed) }
+}
+
+/// Hummingbird's HTTP/1 channel with two guards in its pipeline: one before the HTTP decoder that
+/// sees raw bytes (connection cap, idle and header timeouts) and one after it that sees request
+/// parts (body deadline, closing a connection whose response was sent before its body ended).
+struct GuardedHTTP1Channel: HTTPChannelHandler {
+    typealias Value = HTTP1Channel.Value
+    let inner: HTTP1Channel
+    let limits: ConnectionLimits
+    let connections: ConnectionCount
+    let logger: Logger
+
+    var responder: Responder { inner.responder }
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        let state = GuardState(limits: limits, connections: connections, logger: self.logger)
+        do {
+            try channel.pipeline.syncOperations.addHandler(RawConnectionGuard(state: state), position: .first)
+        } catch {
+            return channel.eventLoop.makeFailedFuture(error)
+        }
+        return inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            let operations = channel.pipeline.syncOperations
+            // Right after NIO's HTTP/1 decoder (the encoder comes before it): inbound it sees
+            // decoded request parts, outbound the response parts on their way to the encoder.
+            let decoder = try operations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            try operations.addHandler(RequestPartGuard(state: state), position: .after(decoder))
+            return value
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        await inner.handle(value: value, logger: logger)
+    }
+}
+
+extension HTTPServerBuilder {
+    /// HTTP/1.1 with ``ConnectionLimits`` enforced on every connection.
+    static func guardedHTTP1(limits: ConnectionLimits, connections: ConnectionCount, logger: Logger) -> HTTPServerBuilder {
+        .init { responder in
+            GuardedHTTP1Channel(
+                inner: HTTP1Channel(responder: responder, configuration: .init()), limits: limits, connections: connections,
+                logger: logger)
+        }
+    }
+}
+
+/// Per-connection timer state shared by the two guard handlers. Event-loop confined.
+final class GuardState {
+    enum Phase { case idle, head, body, handling }
+
+    let limits: ConnectionLimits
+    let connections: ConnectionCount
+    let logger: Logger
+    var phase = Phase.idle
+    var registered = false
+    var timer: Scheduled<Void>?
+    var closeAfterResponse = false
+
+    init(limits: ConnectionLimits, connections: ConnectionCount, logger: Logger) {
+        self.limits = limits
+        self.connections = connections
+        self.logger = logger
+    }
+
+    func enter(_ phase: Phase, context: ChannelHandlerContext) {
+        self.phase = phase
+        timer?.cancel()
+        timer = nil
+        let timeout: Duration
+        let reason: String
+        switch phase {
+        case .idle: (timeout, reason) = (limits.idleTimeout, "idle_timeout")
+        case .head: (timeout, reason) = (limits.headerTimeout, "header_timeout")
+        case .body: (timeout, reason) = (limits.bodyTimeout, "body_timeout")
+        case .handling: return
+        }
+        let channel = context.channel
+        let logger = logger
+        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: TimeAmount(timeout)) {
+            Counter(label: "tcbridge_connections_closed_total", dimensions: [("reason", reason)]).increment()
+            logger.debug("closing connection", metadata: ["reason": "\(reason)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "-")"])
+            channel.close(promise: nil)
+        }
+    }
+
+    func stop() {
+        timer?.cancel()
+        timer = nil
+        if registered {
+            registered = false
+            connections.leave()
+        }
+    }
+}
+
+/// First in the pipeline: sees raw bytes. Enforces the connection cap and the idle and header timeouts.
+final class RawConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private static let overloaded = Array(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".utf8)
+
+    let state: GuardState
+    private var refused = false
+    private var answered = false
+
+    init(state: GuardState) { self.state = state }
+
+    // Hummingbird sets the pipeline up before the accepted channel is active, and channelActive
+    // does not always pass through handlers added then: count and time the connection from here.
+    func handlerAdded(context: ChannelHandlerContext) {
+        guard state.connections.enter(limit: state.limits.maxConnections) else {
+            refused = true
+            Counter(label: "tcbridge_connections_closed_total", dimensions: [("reason", "too_many_connections")]).increment()
+            state.logger.warning("connection limit reached; refusing a connection", metadata: ["limit": "\(state.limits.maxConnections)"])
+            refuse(context: context)
+            return
+        }
+        state.registered = true
+        state.enter(.idle, context: context)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if refused { refuse(context: context) }
+        context.fireChannelActive()
+    }
+
+    /// Answers 503 and closes; waits (briefly) for the channel to become active to do so.
+    private func refuse(context: ChannelHandlerContext, attempt: Int = 0) {
+        guard !answered else { return }
+        guard context.channel.isActive || attempt >= 100 else {
+            context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: .milliseconds(10)) {
+                self.refuse(context: context, attempt: attempt + 1)
+            }
+            return
+        }
+        answered = true
+        let buffer = context.channel.allocator.buffer(bytes: Self.overloaded)
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard state.registered else {  // refused connection: ignore what it sends, answer once
+            refuse(context: context)
+            return
+        }
+        if state.phase == .idle { state.enter(.head, context: context) }
+        context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        state.stop()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        state.stop()
+    }
+}
+
+/// After the HTTP decoder: sees request heads and ends, and response ends.
+final class RequestPartGuard: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let state: GuardState
+
+    init(state: GuardState) { self.state = state }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head: state.enter(.body, context: context)
+        case .body: break
+        case .end: state.enter(.handling, context: context)
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            if head.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "close" }) {
+                state.closeAfterResponse = true
+            }
+            context.write(data, promise: promise)
+            return
+        case .body:
+            context.write(data, promise: promise)
+            return
+        case .end:
+            break
+        }
+        // A response that says `Connection: close`, or one sent before its request's body ended
+        // (a rejection that never read the body): close rather than drain an unknown amount.
+        if state.closeAfterResponse || state.phase == .body || state.phase == .head {
+            let future = context.writeAndFlush(data)
+            future.cascade(to: promise)
+            future.whenComplete { _ in context.close(promise: nil) }
+            state.enter(.handling, context: context)
+            return
+        }
+        context.write(data, promise: promise)
+        state.enter(.idle, context: context)
+    }
+}
