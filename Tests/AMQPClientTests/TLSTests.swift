@@ -75,6 +75,37 @@ import Testing
         #expect(error?.message.contains("client certificate and key must be given together") == true)
     }
 
+    @Test func bridgePublishesOverMutualTLSWithItsCertificateFlags() async throws {
+        let node = try TLSBrokers.mutual
+        let certificates = try TLSBrokers.certificates
+        let tlsPort = try #require(node.tls?.port)
+        let exchange = "tls-bridge-\(UUID().uuidString.prefix(8))"
+        let probe = try await QueueProbe(node: node, exchange: exchange)
+        let bridge: BridgeProcess
+        do {
+            bridge = try await BridgeProcess(
+                node: node,
+                arguments: [
+                    "--exchange", exchange, "--amqp-ca-file", certificates.ca,
+                    "--amqp-client-cert", certificates.clientCertificate, "--amqp-client-key", certificates.clientKey,
+                ],
+                environment: ["AMQP_URL": "amqps://guest:guest@localhost:\(tlsPort)/%2F"])
+            try await bridge.waitUntilHealthy()
+            let response = try await postSigned(port: bridge.port, body: Webhooks.body(actions: ["LOGIN"]))
+            #expect(response.status == 200)
+            #expect(response.body.contains(#""events":1"#))
+            #expect(!response.body.contains("spooled"), "confirmed by the broker over TLS, not spooled")
+            let received = try await probe.waitForMessages(count: 1)
+            #expect(received.first?.routingKey == "LOGIN")
+        } catch {
+            await probe.stop()
+            throw error
+        }
+        await probe.stop()
+        bridge.signal(SIGTERM)
+        #expect(try await bridge.waitForExit() == 0)
+    }
+
     /// Publishes one persistent message with a confirm over `connection` and reads it back from a
     /// queue on `node` (consumed over plain AMQP, independently of the connection under test).
     func expectPublishes(over connection: AMQPConnectionConfiguration, to node: RabbitMQNode) async throws {
