@@ -23,6 +23,18 @@ import Testing
         #expect(error?.message.contains("wrong-ca.pem") == true)
     }
 
+    @Test func publisherShowsTheUntrustedCertificateAsItsDisconnectReason() async throws {
+        var connection = try TLSBrokers.serverOnly.tlsConnection()
+        connection.tls?.caCertificatePath = try TLSBrokers.certificates.wrongCA
+        let backoff = AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(200))
+        try await withPublisher(.init(connection: connection, reconnectBackoff: backoff)) { publisher in
+            try await waitUntil("publisher to report why it cannot connect") {
+                if case .disconnected(let reason) = publisher.state { return reason.contains("broker certificate not trusted") }
+                return false
+            }
+        }
+    }
+
     @Test func amqpsToThePlainAMQPPortFailsInTheHandshake() async throws {
         let node = try TLSBrokers.serverOnly
         var connection = try node.tlsConnection()
