@@ -14,7 +14,8 @@ public struct AMQPConnectionConfiguration: Sendable, Equatable, CustomStringConv
         public var clientKeyPath: String?
         /// Verify the broker's certificate chain (default `true`).
         public var verifyPeer: Bool
-        /// Verify that the certificate names the host (default `true`).
+        /// Verify that the certificate names the host (default `true`). rabbitmq-c 0.11 matches DNS
+        /// names only, so connect by a name the certificate lists, not by IP address.
         public var verifyHostname: Bool
 
         public init(

@@ -35,6 +35,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "CA certificates (PEM) that sign the broker's certificate, for amqps:// (env: AMQP_CA_FILE).")
     var amqpCAFile: String?
 
+    @Option(help: "Client certificate (PEM) for a broker that requires one, for amqps:// (env: AMQP_CLIENT_CERT_FILE); needs --amqp-client-key.")
+    var amqpClientCert: String?
+
+    @Option(help: "Private key (PEM) of the client certificate (env: AMQP_CLIENT_KEY_FILE).")
+    var amqpClientKey: String?
+
     @Option(help: "Topic exchange to publish to (env: TC_BRIDGE_EXCHANGE; default tutorcruncher).")
     var exchange: String?
 
@@ -99,6 +105,16 @@ struct ServeCommand: AsyncParsableCommand {
         if let ca = amqpCAFile ?? Environment.value("AMQP_CA_FILE") {
             guard connection.tls != nil else { throw ValidationError("--amqp-ca-file needs an amqps:// URL") }
             connection.tls?.caCertificatePath = ca
+        }
+        let clientCert = amqpClientCert ?? Environment.value("AMQP_CLIENT_CERT_FILE")
+        let clientKey = amqpClientKey ?? Environment.value("AMQP_CLIENT_KEY_FILE")
+        if clientCert != nil || clientKey != nil {
+            guard clientCert != nil, clientKey != nil else {
+                throw ValidationError("--amqp-client-cert and --amqp-client-key go together")
+            }
+            guard connection.tls != nil else { throw ValidationError("--amqp-client-cert needs an amqps:// URL") }
+            connection.tls?.clientCertificatePath = clientCert
+            connection.tls?.clientKeyPath = clientKey
         }
         let port = try Environment.resolveInt(port, env: "TC_BRIDGE_PORT", default: 8080)
         guard (0...65535).contains(port) else { throw ValidationError("port must be 0-65535") }

@@ -7,7 +7,9 @@ import TutorCruncher
 @Suite struct CommandLineTests {
     func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
         var env = ProcessInfo.processInfo.environment
-        for key in ["TC_PRIVATE_KEY", "TC_PRIVATE_KEY_FILE", "AMQP_URL"] { env.removeValue(forKey: key) }
+        for key in ["TC_PRIVATE_KEY", "TC_PRIVATE_KEY_FILE", "AMQP_URL", "AMQP_CA_FILE", "AMQP_CLIENT_CERT_FILE", "AMQP_CLIENT_KEY_FILE"] {
+            env.removeValue(forKey: key)
+        }
         for (key, value) in environment { env[key] = value }
         do {
             return (0, try runProcess(BridgeProcess.executable, arguments, environment: env))
@@ -34,6 +36,25 @@ import TutorCruncher
         #expect(result.status != 0)
         #expect(result.output.contains("invalid AMQP URL"))
         #expect(!result.output.contains("hunter2"))
+    }
+
+    @Test func serveRejectsAClientCertificateWithoutItsKey() throws {
+        let result = try run(
+            ["serve", "--port", "0", "--amqp-client-cert", "/etc/client.pem"],
+            environment: ["TC_PRIVATE_KEY": "k", "AMQP_URL": "amqps://localhost/"])
+        #expect(result.status != 0)
+        #expect(result.output.contains("--amqp-client-cert and --amqp-client-key go together"))
+    }
+
+    @Test func serveRejectsAClientCertificateForPlainAMQP() throws {
+        let result = try run(
+            ["serve", "--port", "0"],
+            environment: [
+                "TC_PRIVATE_KEY": "k", "AMQP_URL": "amqp://localhost/", "AMQP_CLIENT_CERT_FILE": "/etc/client.pem",
+                "AMQP_CLIENT_KEY_FILE": "/etc/client.key",
+            ])
+        #expect(result.status != 0)
+        #expect(result.output.contains("--amqp-client-cert needs an amqps:// URL"))
     }
 
     @Test func serveRejectsAnUnreadableKeyFile() throws {

@@ -58,6 +58,13 @@ public final class BridgeProcess: @unchecked Sendable {
 
     public func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
 
+    /// Waits until `GET /health` answers 200, i.e. the bridge is connected to the broker.
+    public func waitUntilHealthy(timeout: Duration = .seconds(30)) async throws {
+        try await waitUntil(timeout: timeout, "bridge connected to the broker") {
+            (try? await httpRequest(port: self.port, method: .get, path: "/health").status) == 200
+        }
+    }
+
     /// Waits for the process to exit and returns its exit status.
     public func waitForExit(timeout: Duration = .seconds(30)) async throws -> Int32 {
         try await waitUntil(timeout: timeout, "tc-bridge to exit") { !self.process.isRunning }

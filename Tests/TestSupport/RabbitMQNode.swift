@@ -9,11 +9,14 @@ import Foundation
 public struct RabbitMQNode: Sendable {
     public let name: String
     public let port: Int
+    /// An extra amqps listener, when set.
+    public let tls: TLSListener?
 
     /// A node description; nothing is started until ``start()``.
-    public init(name: String, port: Int) {
+    public init(name: String, port: Int, tls: TLSListener? = nil) {
         self.name = name
         self.port = port
+        self.tls = tls
     }
 
     public var url: String { "amqp://guest:guest@127.0.0.1:\(port)/%2F" }
@@ -33,13 +36,20 @@ public struct RabbitMQNode: Sendable {
     }()
 
     /// A node of its own for a disruptive test, started now.
-    public static func dedicated(name: String, port: Int) throws -> RabbitMQNode {
-        let node = RabbitMQNode(name: name, port: port)
+    public static func dedicated(name: String, port: Int, tls: TLSListener? = nil) throws -> RabbitMQNode {
+        let node = RabbitMQNode(name: name, port: port, tls: tls)
         try node.start()
         return node
     }
 
-    public func start() throws { try script("start", "--name", name, "--port", String(port)) }
+    public func start() throws {
+        var arguments = ["start", "--name", name, "--port", String(port)]
+        if let tls {
+            arguments += ["--tls-port", String(tls.port), "--tls-dir", tls.certificates.directory]
+            if tls.verifyPeer { arguments.append("--tls-verify-peer") }
+        }
+        try script(arguments)
+    }
     public func stop() throws { try script("stop", "--name", name) }
     public func kill() throws { try script("kill", "--name", name) }
     /// Freezes the node (SIGSTOP): connections stay open but nothing is read or answered.
@@ -69,6 +79,11 @@ public enum Repository {
         for _ in 0..<3 { url.deleteLastPathComponent() }
         return url.path
     }()
+
+    /// Where the scripts keep broker nodes and other test state: `$TCBRIDGE_STATE_DIR` or `.tcbridge/`.
+    public static var stateDirectory: String {
+        ProcessInfo.processInfo.environment["TCBRIDGE_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? root + "/.tcbridge"
+    }
 
     public static func fixture(_ name: String) -> [UInt8] {
         let path = root + "/Tests/TutorCruncherTests/Fixtures/" + name

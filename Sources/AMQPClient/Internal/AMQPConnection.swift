@@ -63,9 +63,16 @@ final class AMQPConnection {
                 let status = amqp_ssl_socket_set_cacert(socket, ca)
                 if status != AMQP_STATUS_OK.rawValue { throw AMQPError(.connectionFailed, "cannot load CA file \(ca): \(errorString(status))") }
             }
-            if let cert = tls.clientCertificatePath, let key = tls.clientKeyPath {
+            switch (tls.clientCertificatePath, tls.clientKeyPath) {
+            case let (cert?, key?):
                 let status = amqp_ssl_socket_set_key(socket, cert, key)
-                if status != AMQP_STATUS_OK.rawValue { throw AMQPError(.connectionFailed, "cannot load client certificate: \(errorString(status))") }
+                if status != AMQP_STATUS_OK.rawValue {
+                    throw AMQPError(.connectionFailed, "cannot load client certificate \(cert) with key \(key): \(errorString(status))")
+                }
+            case (nil, nil):
+                break
+            default:
+                throw AMQPError(.connectionFailed, "TLS client certificate and key must be given together")
             }
             amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
             amqp_ssl_socket_set_verify_hostname(socket, tls.verifyHostname ? 1 : 0)
@@ -76,7 +83,7 @@ final class AMQPConnection {
         var connectTimeout = timeval(configuration.connectTimeout)
         let status = amqp_socket_open_noblock(socket, configuration.host, Int32(configuration.port), &connectTimeout)
         guard status == AMQP_STATUS_OK.rawValue else {
-            throw AMQPError(.connectionFailed, "cannot connect to \(configuration.host):\(configuration.port): \(errorString(status))")
+            throw AMQPError(.connectionFailed, "cannot connect to \(configuration.host):\(configuration.port): \(openFailureText(status))")
         }
         var handshakeTimeout = timeval(configuration.connectTimeout)
         amqp_set_handshake_timeout(state, &handshakeTimeout)
@@ -89,6 +96,18 @@ final class AMQPConnection {
             return tcb_login_plain(
                 state, configuration.virtualHost, 0, Int32(AMQP_DEFAULT_FRAME_SIZE), heartbeatSeconds,
                 &properties, configuration.username, configuration.password)
+        }
+        if let tls = configuration.tls, reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION,
+            reply.library_error == AMQP_STATUS_SSL_ERROR.rawValue
+        {
+            // With TLS 1.3 a broker that refuses the client's certificate (or its absence) says so
+            // only after the handshake, so the first read fails.
+            let certificate = tls.clientCertificatePath.map { "did not accept client certificate \($0)" }
+                ?? "requires a client certificate and none is configured"
+            throw AMQPError(
+                .connectionFailed,
+                "login to \(configuration.host):\(configuration.port): TLS: the broker closed the connection after the handshake;"
+                    + " it probably \(certificate) (\(errorString(reply.library_error)))")
         }
         try check(reply, kind: .connectionFailed, "login to \(configuration.host):\(configuration.port)")
         amqp_channel_open(state, Self.channel)
@@ -405,6 +424,25 @@ final class AMQPConnection {
 
 private func errorString(_ status: Int32) -> String {
     String(cString: amqp_error_string2(status))
+}
+
+extension AMQPConnection {
+    /// Why opening the socket failed; TLS verification failures say what to check.
+    fileprivate func openFailureText(_ status: Int32) -> String {
+        switch status {
+        case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
+            let ca = configuration.tls?.caCertificatePath.map { "CA file \($0)" } ?? "no CA file configured"
+            return "TLS: broker certificate not trusted (peer certificate verification failed against \(ca))"
+        case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue:
+            // rabbitmq-c 0.11 matches DNS names only, never IP addresses.
+            return "TLS: broker certificate does not name host \(configuration.host) (host name verification failed;"
+                + " connect with a DNS name listed in the certificate, not an IP address)"
+        case AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue:
+            return "TLS handshake failed (is this the broker's TLS port?): \(errorString(status))"
+        default:
+            return errorString(status)
+        }
+    }
 }
 
 /// Calls `body` with bytes that stay valid for the whole call (rabbitmq-c copies what it keeps).
