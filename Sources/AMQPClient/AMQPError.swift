@@ -19,6 +19,9 @@ public struct AMQPError: Error, Sendable, Equatable, CustomStringConvertible {
         case shutdown
         /// A protocol-level surprise (an unexpected frame or method).
         case protocolError
+        /// The message cannot be encoded as AMQP (a short string over 255 bytes, properties larger
+        /// than a frame). Nothing was sent; sending it again will fail the same way.
+        case unencodable
     }
 
     public var kind: Kind

@@ -157,3 +157,57 @@ public struct AMQPQueueDeclaration: Sendable, Hashable {
         self.bindings = bindings
     }
 }
+
+extension AMQPOutboundMessage {
+    /// The smallest frame size AMQP 0-9-1 lets a broker negotiate. Properties that fit in it fit
+    /// in any frame, whatever the broker's `frame_max`.
+    public static let minimumFrameSize = 4096
+
+    /// RabbitMQ's default `max_message_size` (128 MiB); larger bodies are refused by the broker.
+    public static let maximumBodySize = 128 << 20
+
+    /// Why this message cannot travel as one `basic.publish` with content header and body frames
+    /// in a connection whose frame size is `frameSize`, or `nil` when it can.
+    ///
+    /// rabbitmq-c writes the method frame before it encodes the properties, so an encoding failure
+    /// half-way would leave the connection unusable: the publisher checks first and refuses the
+    /// message instead. Pure; thread-safe.
+    public func encodingProblem(frameSize: Int = AMQPOutboundMessage.minimumFrameSize) -> String? {
+        func shortString(_ value: String?, _ name: String) -> String? {
+            guard let count = value?.utf8.count, count > 255 else { return nil }
+            return "\(name) is \(count) bytes; AMQP allows 255"
+        }
+        if let problem = shortString(exchange, "exchange name") ?? shortString(routingKey, "routing key")
+            ?? shortString(properties.contentType, "content type") ?? shortString(properties.messageID, "message id")
+            ?? shortString(properties.type, "type") ?? shortString(properties.appID, "app id")
+        {
+            return problem
+        }
+        // Content header frame: frame header and end (8), class, weight, body size, flags (14).
+        var size = 8 + 14
+        for text in [properties.contentType, properties.messageID, properties.type, properties.appID] {
+            if let text { size += 1 + text.utf8.count }
+        }
+        size += 1  // delivery mode
+        if properties.timestamp != nil { size += 8 }
+        if !properties.headers.isEmpty {
+            size += 4
+            for (key, value) in properties.headers {
+                if let problem = shortString(key, "header name") { return problem }
+                size += 1 + key.utf8.count + 1
+                switch value {
+                case .string(let text): size += 4 + text.utf8.count
+                case .int: size += 8
+                case .bool: size += 1
+                }
+            }
+        }
+        if size > frameSize {
+            return "message properties take \(size) bytes; the frame size is \(frameSize)"
+        }
+        if body.count > Self.maximumBodySize {
+            return "body is \(body.count) bytes; RabbitMQ accepts at most \(Self.maximumBodySize)"
+        }
+        return nil
+    }
+}

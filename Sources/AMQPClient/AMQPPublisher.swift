@@ -3,6 +3,12 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Configuration of an ``AMQPPublisher``.
 public struct AMQPPublisherConfiguration: Sendable {
     public var connection: AMQPConnectionConfiguration
@@ -18,6 +24,9 @@ public struct AMQPPublisherConfiguration: Sendable {
     public var reconnectBackoff: AMQPBackoff
     /// On shutdown, how long to wait for outstanding confirms before failing them (default 5 s).
     public var shutdownTimeout: Duration
+    /// Messages written but not yet confirmed, at most. A large publish is written in steps of this
+    /// size, so confirms keep flowing and a batch of any size makes steady progress (default 1024).
+    public var maxUnconfirmed: Int
 
     public init(
         connection: AMQPConnectionConfiguration,
@@ -25,7 +34,8 @@ public struct AMQPPublisherConfiguration: Sendable {
         queues: [AMQPQueueDeclaration] = [],
         confirmTimeout: Duration = .seconds(5),
         reconnectBackoff: AMQPBackoff = AMQPBackoff(),
-        shutdownTimeout: Duration = .seconds(5)
+        shutdownTimeout: Duration = .seconds(5),
+        maxUnconfirmed: Int = 1024
     ) {
         self.connection = connection
         self.exchanges = exchanges
@@ -33,6 +43,7 @@ public struct AMQPPublisherConfiguration: Sendable {
         self.confirmTimeout = confirmTimeout
         self.reconnectBackoff = reconnectBackoff
         self.shutdownTimeout = shutdownTimeout
+        self.maxUnconfirmed = max(1, maxUnconfirmed)
     }
 }
 
@@ -92,16 +103,26 @@ public final class AMQPPublisher: Service, Sendable {
     /// share the channel and each waits only for its own delivery tags.
     /// - Throws: ``AMQPError`` with kind `.notConnected` or `.blocked` at once (nothing was sent),
     ///   `.nacked`, `.connectionLost` or `.confirmTimeout` when the outcome is negative or unknown
-    ///   (some messages may have reached the broker: publishing again is at-least-once), or
-    ///   `.shutdown` after shutdown began.
+    ///   (some messages may have reached the broker: publishing again is at-least-once),
+    ///   `.unencodable` when a message cannot be encoded (nothing of this call was sent; the
+    ///   connection is unaffected), or `.shutdown` after shutdown began. The confirm deadline
+    ///   measures progress: it runs from the last message of this call written or confirmed.
     public func publish(_ messages: [AMQPOutboundMessage]) async throws(AMQPError) {
         let box = ResultBox()
-        let deadline = configuration.confirmTimeout + .milliseconds(250)
+        let limit = configuration.confirmTimeout + .milliseconds(250)
         // The owner thread enforces the confirm deadline; this timer is the backstop for when that
-        // thread is itself stuck (a socket write the broker stopped reading, until the watchdog fires).
+        // thread is itself stuck (a socket write the broker stopped reading, until the watchdog
+        // fires). Like the owner's deadline it measures progress: a large batch that keeps being
+        // written and confirmed never times out.
         let timer = Task {
-            try? await Task.sleep(for: deadline)
-            box.resume(.failure(AMQPError(.confirmTimeout, "no confirm within \(deadline)")))
+            while !Task.isCancelled {
+                let idle = box.timeSinceProgress
+                if idle >= limit {
+                    box.resume(.failure(AMQPError(.confirmTimeout, "no progress for \(limit)")))
+                    return
+                }
+                try? await Task.sleep(for: limit - idle)
+            }
         }
         defer { timer.cancel() }
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) in
@@ -203,6 +224,13 @@ public final class AMQPPublisher: Service, Sendable {
     }
 }
 
+/// Nanoseconds on the monotonic clock; for cheap atomic timestamps.
+func monotonicNanoseconds() -> Int64 {
+    var time = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &time)
+    return Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec)
+}
+
 /// One `publish` call waiting in the inbox.
 struct PublishCommand: Sendable {
     let messages: [AMQPOutboundMessage]
@@ -212,6 +240,13 @@ struct PublishCommand: Sendable {
 /// A continuation that is resumed exactly once, by whichever comes first: the owner thread's
 /// outcome or the caller's deadline. Thread-safe.
 final class ResultBox: Sendable {
+    private let progress = Atomic<Int64>(monotonicNanoseconds())
+
+    /// Called by the owner thread whenever a message of this call is written or confirmed.
+    func noteProgress() { progress.store(monotonicNanoseconds(), ordering: .relaxed) }
+
+    var timeSinceProgress: Duration { .nanoseconds(monotonicNanoseconds() - progress.load(ordering: .relaxed)) }
+
     private let state = Mutex<(continuation: CheckedContinuation<Result<Void, AMQPError>, Never>?, early: Result<Void, AMQPError>?, done: Bool)>((nil, nil, false))
 
     func install(_ continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) {
@@ -241,22 +276,34 @@ final class ResultBox: Sendable {
     }
 }
 
-/// A publish call whose messages are on the wire. Owner-thread only.
+/// A publish call being written and confirmed. Owner-thread only.
 private final class PendingBatch {
     private var box: ResultBox?
     private var unconfirmed: Int
-    let deadline: ContinuousClock.Instant
+    let messages: [AMQPOutboundMessage]
+    /// Index of the next message to write.
+    var nextIndex = 0
+    /// The last time a message of this batch was written or confirmed.
+    private(set) var lastProgress: ContinuousClock.Instant
 
-    init(_ command: PublishCommand, deadline: ContinuousClock.Instant) {
+    init(_ command: PublishCommand, now: ContinuousClock.Instant) {
         self.box = command.result
+        self.messages = command.messages
         self.unconfirmed = command.messages.count
-        self.deadline = deadline
+        self.lastProgress = now
     }
 
     var isSettled: Bool { box == nil }
+    var isFullyWritten: Bool { nextIndex >= messages.count }
 
-    func confirmOne() {
+    func progressed(at now: ContinuousClock.Instant) {
+        lastProgress = now
+        box?.noteProgress()
+    }
+
+    func confirmOne(at now: ContinuousClock.Instant) {
         unconfirmed -= 1
+        progressed(at: now)
         if unconfirmed <= 0 { settle(.success(())) }
     }
 
@@ -275,7 +322,12 @@ private final class PublisherLoop: @unchecked Sendable {
     private let clock = ContinuousClock()
 
     private var ledger = ConfirmLedger<PendingBatch>()
+    /// Every unsettled batch, oldest first.
     private var inFlight: Deque<PendingBatch> = []
+    /// Batches with messages still to write, in order.
+    private var writing: Deque<PendingBatch> = []
+    /// Messages written and not yet confirmed.
+    private var unconfirmed = 0
     private var stopDeadline: ContinuousClock.Instant?
 
     init(configuration: AMQPPublisherConfiguration, logger: Logger, publisher: AMQPPublisher) {
@@ -318,36 +370,70 @@ private final class PublisherLoop: @unchecked Sendable {
             if stopRequested, stopDeadline == nil {
                 stopDeadline = clock.now.advanced(by: configuration.shutdownTimeout)
             }
+            let frameSize = connection.frameSize
             for command in commands {
                 if blocked {
                     command.result.resume(.failure(AMQPError(.blocked, "broker blocked publishing")))
                     continue
                 }
-                let batch = PendingBatch(command, deadline: clock.now.advanced(by: configuration.confirmTimeout))
                 if command.messages.isEmpty {
-                    batch.settle(.success(()))
+                    command.result.resume(.success(()))
                     continue
                 }
+                // Checked before anything of the call is written: a message rabbitmq-c cannot
+                // encode would otherwise break the connection half-way through its frames.
+                if let (index, problem) = command.messages.enumerated().lazy
+                    .compactMap({ index, message in message.encodingProblem(frameSize: frameSize).map { (index, $0) } }).first
+                {
+                    command.result.resume(.failure(AMQPError(.unencodable, "message \(index): \(problem)")))
+                    continue
+                }
+                let batch = PendingBatch(command, now: clock.now)
                 inFlight.append(batch)
-                publisher.beginWrite(socket: connection.fileDescriptor)
-                defer { publisher.endWrite() }
-                for message in command.messages {
+                writing.append(batch)
+            }
+
+            // Write while the window allows, a bounded step at a time so confirms are read between
+            // steps, and taking turns between calls so a huge batch cannot hold up small ones.
+            var written = 0
+            while !blocked, unconfirmed < configuration.maxUnconfirmed, written < 256, let batch = writing.first {
+                if batch.isSettled || batch.isFullyWritten {
+                    writing.removeFirst()  // timed out or failed: its remaining messages are not sent
+                    continue
+                }
+                var turn = 0
+                while turn < 64, !batch.isFullyWritten, unconfirmed < configuration.maxUnconfirmed {
+                    publisher.beginWrite(socket: connection.fileDescriptor)
                     do {
-                        try connection.publish(message)
+                        try connection.publish(batch.messages[batch.nextIndex])
                     } catch {
+                        publisher.endWrite()
                         return .lost(error)
                     }
+                    publisher.endWrite()
                     ledger.register(batch)
+                    batch.nextIndex += 1
+                    unconfirmed += 1
+                    turn += 1
                 }
+                batch.progressed(at: clock.now)
+                written += turn
+                writing.removeFirst()
+                if !batch.isFullyWritten { writing.append(batch) }
             }
 
             do {
                 while let event = try connection.nextEvent(timeout: .zero) {
                     switch event {
                     case .ack(let tag, let multiple):
-                        for batch in ledger.settle(upTo: tag, multiple: multiple) { batch.confirmOne() }
+                        let settled = ledger.settle(upTo: tag, multiple: multiple)
+                        unconfirmed -= settled.count
+                        let now = clock.now
+                        for batch in settled { batch.confirmOne(at: now) }
                     case .nack(let tag, let multiple):
-                        for batch in ledger.settle(upTo: tag, multiple: multiple) {
+                        let settled = ledger.settle(upTo: tag, multiple: multiple)
+                        unconfirmed -= settled.count
+                        for batch in settled {
                             batch.settle(.failure(AMQPError(.nacked, "broker rejected the message (basic.nack)")))
                         }
                     case .returned(let code, let text, let message):
@@ -373,9 +459,20 @@ private final class PublisherLoop: @unchecked Sendable {
             }
 
             let now = clock.now
-            while let first = inFlight.first, first.isSettled || first.deadline <= now {
-                inFlight.removeFirst()
-                first.settle(.failure(AMQPError(.confirmTimeout, "no confirm within \(configuration.confirmTimeout)")))
+            var earliestDeadline: ContinuousClock.Instant?
+            var index = inFlight.startIndex
+            while index < inFlight.endIndex {
+                let batch = inFlight[index]
+                let deadline = batch.lastProgress.advanced(by: configuration.confirmTimeout)
+                if !batch.isSettled, deadline <= now {
+                    batch.settle(.failure(AMQPError(.confirmTimeout, "no confirm within \(configuration.confirmTimeout)")))
+                }
+                if batch.isSettled {
+                    inFlight.remove(at: index)
+                } else {
+                    earliestDeadline = min(earliestDeadline ?? deadline, deadline)
+                    index += 1
+                }
             }
             if let stopDeadline {
                 if inFlight.isEmpty { return .stopped }
@@ -385,8 +482,12 @@ private final class PublisherLoop: @unchecked Sendable {
                 }
             }
             if connection.hasBufferedInput { continue }
+            // More to write and room in the window: go on without waiting.
+            if !blocked, unconfirmed < configuration.maxUnconfirmed, writing.contains(where: { !$0.isSettled && !$0.isFullyWritten }) {
+                continue
+            }
             var timeout = Duration.seconds(1)
-            if let first = inFlight.first { timeout = min(timeout, first.deadline - now) }
+            if let earliestDeadline { timeout = min(timeout, earliestDeadline - now) }
             if let stopDeadline { timeout = min(timeout, stopDeadline - now) }
             publisher.wakeupHandle.wait(socket: connection.fileDescriptor, timeout: max(timeout, .zero))
         }
@@ -395,6 +496,8 @@ private final class PublisherLoop: @unchecked Sendable {
     private func resetTags() {
         _ = ledger.reset()
         inFlight.removeAll()
+        writing.removeAll()
+        unconfirmed = 0
     }
 
     private func failOutstanding(_ error: AMQPError) {

@@ -270,11 +270,11 @@ private final class Store {
         available.append(contentsOf: entries)
     }
 
-    func keepAside(_ bytes: UnsafeRawBufferPointer, range: Range<Int>, segment: UInt64) {
+    func keepAside(_ bytes: UnsafeRawBufferPointer, range: Range<Int>, segment: UInt64, offset: Int? = nil) {
         corruptSpans += 1
         let directory = configuration.directory + "/corrupt"
         _ = makeDirectory(directory)
-        let path = "\(directory)/segment-\(segment)-offset-\(range.lowerBound).bin"
+        let path = "\(directory)/segment-\(segment)-offset-\(offset ?? range.lowerBound).bin"
         let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         if descriptor >= 0 {
             _ = writeAll(descriptor, UnsafeRawBufferPointer(rebasing: bytes[range]))
@@ -282,8 +282,8 @@ private final class Store {
             close(descriptor)
         }
         logger.error(
-            "damaged spool record skipped and kept aside",
-            metadata: ["segment": "\(segment)", "offset": "\(range.lowerBound)", "bytes": "\(range.count)", "kept_at": "\(path)"])
+            "spool record skipped and kept aside",
+            metadata: ["segment": "\(segment)", "offset": "\(offset ?? range.lowerBound)", "bytes": "\(range.count)", "kept_at": "\(path)"])
     }
 
     // MARK: Appending
@@ -306,6 +306,8 @@ private final class Store {
                     throw SpoolError.unwritable("write failed: \(String(cString: strerror(errno)))")
                 }
                 segments[sequence]!.size += Int64(framed.count)
+                // Counted at once, so a later record of this group cannot retire this segment.
+                segments[sequence]!.outstanding += 1
                 total += Int64(framed.count)
                 written.append(Entry(id: .init(segment: sequence, offset: offset), length: payload.count))
                 results.append(.success(()))
@@ -314,14 +316,17 @@ private final class Store {
             }
         }
         guard !written.isEmpty else { return results }
-        // One sync for the whole group.
+        // One sync per segment the group wrote to (a group may cross a segment boundary).
         syncs += 1
-        if let active, fsync(segments[active]!.descriptor) != 0 {
-            let reason = "fsync failed: \(String(cString: strerror(errno)))"
-            logger.error("spool sync failed", metadata: ["reason": "\(reason)"])
-            return results.map { result in result.flatMap { .failure(.unwritable(reason)) } }
+        for sequence in Set(written.map(\.id.segment)) {
+            guard let segment = segments[sequence], fsync(segment.descriptor) == 0 else {
+                let reason = "fsync failed: \(String(cString: strerror(errno)))"
+                logger.error("spool sync failed", metadata: ["reason": "\(reason)"])
+                // The records stay counted (their bytes are in the file and come back after a
+                // restart); their requests are answered as failed.
+                return results.map { result in result.flatMap { .failure(.unwritable(reason)) } }
+            }
         }
-        for entry in written { segments[entry.id.segment]!.outstanding += 1 }
         available.append(contentsOf: written)
         return results
     }
@@ -362,7 +367,10 @@ private final class Store {
     func setAside(_ records: [SpoolRecord]) {
         for record in records {
             let framed = RecordFormat.frame(record.payload)
-            framed.withUnsafeBytes { keepAside($0, range: 0..<framed.count, segment: record.id.segment) }
+            // Named by the record's own offset, so records set aside from one segment never share a file.
+            framed.withUnsafeBytes {
+                keepAside($0, range: 0..<framed.count, segment: record.id.segment, offset: Int(record.id.offset))
+            }
         }
         acknowledge(records.map(\.id))
     }

@@ -30,7 +30,34 @@ public struct MessageFactory: Sendable {
         self.appID = appID
     }
 
+    /// The event's message: routing key and `type` its action, headers from its subject and branch.
+    ///
+    /// An event that cannot travel as an AMQP message as it is (an action over 255 bytes, a subject
+    /// model too large for a header, anything ``AMQPOutboundMessage/encodingProblem(frameSize:)``
+    /// finds) is published under `unrecognised` instead, body unchanged, with the reason in
+    /// `tc-unrecognised-reason`: nothing is lost and the connection never sees it.
     public func message(for envelope: EventEnvelope, receivedAt: UTCTimestamp) -> AMQPOutboundMessage {
+        let message = eventMessage(for: envelope, receivedAt: receivedAt)
+        guard let problem = message.encodingProblem() else { return message }
+        return AMQPOutboundMessage(
+            exchange: exchange,
+            routingKey: Self.unrecognisedRoutingKey,
+            properties: AMQPProperties(
+                contentType: "application/json",
+                persistent: true,
+                messageID: envelope.eventID,
+                type: Self.unrecognisedRoutingKey,
+                timestamp: receivedAt.secondsSinceEpoch,
+                appID: appID,
+                headers: [
+                    (BridgeHeader.envelopeVersion, .int(EventEnvelope.formatVersion)),
+                    (BridgeHeader.unrecognisedReason, .string("event cannot travel as an AMQP message: \(problem)")),
+                ]),
+            body: envelope.body,
+            mandatory: true)
+    }
+
+    private func eventMessage(for envelope: EventEnvelope, receivedAt: UTCTimestamp) -> AMQPOutboundMessage {
         var headers: [(String, AMQPHeaderValue)] = [(BridgeHeader.envelopeVersion, .int(EventEnvelope.formatVersion))]
         if let model = envelope.subjectModel { headers.append((BridgeHeader.subjectModel, .string(model))) }
         switch envelope.subjectID {
@@ -74,7 +101,7 @@ public struct MessageFactory: Sendable {
                 timestamp: receivedAt.secondsSinceEpoch,
                 appID: appID,
                 headers: [
-                    (BridgeHeader.requestPath, .string(path)),
+                    (BridgeHeader.requestPath, .string(String(decoding: path.utf8.prefix(1024), as: UTF8.self))),
                     (BridgeHeader.unrecognisedReason, .string(String(reason.prefix(200)))),
                 ]),
             body: body,

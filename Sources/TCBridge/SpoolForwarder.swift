@@ -3,12 +3,19 @@ import DurableSpool
 import Logging
 import Metrics
 import ServiceLifecycle
+import Synchronization
 
 /// Drains the spool to the broker whenever the publisher is connected: publishes each record's
 /// messages with confirms and removes a record only once all its messages are confirmed.
 ///
 /// A `Service`. On graceful shutdown it stops leasing; a batch in flight finishes (or is released
 /// back to the spool). Records an earlier run left are drained the same way.
+///
+/// Nothing loops for ever: a record whose messages cannot be encoded is set aside at once, and a
+/// record the broker keeps refusing (nack, channel or connection closed while it was in flight) is
+/// retried alone, then set aside after `maxAttempts` failures. Set-aside records are copied to the
+/// spool's `corrupt/` directory, logged at error level and counted
+/// (`tcbridge_spool_records_set_aside_total`).
 public struct SpoolForwarder: Service, Sendable {
     let spool: DurableSpool
     let publisher: any EventPublishing
@@ -16,13 +23,20 @@ public struct SpoolForwarder: Service, Sendable {
     /// Records published concurrently per round.
     let batchSize: Int
     let idleInterval: Duration
+    /// Failed forwarding attempts after which a record is set aside.
+    let maxAttempts: Int
+    private let failures = FailureCounts()
 
-    public init(spool: DurableSpool, publisher: any EventPublishing, logger: Logger, batchSize: Int = 64, idleInterval: Duration = .milliseconds(100)) {
+    public init(
+        spool: DurableSpool, publisher: any EventPublishing, logger: Logger, batchSize: Int = 64,
+        idleInterval: Duration = .milliseconds(100), maxAttempts: Int = 5
+    ) {
         self.spool = spool
         self.publisher = publisher
         self.logger = logger
         self.batchSize = batchSize
         self.idleInterval = idleInterval
+        self.maxAttempts = max(1, maxAttempts)
     }
 
     public func run() async throws {
@@ -46,8 +60,13 @@ public struct SpoolForwarder: Service, Sendable {
 
     /// Forwards up to `batchSize` records; `false` when any failed (they go back to the spool).
     func forwardOneBatch() async -> Bool {
-        let records = await spool.lease(maxRecords: batchSize)
+        var records = await spool.lease(maxRecords: batchSize)
         guard !records.isEmpty else { return true }
+        // A record that failed before goes alone, so its failure is its own and not a neighbour's.
+        if let suspect = records.first(where: { failures.count($0.id) > 0 }) {
+            await spool.release(records.filter { $0.id != suspect.id }.map(\.id))
+            records = [suspect]
+        }
         var unreadable: [SpoolRecord] = []
         var readable: [(SpoolRecord, [AMQPOutboundMessage])] = []
         for record in records {
@@ -58,35 +77,76 @@ public struct SpoolForwarder: Service, Sendable {
                 unreadable.append(record)
             }
         }
-        if !unreadable.isEmpty { await spool.setAside(unreadable) }
-        let outcomes = await withTaskGroup(of: (SpoolRecord.ID, Bool).self) { group in
+        if !unreadable.isEmpty { await setAside(unreadable, reason: "unreadable") }
+        let outcomes = await withTaskGroup(of: (SpoolRecord, AMQPError?).self) { group in
             for (record, messages) in readable {
                 group.addTask {
-                    do {
+                    do throws(AMQPError) {
                         try await publisher.publish(messages)
-                        return (record.id, true)
+                        return (record, nil)
                     } catch {
-                        return (record.id, false)
+                        return (record, error)
                     }
                 }
             }
-            var outcomes: [(SpoolRecord.ID, Bool)] = []
+            var outcomes: [(SpoolRecord, AMQPError?)] = []
             for await outcome in group { outcomes.append(outcome) }
             return outcomes
         }
-        let confirmed = outcomes.filter(\.1).map(\.0)
-        let failed = outcomes.filter { !$0.1 }.map(\.0)
+        let confirmed = outcomes.filter { $0.1 == nil }.map(\.0.id)
+        var retry: [SpoolRecord.ID] = []
+        var rejected: [SpoolRecord] = []
+        for case (let record, let error?) in outcomes {
+            switch error.kind {
+            case .unencodable:
+                logger.error("spooled record cannot be encoded; set aside", metadata: ["error": "\(error)"])
+                rejected.append(record)
+            case .notConnected, .blocked, .shutdown:
+                retry.append(record.id)  // nothing was sent: not the record's fault
+            default:
+                let attempts = failures.increment(record.id)
+                if attempts >= maxAttempts {
+                    logger.error(
+                        "broker keeps refusing a spooled record; set aside",
+                        metadata: ["attempts": "\(attempts)", "error": "\(error)"])
+                    rejected.append(record)
+                } else {
+                    retry.append(record.id)
+                }
+            }
+        }
         if !confirmed.isEmpty {
             await spool.acknowledge(confirmed)
+            for id in confirmed { failures.clear(id) }
             Counter(label: "tcbridge_spool_forwarded_total").increment(by: confirmed.count)
         }
-        if !failed.isEmpty {
-            await spool.release(failed)
-            logger.notice("spool forwarding failed; will retry", metadata: ["records": "\(failed.count)"])
+        if !rejected.isEmpty { await setAside(rejected, reason: "refused") }
+        if !retry.isEmpty {
+            await spool.release(retry)
+            logger.notice("spool forwarding failed; will retry", metadata: ["records": "\(retry.count)"])
         }
         if !confirmed.isEmpty, spool.depth.records == 0 {
             logger.info("spool drained")
         }
-        return failed.isEmpty
+        return retry.isEmpty
     }
+
+    private func setAside(_ records: [SpoolRecord], reason: String) async {
+        await spool.setAside(records)
+        for record in records { failures.clear(record.id) }
+        Counter(label: "tcbridge_spool_records_set_aside_total", dimensions: [("reason", reason)]).increment(by: records.count)
+    }
+}
+
+/// Failed attempts per spool record, in memory. Thread-safe.
+private final class FailureCounts: Sendable {
+    private let counts = Mutex<[SpoolRecord.ID: Int]>([:])
+    func count(_ id: SpoolRecord.ID) -> Int { counts.withLock { $0[id] ?? 0 } }
+    func increment(_ id: SpoolRecord.ID) -> Int {
+        counts.withLock { counts in
+            counts[id, default: 0] += 1
+            return counts[id] ?? 0
+        }
+    }
+    func clear(_ id: SpoolRecord.ID) { _ = counts.withLock { $0.removeValue(forKey: id) } }
 }

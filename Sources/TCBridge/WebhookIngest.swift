@@ -86,10 +86,69 @@ public struct WebhookIngest: Sendable {
         return .error(403, message)
     }
 
+    /// Bodies with more events than this go to the spool in chunks rather than straight to the
+    /// broker: publishing a million events takes far longer than the sender's 8 s timeout, and the
+    /// spool lets the forwarder resume a partial delivery where it stopped.
+    static let directPublishLimit = 1000
+    /// Events per spool record for such bodies: the unit the forwarder confirms and resumes by.
+    static let spoolChunkEvents = 1000
+
+    private func spoolInChunks(_ batch: EventBatch, digest: String, path: String, receivedAt: UTCTimestamp) async -> IngestResponse {
+        guard let spool else { return .error(503, "temporarily unable to accept events, retry later") }
+        let count = batch.events.count
+        let chunks = stride(from: 0, to: count, by: Self.spoolChunkEvents).map { $0..<min($0 + Self.spoolChunkEvents, count) }
+        let factory = factory
+        // A few chunks in flight at a time: their appends share an fsync, and memory stays bounded.
+        let failure: (any Error)? = await withTaskGroup(of: (any Error)?.self) { group in
+            var next = chunks.makeIterator()
+            var failure: (any Error)?
+            func addNext() -> Bool {
+                guard let range = next.next() else { return false }
+                let messages = range.map { index in
+                    factory.message(
+                        for: EventEnvelope(
+                            event: batch.events[index], index: index, bodyDigest: digest, requestTime: batch.requestTime,
+                            receivedAt: receivedAt),
+                        receivedAt: receivedAt)
+                }
+                let record = SpooledMessages.encode(messages)
+                group.addTask {
+                    do throws(SpoolError) {
+                        try await spool.append(record)
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+                return true
+            }
+            for _ in 0..<8 where addNext() {}
+            while let result = await group.next() {
+                if let result { failure = failure ?? result }
+                if failure == nil { _ = addNext() }
+            }
+            return failure
+        }
+        if let failure {
+            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "spool_refused")]).increment()
+            logger.error(
+                "spool refused part of a large body; answering 503",
+                metadata: ["path": "\(path)", "events": "\(count)", "error": "\(failure)", "body_sha256": "\(digest)"])
+            return .error(503, "temporarily unable to accept events, retry later")
+        }
+        Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "spooled")]).increment()
+        logger.info(
+            "large body spooled for forwarding",
+            metadata: ["path": "\(path)", "events": "\(count)", "records": "\(chunks.count)", "body_sha256": "\(digest)"])
+        return IngestResponse(status: 200, body: JSONObject(["events": .number(String(count)), "spooled": .bool(true)]))
+    }
+
     private func deliver(body: [UInt8], digest: String, path: String, receivedAt: UTCTimestamp) async -> IngestResponse {
         let messages: [AMQPOutboundMessage]
         let eventCount: Int
         switch WebhookPayload.parse(body, parser: parser) {
+        case .events(let batch) where spool != nil && batch.events.count > Self.directPublishLimit:
+            return await spoolInChunks(batch, digest: digest, path: path, receivedAt: receivedAt)
         case .events(let batch):
             let envelopes = EventEnvelope.envelopes(for: batch, bodyDigest: digest, receivedAt: receivedAt)
             messages = envelopes.map { factory.message(for: $0, receivedAt: receivedAt) }

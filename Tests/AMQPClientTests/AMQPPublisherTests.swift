@@ -202,3 +202,70 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         }
     }
 }
+
+/// Messages rabbitmq-c cannot encode are refused before anything is written; the connection and
+/// every other publish are unaffected.
+@Suite struct UnencodableMessageTests {
+    let node = RabbitMQNode.shared
+
+    @Test(arguments: [
+        ("routing key", message(exchange: "", key: String(repeating: "A", count: 256), body: "x")),
+        ("header", {
+            var oversized = message(exchange: "", key: "k", body: "x")
+            oversized.properties.headers.append(("tc-subject-model", .string(String(repeating: "m", count: 140_000))))
+            return oversized
+        }()),
+        ("message id", message(exchange: "", key: "k", body: "x", id: String(repeating: "i", count: 300))),
+    ])
+    func isRefusedWithoutTouchingTheConnection(what: String, bad: AMQPOutboundMessage) async throws {
+        let exchange = "test-ex-\(UUID().uuidString.prefix(8))"
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        var bad = bad
+        bad.exchange = exchange
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            let good = message(exchange: exchange, key: "ok", body: "first")
+            // In one call with a good message: nothing of the call is sent.
+            let error = await #expect(throws: AMQPError.self) { try await publisher.publish([good, bad]) }
+            #expect(error?.kind == .unencodable, "\(what)")
+            // Concurrent good publishes are confirmed, and the connection never dropped.
+            try await publisher.publish([message(exchange: exchange, key: "ok", body: "second")])
+            #expect(publisher.state == .connected)
+        }
+        let received = try await probe.waitForMessages(count: 1)
+        #expect(received.map(\.body) == [Array("second".utf8)])
+    }
+
+    @Test func aLargeBatchIsConfirmedWhateverItsSizeWithAShortDeadline() async throws {
+        // 20,000 messages against a 1 s confirm deadline: the deadline measures progress, not the batch.
+        let exchange = "test-ex-\(UUID().uuidString.prefix(8))"
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        let messages = (0..<20_000).map { message(exchange: exchange, key: "bulk", body: "\($0)", id: "m-\($0)") }
+        try await withPublisher(
+            .init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)], confirmTimeout: .seconds(1))
+        ) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try await publisher.publish(messages)
+        }
+        let received = try await probe.waitForMessages(count: 20_000, timeout: .seconds(120))
+        #expect(Set(received.compactMap(\.properties.messageID)).count == 20_000)
+        #expect(received.count == 20_000)
+    }
+}
+
+@Suite struct EncodingProblemTests {
+    @Test func withinLimitsHasNone() {
+        #expect(message(exchange: "ex", key: "CREATED_A_CLIENT", body: "{}", id: "abc-0").encodingProblem() == nil)
+    }
+
+    @Test func namesTheProblem() {
+        let long = message(exchange: "ex", key: String(repeating: "K", count: 256), body: "{}")
+        #expect(long.encodingProblem()?.contains("routing key is 256 bytes") == true)
+        var header = message(exchange: "ex", key: "k", body: "{}")
+        header.properties.headers = [("h", .string(String(repeating: "v", count: 5000)))]
+        #expect(header.encodingProblem()?.contains("frame size is 4096") == true)
+        #expect(header.encodingProblem(frameSize: 131_072) == nil)
+    }
+}

@@ -13,8 +13,9 @@ import Testing
     static let headerTimeout = 2.0
     static let bodyTimeout = 3.0
     static let budget = 32 << 20
-    /// Scheduling slack on a loaded 2-core machine, on top of each timeout.
-    static let slack = 1.5
+    /// Scheduling slack on a loaded 2-core machine (the whole suite runs in parallel), on top of
+    /// each timeout. Without the timeouts these connections stay open for ever.
+    static let slack = 3.0
 
     @Test func slowAndHugeClientsDoNotStarveValidWebhooks() async throws {
         let bridge = try await BridgeProcess(
@@ -165,7 +166,7 @@ final class HostileConnection: Sendable {
     }
 
     let kind: Kind
-    let opened = ContinuousClock.now
+    private let opened = Mutex(ContinuousClock.now)
     private let state = Mutex(State())
     private let channel: Mutex<(any Channel)?> = Mutex(nil)
 
@@ -189,6 +190,7 @@ final class HostileConnection: Sendable {
             }
             .connect(host: "127.0.0.1", port: port).get()
         connection.channel.withLock { $0 = channel }
+        connection.opened.withLock { $0 = .now }  // lifetimes count from the established connection
         let head = { (length: Int, extra: String) in
             "POST /webhook HTTP/1.1\r\nHost: localhost\r\nContent-Length: \(length)\r\n\(extra)\r\n"
         }
@@ -235,7 +237,7 @@ final class HostileConnection: Sendable {
         }
 
         func channelInactive(context: ChannelHandlerContext) {
-            let lifetime = ContinuousClock.now - connection.opened
+            let lifetime = ContinuousClock.now - connection.opened.withLock { $0 }
             connection.state.withLock { $0.closedAfter = lifetime }
             context.fireChannelInactive()
         }

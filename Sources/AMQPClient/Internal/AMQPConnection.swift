@@ -47,6 +47,8 @@ final class AMQPConnection {
 
     /// The socket's file descriptor, for `poll(2)` by the owner.
     var fileDescriptor: Int32 { amqp_get_sockfd(state) }
+    /// The negotiated frame size in bytes.
+    var frameSize: Int { Int(amqp_get_frame_max(state)) }
 
     /// `true` when rabbitmq-c holds unread bytes or decoded frames, so `poll` on the socket would miss them.
     var hasBufferedInput: Bool { amqp_data_in_buffer(state) != 0 || amqp_frames_enqueued(state) != 0 }
