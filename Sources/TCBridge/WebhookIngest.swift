@@ -108,7 +108,7 @@ public struct WebhookIngest: Sendable {
                     factory.message(
                         for: EventEnvelope(
                             event: batch.events[index], index: index, bodyDigest: digest, requestTime: batch.requestTime,
-                            receivedAt: receivedAt),
+                            receivedAt: receivedAt, source: batch.sources.isEmpty ? nil : batch.sources[index]),
                         receivedAt: receivedAt)
                 }
                 let record = SpooledMessages.encode(messages)

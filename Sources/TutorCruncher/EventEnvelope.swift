@@ -1,9 +1,10 @@
 /// The normalised message body the bridge publishes for one event (envelope format version 1).
 ///
-/// It is the event object exactly as received (every key, in order, numbers as written), with
-/// `branch`, `actor`, `subject` and `extra_msg` added as `null` where absent, followed by three
-/// keys the bridge adds: `event_id`, `request_time`, `received_at`. If the sender ever includes
-/// one of those three names itself, the bridge's value replaces it in place.
+/// It is the event object exactly as received (every member's bytes as sent, in order: numbers
+/// as written, escapes as written, lone surrogate escapes included), with `branch`, `actor`,
+/// `subject` and `extra_msg` added as `null` where absent, followed by three keys the bridge adds:
+/// `event_id`, `request_time`, `received_at`. Members the sender named like one of those three are
+/// dropped, every copy of them, so a body never carries a sender's value for a bridge key.
 public struct EventEnvelope: Sendable, Equatable {
     /// Bumped on any incompatible change to the body layout; published in the
     /// `tc-envelope-version` header.
@@ -21,21 +22,52 @@ public struct EventEnvelope: Sendable, Equatable {
     /// `subject.id` when it is an integer or string.
     public let subjectID: JSONValue?
     public let branch: Int64?
-    /// The full envelope object.
+    /// The full envelope as parsed values (lone surrogates read as U+FFFD).
     public let object: JSONObject
 
-    /// The envelope serialised compactly as UTF-8 JSON.
-    public var body: [UInt8] { JSONWriter.bytes(.object(object)) }
+    /// The envelope as published: UTF-8 JSON.
+    public let body: [UInt8]
 
-    public init(event: JSONObject, index: Int, bodyDigest: String, requestTime: JSONValue, receivedAt: UTCTimestamp) {
-        var object = event
+    /// Keys only the bridge writes.
+    public static let bridgeKeys: Set<String> = ["event_id", "request_time", "received_at"]
+
+    /// - Parameter source: where the event lies in the body it came from; the body is then spliced
+    ///   from those exact bytes. Without it the body is written from `event`.
+    public init(
+        event: JSONObject, index: Int, bodyDigest: String, requestTime: JSONValue, receivedAt: UTCTimestamp,
+        source: EventSource? = nil
+    ) {
+        var object = JSONObject(event.members.filter { !Self.bridgeKeys.contains($0.key) })
+        var added: [JSONObject.Member] = []
         for key in Self.optionalEventKeys where object[key] == nil {
-            object[key] = .null
+            added.append(JSONObject.Member(key: key, value: .null))
         }
         let eventID = "\(bodyDigest)-\(index)"
-        object["event_id"] = .string(eventID)
-        object["request_time"] = requestTime
-        object["received_at"] = .string(receivedAt.iso8601)
+        added.append(JSONObject.Member(key: "event_id", value: .string(eventID)))
+        added.append(JSONObject.Member(key: "request_time", value: requestTime))
+        added.append(JSONObject.Member(key: "received_at", value: .string(receivedAt.iso8601)))
+        for member in added { object[member.key] = member.value }
+        if let source, let members = source.members {
+            var body: [UInt8] = [UInt8(ascii: "{")]
+            body.reserveCapacity(source.range.count + 256)
+            var first = true
+            for member in members where !Self.bridgeKeys.contains(member.key) {
+                if !first { body.append(UInt8(ascii: ",")) }
+                first = false
+                body.append(contentsOf: source.body[member.range])
+            }
+            for member in added {
+                if !first { body.append(UInt8(ascii: ",")) }
+                first = false
+                JSONWriter.writeString(member.key, into: &body)
+                body.append(UInt8(ascii: ":"))
+                JSONWriter.write(member.value, into: &body)
+            }
+            body.append(UInt8(ascii: "}"))
+            self.body = body
+        } else {
+            self.body = JSONWriter.bytes(.object(object))
+        }
         self.eventID = eventID
         self.action = event["action"]?.stringValue ?? ""
         let subject = event["subject"]?.objectValue
@@ -52,7 +84,9 @@ public struct EventEnvelope: Sendable, Equatable {
     /// One envelope per event of `batch`, in order.
     public static func envelopes(for batch: EventBatch, bodyDigest: String, receivedAt: UTCTimestamp) -> [EventEnvelope] {
         batch.events.enumerated().map { index, event in
-            EventEnvelope(event: event, index: index, bodyDigest: bodyDigest, requestTime: batch.requestTime, receivedAt: receivedAt)
+            EventEnvelope(
+                event: event, index: index, bodyDigest: bodyDigest, requestTime: batch.requestTime, receivedAt: receivedAt,
+                source: batch.sources.isEmpty ? nil : batch.sources[index])
         }
     }
 }

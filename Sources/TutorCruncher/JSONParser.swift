@@ -7,9 +7,11 @@ public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertibl
 
 /// A strict RFC 8259 parser producing ``JSONValue``.
 ///
-/// Strict: rejects trailing commas, comments, leading zeros, unescaped control characters,
-/// invalid UTF-8 and lone surrogate escapes. Bounded: nesting deeper than `maximumDepth` is an
-/// error rather than a stack overflow. Pure and thread-safe; no Foundation.
+/// Strict: rejects trailing commas, comments, leading zeros, unescaped control characters and
+/// invalid UTF-8. A lone surrogate escape (`"\ud800"`, which Python's `json` writes for such
+/// strings) is read as U+FFFD in the value; ``parseWebhookBody(_:)`` keeps each event's exact
+/// bytes, so nothing of it is lost. Bounded: nesting deeper than `maximumDepth` is an error rather
+/// than a stack overflow. Pure and thread-safe; no Foundation.
 public struct JSONParser: Sendable {
     public var maximumDepth: Int
 
@@ -26,12 +28,43 @@ public struct JSONParser: Sendable {
         if reader.index != array.count { throw reader.error("unexpected data after the JSON value") }
         return value
     }
+
+    /// Parses a webhook body and, when its root is an object with an `"events"` array, also
+    /// returns where each element of that array (the last such key, as lookups use) and each of
+    /// its members lie in `bytes`.
+    public func parseWebhookBody(_ bytes: [UInt8]) throws(JSONParseError) -> (root: JSONValue, events: [EventSource]?) {
+        var reader = Reader(bytes: bytes, maximumDepth: maximumDepth)
+        reader.recordsEvents = true
+        reader.skipWhitespace()
+        let value = try reader.parseValue(depth: 0)
+        reader.skipWhitespace()
+        if reader.index != bytes.count { throw reader.error("unexpected data after the JSON value") }
+        return (value, reader.events)
+    }
+}
+
+/// Where one event object and its members lie in the body it was parsed from.
+public struct EventSource: Sendable, Equatable {
+    /// One member: its decoded name and the bytes `"name": value` span.
+    public struct Member: Sendable, Equatable {
+        public var key: String
+        public var range: Range<Int>
+    }
+
+    /// The whole body (shared storage, not a copy).
+    public var body: [UInt8]
+    /// The bytes of the event, `{` to `}`; `nil` when the element is not an object.
+    public var range: Range<Int>
+    public var members: [Member]?
 }
 
 private struct Reader {
     let bytes: [UInt8]
     let maximumDepth: Int
     var index = 0
+    /// Record ``EventSource``s for the root object's `"events"` array.
+    var recordsEvents = false
+    var events: [EventSource]?
 
     init(bytes: [UInt8], maximumDepth: Int) {
         self.bytes = bytes
@@ -63,7 +96,9 @@ private struct Reader {
     mutating func parseValue(depth: Int) throws(JSONParseError) -> JSONValue {
         guard index < bytes.count else { throw error("unexpected end of input") }
         switch bytes[index] {
-        case UInt8(ascii: "{"): return try parseObject(depth: depth + 1)
+        case UInt8(ascii: "{"):
+            var members: [EventSource.Member]?
+            return try parseObject(depth: depth + 1, members: &members)
         case UInt8(ascii: "["): return try parseArray(depth: depth + 1)
         case UInt8(ascii: "\""): return .string(try parseString())
         case UInt8(ascii: "t"): return try expect("true", value: .bool(true))
@@ -74,7 +109,8 @@ private struct Reader {
         }
     }
 
-    mutating func parseObject(depth: Int) throws(JSONParseError) -> JSONValue {
+    /// Parses an object; when `spans` is non-nil, appends each member's name and byte range to it.
+    mutating func parseObject(depth: Int, members spans: inout [EventSource.Member]?) throws(JSONParseError) -> JSONValue {
         guard depth <= maximumDepth else { throw error("nesting deeper than \(maximumDepth)") }
         index += 1
         var members: [JSONObject.Member] = []
@@ -86,12 +122,19 @@ private struct Reader {
         while true {
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a member name") }
+            let memberStart = index
             let key = try parseString()
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1
             skipWhitespace()
-            let value = try parseValue(depth: depth)
+            let value: JSONValue
+            if recordsEvents, depth == 1, key == "events", index < bytes.count, bytes[index] == UInt8(ascii: "[") {
+                value = try parseArray(depth: depth + 1, recordingEvents: true)
+            } else {
+                value = try parseValue(depth: depth)
+            }
+            spans?.append(EventSource.Member(key: key, range: memberStart..<index))
             members.append(JSONObject.Member(key: key, value: value))
             skipWhitespace()
             guard index < bytes.count else { throw error("unterminated object") }
@@ -107,18 +150,31 @@ private struct Reader {
         }
     }
 
-    mutating func parseArray(depth: Int) throws(JSONParseError) -> JSONValue {
+    mutating func parseArray(depth: Int, recordingEvents: Bool = false) throws(JSONParseError) -> JSONValue {
         guard depth <= maximumDepth else { throw error("nesting deeper than \(maximumDepth)") }
         index += 1
         var elements: [JSONValue] = []
+        var sources: [EventSource] = []
         skipWhitespace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
             index += 1
+            if recordingEvents { events = sources }
             return .array(elements)
         }
         while true {
             skipWhitespace()
-            elements.append(try parseValue(depth: depth))
+            if recordingEvents {
+                let start = index
+                var members: [EventSource.Member]? = index < bytes.count && bytes[index] == UInt8(ascii: "{") ? [] : nil
+                if members != nil {
+                    elements.append(try parseObject(depth: depth + 1, members: &members))
+                } else {
+                    elements.append(try parseValue(depth: depth))
+                }
+                sources.append(EventSource(body: bytes, range: start..<index, members: members))
+            } else {
+                elements.append(try parseValue(depth: depth))
+            }
             skipWhitespace()
             guard index < bytes.count else { throw error("unterminated array") }
             if bytes[index] == UInt8(ascii: ",") {
@@ -127,6 +183,7 @@ private struct Reader {
             }
             if bytes[index] == UInt8(ascii: "]") {
                 index += 1
+                if recordingEvents { events = sources }
                 return .array(elements)
             }
             throw error("expected ',' or ']'")
@@ -202,17 +259,27 @@ private struct Reader {
                 case UInt8(ascii: "u"):
                     var code = try parseHex4()
                     if (0xD800...0xDBFF).contains(code) {
-                        guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") else {
-                            throw error("lone high surrogate")
+                        // A high surrogate combines with an escaped low one that follows; alone it is
+                        // a lone surrogate (the following escape, if any, is read on its own).
+                        if index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") {
+                            let saved = index
+                            index += 2
+                            let low = try parseHex4()
+                            if (0xDC00...0xDFFF).contains(low) {
+                                code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                            } else {
+                                index = saved
+                                code = 0xFFFD
+                            }
+                        } else {
+                            code = 0xFFFD
                         }
-                        index += 2
-                        let low = try parseHex4()
-                        guard (0xDC00...0xDFFF).contains(low) else { throw error("invalid low surrogate") }
-                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
                     } else if (0xDC00...0xDFFF).contains(code) {
-                        throw error("lone low surrogate")
+                        code = 0xFFFD  // lone low surrogate
                     }
-                    scalars.append(contentsOf: String(Character(Unicode.Scalar(code)!)).utf8)
+                    // Every value left is a valid scalar: surrogates were combined or replaced above.
+                    let scalar = Unicode.Scalar(code) ?? "\u{FFFD}"
+                    scalars.append(contentsOf: String(Character(scalar)).utf8)
                 default:
                     throw error("invalid escape")
                 }

@@ -10,12 +10,14 @@ public enum WebhookPayload: Sendable, Equatable {
 
     /// Classifies `body`. Never throws: what cannot be read as an event batch is `unrecognised`.
     public static func parse(_ body: [UInt8], parser: JSONParser = JSONParser()) -> WebhookPayload {
-        let root: JSONValue
+        let parsed: (root: JSONValue, events: [EventSource]?)
         do {
-            root = try parser.parse(body)
+            parsed = try parser.parseWebhookBody(body)
         } catch {
             return .unrecognised(reason: "not JSON: \(error)")
         }
+        let root = parsed.root
+        let sources = parsed.events
         guard case .object(let object) = root else { return .unrecognised(reason: "JSON root is not an object") }
         guard let eventsValue = object["events"] else { return .unrecognised(reason: "no \"events\" key") }
         guard case .array(let elements) = eventsValue else { return .unrecognised(reason: "\"events\" is not an array") }
@@ -31,7 +33,7 @@ public enum WebhookPayload: Sendable, Equatable {
             events.append(event)
         }
         let requestTime = object["request_time"] ?? object["_request_time"] ?? .null
-        return .events(EventBatch(requestTime: requestTime, events: events))
+        return .events(EventBatch(requestTime: requestTime, events: events, sources: sources ?? []))
     }
 }
 
@@ -39,9 +41,13 @@ public enum WebhookPayload: Sendable, Equatable {
 public struct EventBatch: Sendable, Equatable {
     public var requestTime: JSONValue
     public var events: [JSONObject]
+    /// Where each event lies in the body, when the batch was parsed from one (same order as
+    /// `events`); envelopes are then spliced from the exact bytes.
+    public var sources: [EventSource]
 
-    public init(requestTime: JSONValue, events: [JSONObject]) {
+    public init(requestTime: JSONValue, events: [JSONObject], sources: [EventSource] = []) {
         self.requestTime = requestTime
         self.events = events
+        self.sources = sources.count == events.count ? sources : []
     }
 }

@@ -68,11 +68,16 @@ import TutorCruncher
         #expect(Set(first).isDisjoint(with: other))
     }
 
-    @Test func senderValuesForBridgeKeysAreReplacedInPlace() throws {
-        let body = Array(#"{"events": [{"event_id": "spoofed", "action": "A"}]}"#.utf8)
-        let object = try JSONParser().parse(try #require(try envelopes(body).first).body)
-        #expect(object.objectValue?.keys.first == "event_id")
-        #expect(object["event_id"] != .string("spoofed"))
+    @Test func senderValuesForBridgeKeysNeverSurviveInAnyCopy() throws {
+        let body = Array(
+            #"{"request_time": 5, "events": [{"event_id": "spoofed", "action": "A", "received_at": "x", "event_id": "again", "request_time": 1}]}"#.utf8)
+        let envelope = try #require(try envelopes(body).first)
+        let members = try #require(try JSONParser().parse(envelope.body).objectValue).members
+        #expect(members.filter { $0.key == "event_id" }.count == 1)
+        #expect(members.filter { $0.key == "received_at" }.count == 1)
+        #expect(members.filter { $0.key == "request_time" }.map(\.value) == [.number("5")])
+        #expect(!members.contains { $0.value == .string("spoofed") || $0.value == .string("again") })
+        #expect(envelope.object["event_id"] == .string(envelope.eventID))
     }
 
     @Test func stringSubjectIDIsKept() throws {
