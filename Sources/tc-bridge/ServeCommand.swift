@@ -84,6 +84,13 @@ struct ServeCommand: AsyncParsableCommand {
         }
         var logger = Logger(label: "tc-bridge")
         logger.logLevel = level
+        let keyring = SigningKeyring(WebhookVerifier(keys: keys))
+        // Installed first, so a SIGHUP during start-up never hits the default action (exit).
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let reloader = Task { [logger] in
+            for await _ in hangups { Self.reloadKeys(from: keySource, into: keyring, logger: logger) }
+        }
+        defer { reloader.cancel() }
 
         let url = Environment.resolve(amqpURL, env: "AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F")
         var connection: AMQPConnectionConfiguration
@@ -137,7 +144,6 @@ struct ServeCommand: AsyncParsableCommand {
             maxBodyBytes: maxBody,
             verifier: WebhookVerifier(keys: keys),
             dedupWindow: dedupSeconds > 0 ? .milliseconds(Int64(dedupSeconds * 1000)) : nil)
-        let keyring = SigningKeyring(bridge.verifier)
         bridge.keyring = keyring
         bridge.replayWindow = replay
         let publisher = AMQPPublisher(
@@ -162,12 +168,6 @@ struct ServeCommand: AsyncParsableCommand {
                 throw ValidationError("cannot use the dedup journal: \(error)")
             }
         }
-        // Installed before the server listens, so a SIGHUP never hits the default action (exit).
-        let hangups = await UnixSignalsSequence(trapping: .sighup)
-        let reloader = Task {
-            for await _ in hangups { Self.reloadKeys(from: keySource, into: keyring, logger: logger) }
-        }
-        defer { reloader.cancel() }
         logger.info(
             "starting tc-bridge",
             metadata: [

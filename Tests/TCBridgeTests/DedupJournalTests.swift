@@ -160,6 +160,33 @@ import TutorCruncher
         #expect(try open().count == count + 1)
     }
 
+    @Test func throughputWithManyConcurrentRequests() async throws {
+        // Real fsyncs on the test machine's disk; prints the figures, asserts only that they batch.
+        let window = try DedupWindow(
+            window: .seconds(3600), journalPath: path, logger: Logger(label: "dedup-tests", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let workers = 64
+        let perWorker = 40
+        let start = ContinuousClock.now
+        await withTaskGroup(of: Void.self) { group in
+            for worker in 0..<workers {
+                group.addTask {
+                    for index in 0..<perWorker {
+                        let digest = DedupWindowTests.digest("load-\(worker)-\(index)")
+                        _ = await window.claim(digest)
+                        await window.complete(digest, accepted: true)
+                    }
+                }
+            }
+        }
+        let elapsed = ContinuousClock.now - start
+        let count = workers * perWorker
+        let syncs = try #require(window.journalSyncs)
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        print("dedup journal: \(count) durable completions from \(workers) concurrent tasks in \(elapsed), \(syncs) fsyncs, \(Int(Double(count) / seconds))/s")
+        #expect(syncs < count)
+        #expect(try open().count == count)
+    }
+
     @Test func anIdenticalRequestIsNotAnsweredBeforeTheEntryIsDurable() async throws {
         let window = try open()
         let digest = DedupWindowTests.digest("x")
