@@ -13,7 +13,7 @@ import Glibc
 import Darwin
 #endif
 
-/// `tc-bridge serve`: runs the receiver until SIGTERM/SIGINT.
+/// `tc-bridge serve`: runs the receiver until SIGTERM/SIGINT; SIGHUP reloads the key file.
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
@@ -21,6 +21,7 @@ struct ServeCommand: AsyncParsableCommand {
         discussion: """
             Every option can also be set through the environment variable named in its help; the flag wins.
             The private API key comes from TC_PRIVATE_KEY or a key file, never from a flag value.
+            SIGHUP re-reads the key file (a key from TC_PRIVATE_KEY cannot be reloaded).
             """
     )
 
