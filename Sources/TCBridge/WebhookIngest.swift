@@ -65,9 +65,9 @@ public struct WebhookIngest: Sendable {
             logger.notice("rejected webhook: signature mismatch", metadata: ["path": "\(path)", "bytes": "\(body.count)"])
             return .error(403, "invalid webhook-signature")
         }
-        if let refusal = replayRefusal(body: body, path: path) { return refusal }  // i7-secrets: replay window
 
         let receivedAt = UTCTimestamp.now()
+        if let refusal = replayRefusal(body: body, path: path) { return refusal }  // i7-secrets: replay window, before dedup
         let digest = sha256Hex(body)
         if let dedup {
             switch await dedup.claim(digest) {

@@ -34,14 +34,6 @@ enum Environment {
         return number
     }
 
-    /// Where the signing keys came from, so SIGHUP knows whether it can reload them.
-    enum KeySource: Sendable {
-        /// A key file, re-read on SIGHUP with the same checks.
-        case file(path: String, allowInsecurePermissions: Bool)
-        /// `TC_PRIVATE_KEY`: removed from the environment once read, so it cannot be reloaded.
-        case environment
-    }
-
     /// The integration's private API key(s): `--private-key-file`/`TC_PRIVATE_KEY_FILE` (one key per
     /// non-empty line; several lines during a key rotation), else `TC_PRIVATE_KEY`. Never a flag value,
     /// so a key never shows in `ps`. `TC_PRIVATE_KEY` is removed from the environment once read.
@@ -70,6 +62,14 @@ enum Environment {
         }
         throw ValidationError(
             "no private API key configured: set TC_PRIVATE_KEY or pass --private-key-file PATH (TC_PRIVATE_KEY_FILE)")
+    }
+
+    /// Where the signing keys came from, so SIGHUP knows whether it can reload them.
+    enum KeySource: Sendable {
+        /// A key file, re-read on SIGHUP with the same checks.
+        case file(path: String, allowInsecurePermissions: Bool)
+        /// `TC_PRIVATE_KEY`: removed from the environment once read, so it cannot be reloaded.
+        case environment
     }
 
     /// Whether a boolean environment variable is set to `1`, `true` or `yes` (any case).

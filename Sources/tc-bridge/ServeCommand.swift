@@ -67,14 +67,14 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Most messages the unroutable queue keeps, oldest dropped first (env: TC_BRIDGE_UNROUTABLE_MAX_LENGTH; default 100000).")
     var unroutableMaxLength: Int?
 
-    @Option(help: "File holding the private API key, one key per line during a rotation; re-read on SIGHUP; must not be accessible by group or others (env: TC_PRIVATE_KEY_FILE). Default: env TC_PRIVATE_KEY.")
+    @Option(help: "File holding the private API key, one key per line during a rotation (env: TC_PRIVATE_KEY_FILE). Default: env TC_PRIVATE_KEY.")
     var privateKeyFile: String?
-
-    @Flag(help: "Accept a private key file that group or others may access (env: TC_BRIDGE_ALLOW_INSECURE_KEY_FILE=1).")
-    var allowInsecureKeyFile = false
 
     @Option(help: "trace, debug, info, notice, warning, error or critical (env: TC_BRIDGE_LOG_LEVEL; default info).")
     var logLevel: String?
+
+    @Flag(help: "Accept a private key file (re-read on SIGHUP) that group or others may access (env: TC_BRIDGE_ALLOW_INSECURE_KEY_FILE=1).")
+    var allowInsecureKeyFile = false
 
     func run() async throws {
         let allowInsecure = try allowInsecureKeyFile || Environment.flag("TC_BRIDGE_ALLOW_INSECURE_KEY_FILE")
@@ -138,15 +138,13 @@ struct ServeCommand: AsyncParsableCommand {
         let topology = BridgeTopology(
             exchange: exchangeName, alternateExchange: alternate == "none" ? nil : alternate, unroutableMaxLength: unroutableLimit)
 
-        var bridge = BridgeConfiguration(
+        let bridge = BridgeConfiguration(
             host: Environment.resolve(host, env: "TC_BRIDGE_HOST", default: "127.0.0.1"),
             port: port,
             exchange: exchangeName,
             maxBodyBytes: maxBody,
             verifier: WebhookVerifier(keys: keys),
             dedupWindow: dedupSeconds > 0 ? .milliseconds(Int64(dedupSeconds * 1000)) : nil)
-        bridge.keyring = keyring
-        bridge.replayWindow = replay
         let publisher = AMQPPublisher(
             configuration: AMQPPublisherConfiguration(
                 connection: connection,
@@ -160,11 +158,15 @@ struct ServeCommand: AsyncParsableCommand {
                 maxBytes: Int64(spoolLimit)),
             logger: logger)
         let forwarder = SpoolForwarder(spool: spool, publisher: publisher, logger: logger)
+        // Keys reloadable on SIGHUP, the replay window, and the dedup journal beside the spool (so a
+        // restart still recognises bodies it already answered 2xx).
+        var receiver = bridge
+        receiver.keyring = keyring
+        receiver.replayWindow = replay
         if let window = bridge.dedupWindow {
-            // Beside the spool, so a restart still recognises bodies it already answered 2xx.
             let journal = spool.configuration.directory + "/dedup.log"
             do {
-                bridge.dedup = try DedupWindow(window: window, maxEntries: bridge.dedupMaxEntries, journalPath: journal, logger: logger)
+                receiver.dedup = try DedupWindow(window: window, maxEntries: bridge.dedupMaxEntries, journalPath: journal, logger: logger)
             } catch {
                 throw ValidationError("cannot use the dedup journal: \(error)")
             }
@@ -173,17 +175,16 @@ struct ServeCommand: AsyncParsableCommand {
             "starting tc-bridge",
             metadata: [
                 "broker": "\(connection.redactedURL)", "exchange": "\(bridge.exchange)", "keys": "\(keys.count)",
-                "max_age": "\(maxAgeSeconds)", "dedup_window": "\(dedupSeconds)", "dedup_entries": "\(bridge.dedup?.count ?? 0)",
+                "max_age": "\(maxAgeSeconds)", "dedup_window": "\(dedupSeconds)", "dedup_entries": "\(receiver.dedup?.count ?? 0)",
                 "spool": "\(spool.configuration.directory)", "spooled_records": "\(spool.depth.records)",
             ])
         // Shutdown runs in reverse: the HTTP server drains first (failed publishes spool), then the
         // forwarder stops, then the publisher waits for its last confirms and closes.
-        let listeningHost = bridge.host
         let app = buildApplication(
-            configuration: bridge, publisher: publisher, spool: spool, services: [publisher, forwarder], logger: logger,
+            configuration: receiver, publisher: publisher, spool: spool, services: [publisher, forwarder], logger: logger,
             onListening: { port in
                 // Unbuffered, so scripts and tests waiting for this line see it at once.
-                let line = Array("tc-bridge listening on http://\(listeningHost):\(port)\n".utf8)
+                let line = Array("tc-bridge listening on http://\(bridge.host):\(port)\n".utf8)
                 _ = line.withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress, $0.count) }
             })
         try await app.runService()

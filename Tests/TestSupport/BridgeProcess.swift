@@ -82,14 +82,14 @@ public final class BridgeProcess: @unchecked Sendable {
 
     public func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
 
-    /// What the process wrote to stderr so far (its log), when started with `captureStandardError`.
-    public var standardError: String { errorLog.text.withLock { $0 } }
-
     /// Waits for the process to exit and returns its exit status.
     public func waitForExit(timeout: Duration = .seconds(30)) async throws -> Int32 {
         try await waitUntil(timeout: timeout, "tc-bridge to exit") { !self.process.isRunning }
         return process.terminationStatus
     }
+
+    /// What the process wrote to stderr so far (its log), when started with `captureStandardError`.
+    public var standardError: String { errorLog.text.withLock { $0 } }
 
     deinit {
         if process.isRunning { process.terminate() }
