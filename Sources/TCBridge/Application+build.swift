@@ -14,7 +14,7 @@ public func buildRouter(
     configuration: BridgeConfiguration, publisher: any EventPublishing, spool: DurableSpool? = nil, logger: Logger
 ) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
-    let dedup = configuration.dedupWindow.flatMap { $0 > .zero ? DedupWindow(window: $0, maxEntries: configuration.dedupMaxEntries) : nil }
+    let dedup = configuration.dedup ?? configuration.dedupWindow.flatMap { $0 > .zero ? DedupWindow(window: $0, maxEntries: configuration.dedupMaxEntries) : nil }
     let ingest = WebhookIngest(configuration: configuration, publisher: publisher, spool: spool, dedup: dedup, logger: logger)
     let signatureHeader = HTTPField.Name("webhook-signature")!
     let maxBodyBytes = configuration.maxBodyBytes

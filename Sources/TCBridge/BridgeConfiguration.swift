@@ -12,6 +12,17 @@ public struct BridgeConfiguration: Sendable {
     public var maxBodyBytes: Int
     /// Verifies `webhook-signature` with the integration's private API key(s).
     public var verifier: WebhookVerifier
+    // MARK: i7-secrets: key rotation, replay window, persistent dedup
+    /// When set, requests verify with this keyring's current key set instead of ``verifier``; the
+    /// keyring can be given new keys while the bridge runs (SIGHUP). Default `nil`.
+    public var keyring: SigningKeyring? = nil
+    /// When set, a verified body whose `request_time` lies outside it is answered 403. Default `nil`
+    /// (off) here; `tc-bridge serve` turns it on (one hour old, five minutes ahead).
+    public var replayWindow: ReplayWindow? = nil
+    /// When set, this dedup window (e.g. one persisted beside the spool) is used instead of an
+    /// in-memory one built from ``dedupWindow`` and ``dedupMaxEntries``. Default `nil`.
+    public var dedup: DedupWindow? = nil
+    // MARK: -
     /// The AMQP `app_id` property of published messages (default `tc-bridge`).
     public var appID: String
     /// Identical bodies answered 2xx within this window are answered 200 again without publishing

@@ -23,9 +23,11 @@ public struct IngestResponse: Sendable, Equatable {
 /// blocked, nacks or misses the confirm deadline, once they are durably in the spool; 503 only when
 /// neither is possible (no spool, spool full or unwritable), so the sender retries.
 /// An identical body already answered 2xx within the dedup window is answered 200 and not
-/// published again. Thread-safe; one instance serves every request.
+/// published again. The one 4xx for a verified body: a `request_time` outside the replay window
+/// (a captured request replayed later) is answered 403. Thread-safe; one instance serves every request.
 public struct WebhookIngest: Sendable {
-    let verifier: WebhookVerifier
+    let keyring: SigningKeyring  // i7-secrets: read once per request through `verifier`
+    let replayWindow: ReplayWindow?  // i7-secrets
     let factory: MessageFactory
     let publisher: any EventPublishing
     let spool: DurableSpool?
@@ -37,7 +39,8 @@ public struct WebhookIngest: Sendable {
         configuration: BridgeConfiguration, publisher: any EventPublishing, spool: DurableSpool? = nil,
         dedup: DedupWindow? = nil, logger: Logger
     ) {
-        self.verifier = configuration.verifier
+        self.keyring = configuration.keyring ?? SigningKeyring(configuration.verifier)  // i7-secrets
+        self.replayWindow = configuration.replayWindow  // i7-secrets
         self.factory = MessageFactory(exchange: configuration.exchange, appID: configuration.appID)
         self.publisher = publisher
         self.spool = spool
@@ -55,6 +58,7 @@ public struct WebhookIngest: Sendable {
         guard verification == .valid else { return rejected(verification, path: path, bodyBytes: body.count) }
 
         let receivedAt = UTCTimestamp.now()
+        if let refusal = replayRefusal(body: body, path: path) { return refusal }  // i7-secrets: replay window, before dedup
         let digest = sha256Hex(body)
         if let dedup {
             switch await dedup.claim(digest) {
@@ -67,7 +71,7 @@ public struct WebhookIngest: Sendable {
             }
         }
         let response = await deliver(body: body, digest: digest, path: path, receivedAt: receivedAt)
-        dedup?.complete(digest, accepted: response.status == 200)
+        await dedup?.complete(digest, accepted: response.status == 200)
         return response
     }
 

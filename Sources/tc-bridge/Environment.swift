@@ -1,4 +1,5 @@
 import ArgumentParser
+import TCBridge
 import TutorCruncher
 
 #if canImport(Glibc)
@@ -43,24 +44,49 @@ enum Environment {
     /// The integration's private API key(s): `--private-key-file`/`TC_PRIVATE_KEY_FILE` (one key per
     /// non-empty line; several lines during a key rotation), else `TC_PRIVATE_KEY`. Never a flag value,
     /// so a key never shows in `ps`. `TC_PRIVATE_KEY` is removed from the environment once read.
-    static func signingKeys(file flag: String?) throws -> [WebhookSigningKey] {
+    /// A key that is empty or only whitespace is refused, and so is a key file that group or others
+    /// may access, unless `allowInsecureFile`. Errors name the file or variable, never a key.
+    static func signingKeys(file flag: String?, allowInsecureFile: Bool) throws -> (keys: [WebhookSigningKey], source: KeySource) {
+        let environmentKey = value("TC_PRIVATE_KEY")
+        if environmentKey != nil { unsetenv("TC_PRIVATE_KEY") }
         if let path = flag ?? value("TC_PRIVATE_KEY_FILE") {
-            guard let contents = readFile(path) else {
-                throw ValidationError("cannot read private key file \(path)")
+            do {
+                let keys = try SigningKeyFile.load(path: path, allowInsecurePermissions: allowInsecureFile)
+                return (keys, .file(path: path, allowInsecurePermissions: allowInsecureFile))
+            } catch {
+                throw ValidationError(error.description)
             }
-            let keys = contents.split(whereSeparator: \.isNewline)
-                .map { $0.trimmingCharacters(in: " \t\r") }
-                .filter { !$0.isEmpty }
-                .map(WebhookSigningKey.init)
-            guard !keys.isEmpty else { throw ValidationError("private key file \(path) is empty") }
-            return keys
         }
-        if let key = value("TC_PRIVATE_KEY") {
-            unsetenv("TC_PRIVATE_KEY")
-            return [WebhookSigningKey(key.trimmingCharacters(in: " \t\r\n"))]
+        if let environmentKey {
+            let key = SigningKeyFile.trimmedKey(environmentKey)
+            guard !key.isEmpty else {
+                throw ValidationError("TC_PRIVATE_KEY is only whitespace: refusing to verify with an empty key")
+            }
+            guard !key.contains(where: \.isNewline) else {
+                throw ValidationError("TC_PRIVATE_KEY holds several lines: put several keys in a key file (--private-key-file) instead")
+            }
+            return ([WebhookSigningKey(key)], .environment)
         }
         throw ValidationError(
             "no private API key configured: set TC_PRIVATE_KEY or pass --private-key-file PATH (TC_PRIVATE_KEY_FILE)")
+    }
+
+    /// Where the signing keys came from, so SIGHUP knows whether it can reload them.
+    enum KeySource: Sendable {
+        /// A key file, re-read on SIGHUP with the same checks.
+        case file(path: String, allowInsecurePermissions: Bool)
+        /// `TC_PRIVATE_KEY`: removed from the environment once read, so it cannot be reloaded.
+        case environment
+    }
+
+    /// Whether a boolean environment variable is set to `1`, `true` or `yes` (any case).
+    static func flag(_ name: String) throws -> Bool {
+        guard let text = value(name) else { return false }
+        switch text.lowercased() {
+        case "1", "true", "yes": return true
+        case "0", "false", "no": return false
+        default: throw ValidationError("\(name) must be 1 or 0, got \"\(text)\"")
+        }
     }
 
     static func readFile(_ path: String) -> String? {
@@ -82,17 +108,4 @@ enum Environment {
             }
         }
     }
-}
-
-extension Substring {
-    func trimmingCharacters(in set: String) -> String {
-        var slice = self[...]
-        while let first = slice.first, set.contains(first) { slice = slice.dropFirst() }
-        while let last = slice.last, set.contains(last) { slice = slice.dropLast() }
-        return String(slice)
-    }
-}
-
-extension String {
-    func trimmingCharacters(in set: String) -> String { self[...].trimmingCharacters(in: set) }
 }

@@ -5,6 +5,7 @@ import Hummingbird
 import Logging
 import TCBridge
 import TutorCruncher
+import UnixSignals
 
 #if canImport(Glibc)
 import Glibc
@@ -12,7 +13,7 @@ import Glibc
 import Darwin
 #endif
 
-/// `tc-bridge serve`: runs the receiver until SIGTERM/SIGINT.
+/// `tc-bridge serve`: runs the receiver until SIGTERM/SIGINT; SIGHUP reloads the key file.
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
@@ -20,6 +21,7 @@ struct ServeCommand: AsyncParsableCommand {
         discussion: """
             Every option can also be set through the environment variable named in its help; the flag wins.
             The private API key comes from TC_PRIVATE_KEY or a key file, never from a flag value.
+            SIGHUP re-reads the key file (a key from TC_PRIVATE_KEY cannot be reloaded).
             """
     )
 
@@ -56,8 +58,14 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Largest spool size in bytes; beyond it requests get 503 (env: TC_BRIDGE_SPOOL_MAX_BYTES; default 1073741824).")
     var spoolMaxBytes: Int?
 
-    @Option(help: "Seconds an identical body is answered 200 without publishing again; 0 disables (env: TC_BRIDGE_DEDUP_WINDOW; default 3600).")
+    @Option(help: "Seconds an identical body is answered 200 without publishing again, remembered across restarts in <spool-dir>/dedup.log; at least --max-age + --max-future-skew while the replay check is on (env: TC_BRIDGE_DEDUP_WINDOW; default that sum, 3900; 0 disables, only with --max-age 0).")
     var dedupWindow: Double?
+
+    @Option(help: "Signed bodies whose request_time is more than this many seconds old get 403; 0 disables the replay check (env: TC_BRIDGE_MAX_AGE; default 3600; the sender's retries reuse the original time for about 19 minutes).")
+    var maxAge: Int?
+
+    @Option(help: "Signed bodies whose request_time is more than this many seconds in the future get 403 (env: TC_BRIDGE_MAX_FUTURE_SKEW; default 300).")
+    var maxFutureSkew: Int?
 
     @Option(help: "Alternate exchange and queue keeping events no service is bound for; 'none' disables (env: TC_BRIDGE_ALTERNATE_EXCHANGE; default <exchange>.unroutable).")
     var alternateExchange: String?
@@ -86,14 +94,25 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "trace, debug, info, notice, warning, error or critical (env: TC_BRIDGE_LOG_LEVEL; default info).")
     var logLevel: String?
 
+    @Flag(help: "Accept a private key file (re-read on SIGHUP) that group or others may access (env: TC_BRIDGE_ALLOW_INSECURE_KEY_FILE=1).")
+    var allowInsecureKeyFile = false
+
     func run() async throws {
-        let keys = try Environment.signingKeys(file: privateKeyFile)
+        let allowInsecure = try allowInsecureKeyFile || Environment.flag("TC_BRIDGE_ALLOW_INSECURE_KEY_FILE")
+        let (keys, keySource) = try Environment.signingKeys(file: privateKeyFile, allowInsecureFile: allowInsecure)
         let levelName = Environment.resolve(logLevel, env: "TC_BRIDGE_LOG_LEVEL", default: "info")
         guard let level = Logger.Level(rawValue: levelName) else {
             throw ValidationError("unknown log level \"\(levelName)\"")
         }
         var logger = Logger(label: "tc-bridge")
         logger.logLevel = level
+        let keyring = SigningKeyring(WebhookVerifier(keys: keys))
+        // Installed first, so a SIGHUP during start-up never hits the default action (exit).
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let reloader = Task { [logger] in
+            for await _ in hangups { Self.reloadKeys(from: keySource, into: keyring, logger: logger) }
+        }
+        defer { reloader.cancel() }
 
         let url = Environment.resolve(amqpURL, env: "AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F")
         var connection: AMQPConnectionConfiguration
@@ -124,8 +143,22 @@ struct ServeCommand: AsyncParsableCommand {
         guard confirmSeconds > 0, confirmSeconds < 8 else {
             throw ValidationError("confirm timeout must be above 0 and under TutorCruncher's 8 s request timeout")
         }
-        let dedupSeconds = try Environment.resolveDouble(dedupWindow, env: "TC_BRIDGE_DEDUP_WINDOW", default: 3600)
-        guard dedupSeconds >= 0 else { throw ValidationError("dedup window must not be negative") }
+        let maxAgeSeconds = try Environment.resolveInt(maxAge, env: "TC_BRIDGE_MAX_AGE", default: 3600)
+        let skewSeconds = try Environment.resolveInt(maxFutureSkew, env: "TC_BRIDGE_MAX_FUTURE_SKEW", default: 300)
+        let longest = 30 * 86400
+        guard (0...longest).contains(maxAgeSeconds), (0...longest).contains(skewSeconds) else {
+            throw ValidationError("max age and max future skew must be 0-\(longest) seconds")
+        }
+        let replay = maxAgeSeconds > 0 ? ReplayWindow(maxAge: maxAgeSeconds, maxFutureSkew: skewSeconds) : nil
+        let dedupSeconds = try Environment.resolveDouble(dedupWindow, env: "TC_BRIDGE_DEDUP_WINDOW", default: Double(replay?.span ?? 3600))
+        guard dedupSeconds >= 0, dedupSeconds <= Double(2 * longest) else { throw ValidationError("dedup window must be 0-\(2 * longest) seconds") }
+        if let replay, dedupSeconds < Double(replay.span) {
+            // A body is accepted up to max-age + max-future-skew after it was first seen; a shorter
+            // dedup window would let a captured request be published twice.
+            throw ValidationError(
+                "dedup window (\(dedupSeconds) s) must be at least --max-age + --max-future-skew (\(replay.span) s), "
+                    + "or a captured request could be published twice; raise --dedup-window, or lower --max-age (0 turns the replay check off)")
+        }
         let spoolLimit = try Environment.resolveInt(spoolMaxBytes, env: "TC_BRIDGE_SPOOL_MAX_BYTES", default: 1 << 30)
         guard spoolLimit > 0 else { throw ValidationError("spool max bytes must be positive") }
         let unroutableLimit = try Environment.resolveInt(unroutableMaxLength, env: "TC_BRIDGE_UNROUTABLE_MAX_LENGTH", default: 100_000)
@@ -168,16 +201,30 @@ struct ServeCommand: AsyncParsableCommand {
                 maxBytes: Int64(spoolLimit)),
             logger: logger)
         let forwarder = SpoolForwarder(spool: spool, publisher: publisher, logger: logger)
+        // Keys reloadable on SIGHUP, the replay window, and the dedup journal beside the spool (so a
+        // restart still recognises bodies it already answered 2xx).
+        var receiver = bridge
+        receiver.keyring = keyring
+        receiver.replayWindow = replay
+        if let window = bridge.dedupWindow {
+            let journal = spool.configuration.directory + "/dedup.log"
+            do {
+                receiver.dedup = try DedupWindow(window: window, maxEntries: bridge.dedupMaxEntries, journalPath: journal, logger: logger)
+            } catch {
+                throw ValidationError("cannot use the dedup journal: \(error)")
+            }
+        }
         logger.info(
             "starting tc-bridge",
             metadata: [
                 "broker": "\(connection.redactedURL)", "exchange": "\(bridge.exchange)", "keys": "\(keys.count)",
+                "max_age": "\(maxAgeSeconds)", "dedup_window": "\(dedupSeconds)", "dedup_entries": "\(receiver.dedup?.count ?? 0)",
                 "spool": "\(spool.configuration.directory)", "spooled_records": "\(spool.depth.records)",
             ])
         // Shutdown runs in reverse: the HTTP server drains first (failed publishes spool), then the
         // forwarder stops, then the publisher waits for its last confirms and closes.
         let app = buildApplication(
-            configuration: bridge, publisher: publisher, spool: spool, services: [publisher, forwarder], logger: logger,
+            configuration: receiver, publisher: publisher, spool: spool, services: [publisher, forwarder], logger: logger,
             onListening: { port in
                 // Unbuffered, so scripts and tests waiting for this line see it at once.
                 let line = Array("tc-bridge listening on http://\(bridge.host):\(port)\n".utf8)
@@ -185,5 +232,24 @@ struct ServeCommand: AsyncParsableCommand {
             })
         try await app.runService()
         logger.info("tc-bridge stopped")
+    }
+
+    /// SIGHUP: re-reads the key file with the start-up checks and swaps the key set in atomically
+    /// (requests in flight keep the set they started with). A bad file keeps the previous keys and
+    /// logs an error. A key from `TC_PRIVATE_KEY` cannot be reloaded (it was removed from the
+    /// environment): logged. Never logs a key.
+    static func reloadKeys(from source: Environment.KeySource, into keyring: SigningKeyring, logger: Logger) {
+        switch source {
+        case .environment:
+            logger.warning("SIGHUP: the key came from TC_PRIVATE_KEY, which cannot be reloaded; restart the bridge, or use --private-key-file")
+        case .file(let path, let allowInsecure):
+            do {
+                let keys = try SigningKeyFile.load(path: path, allowInsecurePermissions: allowInsecure)
+                keyring.replace(WebhookVerifier(keys: keys))
+                logger.notice("SIGHUP: signing keys reloaded", metadata: ["file": "\(path)", "keys": "\(keys.count)"])
+            } catch {
+                logger.error("SIGHUP: signing keys not reloaded; keeping the previous ones", metadata: ["error": "\(error)"])
+            }
+        }
     }
 }

@@ -20,7 +20,7 @@ struct SignCommand: ParsableCommand {
     var privateKeyFile: String?
 
     func run() throws {
-        let keys = try Environment.signingKeys(file: privateKeyFile)
+        let keys = try Environment.signingKeys(file: privateKeyFile, allowInsecureFile: true).keys
         guard let body = Environment.readBytes(file == "-" ? "/dev/stdin" : file) else {
             throw ValidationError("cannot read \(file)")
         }

@@ -123,7 +123,7 @@ import TutorCruncher
         let setup = Setup()
         let probe = try await QueueProbe(node: Self.node, exchange: setup.exchange)
         defer { Task { await probe.stop() } }
-        let bridge = try await BridgeProcess(node: Self.node, arguments: setup.arguments(["--dedup-window", "1"]))
+        let bridge = try await BridgeProcess(node: Self.node, arguments: setup.arguments(["--dedup-window", "1", "--max-age", "0"]))
         try await waitForHealthy(bridge)
         let body = Webhooks.body(actions: ["SENT_TWICE"])
         #expect(try await postSigned(port: bridge.port, body: body).body == "{\"events\":1}\n")

@@ -151,42 +151,48 @@ import TutorCruncher
 }
 
 @Suite struct DedupWindowTests {
+    /// A wall clock the test moves by hand (milliseconds since the epoch).
     final class FakeClock: Sendable {
-        let now = Mutex(ContinuousClock.now)
-        func advance(_ duration: Duration) { now.withLock { $0 = $0 + duration } }
+        let now = Mutex<Int64>(1_764_000_000_000)
+        func advance(_ duration: Duration) { now.withLock { $0 += duration.components.seconds * 1000 } }
+        var read: DedupWindow.Clock { { self.now.withLock { $0 } } }
     }
+
+    static func digest(_ name: String) -> BodyDigest { BodyDigest(hex: sha256Hex(Array(name.utf8)))! }
 
     @Test func remembersForTheWindowThenForgets() async {
         let clock = FakeClock()
-        let window = DedupWindow(window: .seconds(3600), now: { clock.now.withLock { $0 } })
-        #expect(await window.claim("a") == .new)
-        window.complete("a", accepted: true)
-        #expect(await window.claim("a") == .duplicate)
+        let window = DedupWindow(window: .seconds(3600), now: clock.read)
+        let a = Self.digest("a")
+        #expect(await window.claim(a) == .new)
+        await window.complete(a, accepted: true)
+        #expect(await window.claim(a) == .duplicate)
         clock.advance(.seconds(3599))
-        #expect(await window.claim("a") == .duplicate)
+        #expect(await window.claim(a) == .duplicate)
         clock.advance(.seconds(2))
-        #expect(await window.claim("a") == .new)
+        #expect(await window.claim(a) == .new)
     }
 
     @Test func memoryIsBounded() async {
         let window = DedupWindow(window: .seconds(3600), maxEntries: 3)
-        for digest in ["a", "b", "c", "d"] {
-            _ = await window.claim(digest)
-            window.complete(digest, accepted: true)
+        for name in ["a", "b", "c", "d"] {
+            _ = await window.claim(Self.digest(name))
+            await window.complete(Self.digest(name), accepted: true)
         }
         #expect(window.count == 3)
-        #expect(await window.claim("a") == .new)
+        #expect(await window.claim(Self.digest("a")) == .new)
     }
 
     @Test func aConcurrentIdenticalRequestWaitsForTheFirstOutcome() async {
         let window = DedupWindow(window: .seconds(60))
-        #expect(await window.claim("x") == .new)
-        let second = Task { await window.claim("x") }
-        try? await waitUntil("second request waiting") { window.waitingCount("x") == 1 }
-        window.complete("x", accepted: false)  // the first failed: the second must handle it
+        let x = Self.digest("x")
+        #expect(await window.claim(x) == .new)
+        let second = Task { await window.claim(x) }
+        try? await waitUntil("second request waiting") { window.waitingCount(x) == 1 }
+        await window.complete(x, accepted: false)  // the first failed: the second must handle it
         #expect(await second.value == .new)
-        window.complete("x", accepted: true)
-        #expect(await window.claim("x") == .duplicate)
+        await window.complete(x, accepted: true)
+        #expect(await window.claim(x) == .duplicate)
     }
 }
 

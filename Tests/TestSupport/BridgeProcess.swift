@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import HummingbirdTesting
 import NIOCore
+import Synchronization
 
 /// The real `tc-bridge serve` executable in a child process, for signal and crash tests.
 public final class BridgeProcess: @unchecked Sendable {
@@ -9,6 +10,8 @@ public final class BridgeProcess: @unchecked Sendable {
     public let process: Process
     public let port: Int
     private let output: Pipe
+    private let errorLog: LogBuffer
+    private let errors: Pipe?
 
     /// The built executable: next to the test bundle (`swift build` puts both in the bin path).
     public static var executable: String {
@@ -23,7 +26,10 @@ public final class BridgeProcess: @unchecked Sendable {
     }
 
     /// Starts the bridge with `arguments` after `serve` and waits for its "listening" line.
-    public init(node: RabbitMQNode, arguments: [String] = [], environment: [String: String] = [:]) async throws {
+    /// `captureStandardError`: keep the log (stderr) for ``standardError`` instead of passing it through.
+    public init(
+        node: RabbitMQNode, arguments: [String] = [], environment: [String: String] = [:], captureStandardError: Bool = false
+    ) async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.executable)
         process.arguments = ["serve", "--port", "0"] + arguments
@@ -36,7 +42,25 @@ public final class BridgeProcess: @unchecked Sendable {
         process.environment = env
         let output = Pipe()
         process.standardOutput = output
-        process.standardError = FileHandle.standardError
+        if captureStandardError {
+            let errors = Pipe()
+            let log = LogBuffer()
+            self.errorLog = log
+            errors.fileHandleForReading.readabilityHandler = { handle in
+                let data = handle.availableData
+                if data.isEmpty {
+                    handle.readabilityHandler = nil
+                } else {
+                    log.text.withLock { $0 += String(decoding: data, as: UTF8.self) }
+                }
+            }
+            process.standardError = errors
+            self.errors = errors
+        } else {
+            process.standardError = FileHandle.standardError
+            self.errorLog = LogBuffer()
+            self.errors = nil
+        }
         try process.run()
         self.process = process
         self.output = output
@@ -71,9 +95,17 @@ public final class BridgeProcess: @unchecked Sendable {
         return process.terminationStatus
     }
 
+    /// What the process wrote to stderr so far (its log), when started with `captureStandardError`.
+    public var standardError: String { errorLog.text.withLock { $0 } }
+
     deinit {
         if process.isRunning { process.terminate() }
     }
+}
+
+/// Text collected from a pipe's readability handler. Thread-safe.
+private final class LogBuffer: Sendable {
+    let text = Mutex("")
 }
 
 /// One HTTP request on a fresh connection.

@@ -11,7 +11,10 @@ public enum Webhooks {
     }
 
     /// A body in the sender's current layout (`json.dumps` separators), one event per element of `actions`.
-    public static func body(actions: [String], subjectID: Int = 1, requestTime: Int? = 1_700_000_000, marker: String = UUID().uuidString) -> [UInt8] {
+    /// `requestTime` defaults to now (the bridge refuses bodies older than its replay window).
+    public static func body(
+        actions: [String], subjectID: Int = 1, requestTime: Int? = Int(Date().timeIntervalSince1970), marker: String = UUID().uuidString
+    ) -> [UInt8] {
         let events = actions.enumerated().map { index, action in
             """
             {"action": "\(action)", "verb": "Did \(action)", "timestamp": "2025-03-05T15:26:20.558919Z", "branch": 590, \

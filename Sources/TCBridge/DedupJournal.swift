@@ -1,0 +1,340 @@
+import Dispatch
+import DurableSpool
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Why the dedup journal cannot be opened or written.
+public enum DedupJournalError: Error, Sendable, Equatable, CustomStringConvertible {
+    case io(path: String, operation: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .io(let path, let operation, let reason): "dedup journal \(path): \(operation) failed: \(reason)"
+        }
+    }
+}
+
+/// The on-disk side of a persistent ``DedupWindow``: an append-only file of fixed-size records.
+///
+/// Format (all integers little-endian):
+/// - header, 8 bytes: `TCDEDUP` and the format version `0x01`;
+/// - records, 44 bytes each: the body's SHA-256 (32 bytes), the acceptance time in wall-clock
+///   milliseconds since the epoch (Int64), and a CRC-32 of those 40 bytes (UInt32).
+///
+/// Appends are group-committed: every entry queued while a flush runs goes out in the next single
+/// `write` + `fsync`. When the file holds more than twice the live entries (and at least
+/// `compactionMinimum` records) it is rewritten with the live ones only: temporary file, `fsync`,
+/// `rename`, `fsync` of the directory, so a crash leaves either the old or the new file.
+///
+/// Threading: all file I/O runs on one serial dispatch queue; ``append(_:)`` may be called from any task.
+final class DedupJournal: Sendable {
+    static let header: [UInt8] = Array("TCDEDUP".utf8) + [1]
+    static let recordSize = 44
+
+    /// The serial queue of all file I/O (internal for tests).
+    let queue = DispatchQueue(label: "tc-bridge.dedup-journal")
+    private let inbox = Mutex<Inbox>(Inbox())
+    private let file: QueueConfined<JournalFile>
+    private let live: @Sendable () -> [DedupEntry]
+    private let liveCount: @Sendable () -> Int
+    private let counters = Mutex<(records: Int, syncs: Int)>((0, 0))
+
+    private struct Inbox {
+        var entries: [(entry: DedupEntry, continuation: CheckedContinuation<Result<Void, DedupJournalError>, Never>)] = []
+        var flushScheduled = false
+    }
+
+    private init(file: JournalFile, live: @escaping @Sendable () -> [DedupEntry], liveCount: @escaping @Sendable () -> Int) {
+        self.file = QueueConfined(file)
+        self.live = live
+        self.liveCount = liveCount
+        counters.withLock { $0.records = file.records }
+    }
+
+    /// Opens or creates the journal and returns it with the entries newer than `cutoff` (oldest
+    /// first, one per digest, at most `maxEntries`, the newest kept). Compacts at once when the file
+    /// holds mostly dead records. Blocking.
+    static func open(
+        path: String, cutoff: Int64, maxEntries: Int, compactionMinimum: Int, logger: Logger,
+        live: @escaping @Sendable () -> [DedupEntry], liveCount: @escaping @Sendable () -> Int
+    ) throws(DedupJournalError) -> (DedupJournal, [DedupEntry]) {
+        let file = JournalFile(path: path, compactionMinimum: compactionMinimum, logger: logger)
+        var loaded = try file.load(cutoff: cutoff)
+        if loaded.count > maxEntries { loaded.removeFirst(loaded.count - maxEntries) }
+        if file.shouldCompact(live: loaded.count) { file.compact(loaded) }
+        let journal = DedupJournal(file: file, live: live, liveCount: liveCount)
+        return (journal, loaded)
+    }
+
+    /// Records in the file (live or not).
+    var recordCount: Int { counters.withLock { $0.records } }
+    /// `fsync`s made for appends.
+    var syncCount: Int { counters.withLock { $0.syncs } }
+    /// Appends waiting for the next flush.
+    var pendingCount: Int { inbox.withLock { $0.entries.count } }
+
+    /// Returns once everything queued so far (flushes, compaction) has run. For tests.
+    func idle() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in queue.async { continuation.resume() } }
+    }
+
+    /// Appends `entry`; returns once it is on disk (`fsync`ed), or the write failed (the file is then
+    /// cut back to its last good length, so later appends stay aligned).
+    func append(_ entry: DedupEntry) async -> Result<Void, DedupJournalError> {
+        await withCheckedContinuation { continuation in
+            let schedule = inbox.withLock { inbox in
+                inbox.entries.append((entry, continuation))
+                defer { inbox.flushScheduled = true }
+                return !inbox.flushScheduled
+            }
+            if schedule { queue.async { self.flush() } }
+        }
+    }
+
+    /// Group commit, on the queue: everything queued, one write, one `fsync`; then maybe compaction.
+    private func flush() {
+        let batch = inbox.withLock { inbox in
+            defer {
+                inbox.entries.removeAll()
+                inbox.flushScheduled = false
+            }
+            return inbox.entries
+        }
+        let file = file.value
+        let result = file.append(batch.map(\.entry))
+        counters.withLock { $0 = (file.records, file.syncs) }
+        for item in batch { item.continuation.resume(returning: result) }
+        if case .success = result, file.shouldCompact(live: liveCount()) {
+            // The snapshot is taken here, on the queue: every entry already in the file was put in
+            // memory before it was queued, so the snapshot holds it (entries still queued are
+            // written to the new file by the next flush).
+            file.compact(live())
+            counters.withLock { $0.records = file.records }
+        }
+    }
+}
+
+/// A value used only on one serial queue.
+private final class QueueConfined<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
+
+/// The journal file; used only on the journal's queue (or before the journal exists).
+private final class JournalFile {
+    let path: String
+    let directory: String
+    let compactionMinimum: Int
+    let logger: Logger
+    var descriptor: Int32 = -1
+    /// Bytes known to be good and durable.
+    var length: Int64 = 0
+    var records = 0
+    var syncs = 0
+
+    init(path: String, compactionMinimum: Int, logger: Logger) {
+        self.path = path
+        if let slash = path.lastIndex(of: "/") {
+            let parent = String(path[..<slash])
+            directory = parent.isEmpty ? "/" : parent
+        } else {
+            directory = "."
+        }
+        self.compactionMinimum = compactionMinimum
+        self.logger = logger
+    }
+
+    deinit {
+        if descriptor >= 0 { close(descriptor) }
+    }
+
+    private func failure(_ operation: String) -> DedupJournalError {
+        .io(path: path, operation: operation, reason: String(cString: strerror(errno)))
+    }
+
+    // MARK: Loading
+
+    func load(cutoff: Int64) throws(DedupJournalError) -> [DedupEntry] {
+        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw failure("open") }
+        let bytes = try readAll()
+        if bytes.count < DedupJournal.header.count, bytes.elementsEqual(DedupJournal.header.prefix(bytes.count)) {
+            // New, or torn while its header was being written.
+            try writeHeader()
+            return []
+        }
+        if !bytes.prefix(DedupJournal.header.count).elementsEqual(DedupJournal.header) {
+            try setAside()
+            try writeHeader()
+            return []
+        }
+        var newest: [BodyDigest: Int64] = [:]
+        var offset = DedupJournal.header.count
+        var damaged = 0
+        while offset + DedupJournal.recordSize <= bytes.count {
+            defer { offset += DedupJournal.recordSize }
+            guard let entry = Self.decode(bytes[offset..<offset + DedupJournal.recordSize]) else {
+                damaged += 1
+                continue
+            }
+            records += 1
+            if entry.at > cutoff, entry.at > newest[entry.digest] ?? Int64.min { newest[entry.digest] = entry.at }
+        }
+        if damaged > 0 {
+            logger.warning("dedup journal: damaged records skipped", metadata: ["journal": "\(path)", "records": "\(damaged)"])
+            records += damaged  // they still take room until compaction
+        }
+        length = Int64(offset)
+        if offset < bytes.count {
+            // A torn last record from a crash mid-append: it was never acknowledged; cut it off.
+            logger.notice("dedup journal: torn last record ignored", metadata: ["journal": "\(path)", "bytes": "\(bytes.count - offset)"])
+            guard ftruncate(descriptor, off_t(offset)) == 0, fsync(descriptor) == 0 else { throw failure("truncate") }
+        }
+        return newest.map { DedupEntry(digest: $0.key, at: $0.value) }.sorted { $0.at < $1.at }
+    }
+
+    private func readAll() throws(DedupJournalError) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var position: off_t = 0
+        while true {
+            let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, position) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw failure("read")
+            }
+            if count == 0 { return bytes }
+            bytes.append(contentsOf: buffer[0..<count])
+            position += off_t(count)
+        }
+    }
+
+    private func writeHeader() throws(DedupJournalError) {
+        guard ftruncate(descriptor, 0) == 0 else { throw failure("truncate") }
+        guard Self.writeAll(descriptor, DedupJournal.header, at: 0), fsync(descriptor) == 0 else { throw failure("write") }
+        syncDirectory()
+        length = Int64(DedupJournal.header.count)
+        records = 0
+    }
+
+    /// Renames a file that is not a journal out of the way, so nothing is lost silently.
+    private func setAside() throws(DedupJournalError) {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let aside = "\(path).unreadable-\(now.tv_sec)"
+        close(descriptor)
+        descriptor = -1
+        guard rename(path, aside) == 0 else { throw failure("rename aside") }
+        logger.error(
+            "dedup journal has an unknown format; renamed aside and starting empty (bodies accepted before may be published again)",
+            metadata: ["journal": "\(path)", "moved_to": "\(aside)"])
+        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw failure("open") }
+    }
+
+    // MARK: Records
+
+    static func encode(_ entry: DedupEntry, into out: inout [UInt8]) {
+        let start = out.count
+        out.append(contentsOf: entry.digest.bytes)
+        let time = UInt64(bitPattern: entry.at)
+        for shift in stride(from: 0, to: 64, by: 8) { out.append(UInt8(truncatingIfNeeded: time >> UInt64(shift))) }
+        let crc = CRC32.checksum(Array(out[start..<out.count]))
+        for shift in stride(from: 0, to: 32, by: 8) { out.append(UInt8(truncatingIfNeeded: crc >> UInt32(shift))) }
+    }
+
+    static func decode(_ record: ArraySlice<UInt8>) -> DedupEntry? {
+        let base = record.startIndex
+        let body = Array(record[base..<base + 40])
+        var crc: UInt32 = 0
+        for index in 0..<4 { crc |= UInt32(record[base + 40 + index]) << UInt32(8 * index) }
+        guard CRC32.checksum(body) == crc, let digest = BodyDigest(bytes: body[0..<32]) else { return nil }
+        var time: UInt64 = 0
+        for index in 0..<8 { time |= UInt64(body[32 + index]) << UInt64(8 * index) }
+        return DedupEntry(digest: digest, at: Int64(bitPattern: time))
+    }
+
+    // MARK: Appending
+
+    func append(_ entries: [DedupEntry]) -> Result<Void, DedupJournalError> {
+        guard descriptor >= 0 else { return .failure(.io(path: path, operation: "write", reason: "journal not open")) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(entries.count * DedupJournal.recordSize)
+        for entry in entries { Self.encode(entry, into: &bytes) }
+        guard Self.writeAll(descriptor, bytes, at: off_t(length)) else {
+            let error = failure("write")
+            _ = ftruncate(descriptor, off_t(length))
+            return .failure(error)
+        }
+        guard fsync(descriptor) == 0 else {
+            let error = failure("fsync")
+            _ = ftruncate(descriptor, off_t(length))
+            return .failure(error)
+        }
+        syncs += 1
+        length += Int64(bytes.count)
+        records += entries.count
+        return .success(())
+    }
+
+    // MARK: Compaction
+
+    func shouldCompact(live: Int) -> Bool {
+        records >= compactionMinimum && records > 2 * live
+    }
+
+    /// Rewrites the file with `live` only. On failure the old file stays in use (logged).
+    func compact(_ live: [DedupEntry]) {
+        let temporary = path + ".tmp"
+        var bytes = DedupJournal.header
+        bytes.reserveCapacity(bytes.count + live.count * DedupJournal.recordSize)
+        for entry in live { Self.encode(entry, into: &bytes) }
+        let fresh = open(temporary, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fresh >= 0 else {
+            logger.error("dedup journal compaction failed", metadata: ["journal": "\(path)", "error": "\(failure("open temporary"))"])
+            return
+        }
+        guard Self.writeAll(fresh, bytes, at: 0), fsync(fresh) == 0, rename(temporary, path) == 0 else {
+            let error = failure("write temporary")
+            close(fresh)
+            unlink(temporary)
+            logger.error("dedup journal compaction failed", metadata: ["journal": "\(path)", "error": "\(error)"])
+            return
+        }
+        syncDirectory()
+        let before = records
+        close(descriptor)
+        descriptor = fresh
+        length = Int64(bytes.count)
+        records = live.count
+        logger.debug("dedup journal compacted", metadata: ["journal": "\(path)", "records_before": "\(before)", "records": "\(records)"])
+    }
+
+    private func syncDirectory() {
+        let directoryDescriptor = open(directory, O_RDONLY | O_CLOEXEC)
+        guard directoryDescriptor >= 0 else { return }
+        fsync(directoryDescriptor)
+        close(directoryDescriptor)
+    }
+
+    private static func writeAll(_ descriptor: Int32, _ bytes: [UInt8], at offset: off_t) -> Bool {
+        bytes.withUnsafeBytes { buffer in
+            var written = 0
+            while written < buffer.count {
+                let count = pwrite(descriptor, buffer.baseAddress! + written, buffer.count - written, offset + off_t(written))
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                written += count
+            }
+            return true
+        }
+    }
+}

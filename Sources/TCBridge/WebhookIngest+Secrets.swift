@@ -1,0 +1,53 @@
+import Logging
+import Metrics
+import TutorCruncher
+
+// i7-secrets: the replay-window step and the reloadable key set of `WebhookIngest`, kept apart
+// from its main flow.
+extension WebhookIngest {
+    /// The key set for this request: one snapshot of the keyring (see ``SigningKeyring``).
+    var verifier: WebhookVerifier { keyring.verifier }
+
+    /// Runs after the signature is verified, before dedup. Returns the 403 for a body whose
+    /// `request_time` lies outside the replay window (counted and logged), or `nil` to go on.
+    /// Bodies without a usable time go on and are counted. Never throws, never traps on any bytes.
+    func replayRefusal(body: [UInt8], path: String) -> IngestResponse? {
+        guard let replayWindow else { return nil }
+        let now = Double(DedupWindow.wallClock()) / 1000
+        switch replayWindow.check(body: body, now: now) {
+        case .fresh:
+            return nil
+        case .absent:
+            Counter(label: "tcbridge_request_time_unusable_total", dimensions: [("reason", "absent")]).increment()
+            logger.debug("webhook without request_time; replay window not applied", metadata: ["path": "\(path)"])
+            return nil
+        case .notANumber:
+            Counter(label: "tcbridge_request_time_unusable_total", dimensions: [("reason", "not_a_number")]).increment()
+            logger.info("webhook request_time is not a number; replay window not applied", metadata: ["path": "\(path)"])
+            return nil
+        case .tooOld(let age):
+            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "request_time_too_old")]).increment()
+            logger.notice(
+                "rejected webhook: request_time older than the replay window",
+                metadata: [
+                    "path": "\(path)", "age_seconds": "\(Self.rounded(age))", "max_age": "\(replayWindow.maxAge)",
+                    "body_sha256": "\(sha256Hex(body))",
+                ])
+            return .error(403, "request_time too old")
+        case .inFuture(let ahead):
+            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "request_time_in_future")]).increment()
+            logger.notice(
+                "rejected webhook: request_time too far in the future",
+                metadata: [
+                    "path": "\(path)", "ahead_seconds": "\(Self.rounded(ahead))", "max_future_skew": "\(replayWindow.maxFutureSkew)",
+                    "body_sha256": "\(sha256Hex(body))",
+                ])
+            return .error(403, "request_time in the future")
+        }
+    }
+
+    /// Whole seconds for logs; huge or infinite values stay readable instead of trapping.
+    private static func rounded(_ seconds: Double) -> String {
+        abs(seconds) < 1e15 ? String(Int64(seconds.rounded())) : "\(seconds)"
+    }
+}
