@@ -100,7 +100,13 @@ private struct ValueDecoder: Decoder {
             return duration
         case .number(let literal):
             guard let seconds = Double(literal) else { throw mismatch(Duration.self) }
-            return .milliseconds(Int64((seconds * 1000).rounded()))
+            // Int64 milliseconds hold about 292 million years; beyond that (or inf/nan) the
+            // number is not a duration, and converting it would trap.
+            let milliseconds = (seconds * 1000).rounded()
+            guard milliseconds.isFinite, abs(milliseconds) < 9.0e18 else {
+                throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: "duration out of range: \(literal)"))
+            }
+            return .milliseconds(Int64(milliseconds))
         default:
             throw mismatch(Duration.self)
         }
@@ -290,23 +296,36 @@ extension Duration {
             negative = true
             rest = rest.dropFirst()
         }
+        /// Digits only (no sign), as a non-negative Int64; `nil` otherwise or on overflow.
+        func digits(_ text: Substring) -> Int64? {
+            guard !text.isEmpty, text.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+            return Int64(text)
+        }
         var days: Int64 = 0
         if let space = rest.firstIndex(of: " ") {
-            guard let parsedDays = Int64(rest[..<space]) else { return nil }
+            guard let parsedDays = digits(rest[..<space]) else { return nil }
             days = parsedDays
             rest = rest[rest.index(after: space)...].drop { $0 == " " }
         }
         let parts = rest.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 3, let hours = Int64(parts[0]), let minutes = Int64(parts[1]), minutes < 60 else { return nil }
+        guard parts.count == 3, let hours = digits(parts[0]), let minutes = digits(parts[1]), minutes < 60 else { return nil }
         let secondParts = parts[2].split(separator: ".", omittingEmptySubsequences: false)
-        guard (1...2).contains(secondParts.count), let seconds = Int64(secondParts[0]), seconds < 60 else { return nil }
+        guard (1...2).contains(secondParts.count), let seconds = digits(secondParts[0]), seconds < 60 else { return nil }
         var microseconds: Int64 = 0
         if secondParts.count == 2 {
             let fraction = secondParts[1].prefix(6)
-            guard !fraction.isEmpty, let value = Int64(fraction) else { return nil }
+            guard let value = digits(fraction) else { return nil }
             microseconds = value * Int64(pow10(6 - fraction.count))
         }
-        let total = Duration.seconds(((days * 24 + hours) * 60 + minutes) * 60 + seconds) + .microseconds(microseconds)
+        // Overflow (e.g. "9999999999999999 00:00:00") means the text is not a duration.
+        let (dayHours, o1) = days.multipliedReportingOverflow(by: 24)
+        let (allHours, o2) = dayHours.addingReportingOverflow(hours)
+        let (hourMinutes, o3) = allHours.multipliedReportingOverflow(by: 60)
+        let (allMinutes, o4) = hourMinutes.addingReportingOverflow(minutes)
+        let (minuteSeconds, o5) = allMinutes.multipliedReportingOverflow(by: 60)
+        let (allSeconds, o6) = minuteSeconds.addingReportingOverflow(seconds)
+        guard !(o1 || o2 || o3 || o4 || o5 || o6) else { return nil }
+        let total = Duration.seconds(allSeconds) + .microseconds(microseconds)
         self = negative ? .zero - total : total
     }
 }

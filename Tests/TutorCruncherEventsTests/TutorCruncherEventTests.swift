@@ -177,6 +177,23 @@ import TutorCruncherEvents
     }
 }
 
+@Suite struct NumberOverflowTests {
+    struct Holder: Decodable {
+        var length: Duration?
+        var count: Int64?
+    }
+
+    @Test(arguments: ["1e300", "-1e300", "1e999999"])
+    func hugeNumbersAreDecodingErrorsNotTraps(literal: String) throws {
+        let value = try JSONParser().parse(Array(#"{"length": \#(literal)}"#.utf8))
+        #expect(throws: DecodingError.self) { try JSONValueDecoder().decode(Duration.self, from: value["length"] ?? .null) }
+        #expect(throws: DecodingError.self) { try JSONValueDecoder().decode(Int64.self, from: value["length"] ?? .null) }
+        // An optional field that cannot be read becomes nil; the event still decodes.
+        let holder = try JSONValueDecoder().decode(Holder.self, from: try JSONParser().parse(Array(#"{"length": \#(literal), "count": \#(literal)}"#.utf8)))
+        #expect(holder.length == nil && holder.count == nil)
+    }
+}
+
 @Suite struct DurationParsingTests {
     @Test func tutorCruncherDurations() {
         #expect(Duration(tutorCruncher: "2 09:00:00") == .seconds(2 * 86_400 + 9 * 3600))
@@ -186,7 +203,11 @@ import TutorCruncherEvents
         #expect(Duration(tutorCruncher: "100:00:00") == .seconds(100 * 3600))
     }
 
-    @Test(arguments: ["", "9", "1:2", "00:60:00", "00:00:61", "x 00:00:00", "00:00:00.", "1 2 00:00:00"])
+    @Test(arguments: [
+        "", "9", "1:2", "00:60:00", "00:00:61", "x 00:00:00", "00:00:00.", "1 2 00:00:00",
+        // Overflow and signs inside the parts are not durations (they used to trap or mislead).
+        "9999999999999999 00:00:00", "99999999999999999999 00:00:00", "00:-5:00", "+1 00:00:00", "00:00:00.-5",
+    ])
     func malformedDurations(text: String) {
         #expect(Duration(tutorCruncher: text) == nil)
     }
