@@ -460,12 +460,16 @@ private final class PublisherLoop: @unchecked Sendable {
 
             let now = clock.now
             var earliestDeadline: ContinuousClock.Instant?
+            var stalled = false
             var index = inFlight.startIndex
             while index < inFlight.endIndex {
                 let batch = inFlight[index]
                 let deadline = batch.lastProgress.advanced(by: configuration.confirmTimeout)
                 if !batch.isSettled, deadline <= now {
                     batch.settle(.failure(AMQPError(.confirmTimeout, "no confirm within \(configuration.confirmTimeout)")))
+                    // Written messages the broker has not confirmed for that long: the channel is
+                    // stuck, and their slots in the window would never come back. Start afresh.
+                    if batch.nextIndex > 0 { stalled = true }
                 }
                 if batch.isSettled {
                     inFlight.remove(at: index)
@@ -473,6 +477,9 @@ private final class PublisherLoop: @unchecked Sendable {
                     earliestDeadline = min(earliestDeadline ?? deadline, deadline)
                     index += 1
                 }
+            }
+            if stalled {
+                return .lost(AMQPError(.confirmTimeout, "the broker stopped confirming for \(configuration.confirmTimeout); reconnecting"))
             }
             if let stopDeadline {
                 if inFlight.isEmpty { return .stopped }

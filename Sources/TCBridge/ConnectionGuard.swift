@@ -19,36 +19,57 @@ public struct ConnectionLimits: Sendable, Equatable {
     public var idleTimeout: Duration
     /// Open connections at most; beyond it a new connection is answered 503 and closed. Default 1024.
     public var maxConnections: Int
+    /// Open connections from one client address at most, so one host cannot take every slot.
+    /// Default 64.
+    public var maxConnectionsPerClient: Int
     /// Bytes of request bodies received but not yet verified, across all requests. A request
     /// that would go beyond it is answered 503 with `Retry-After` and closed. Default 64 MiB.
     public var unverifiedBodyBudget: Int
 
     public init(
         headerTimeout: Duration = .seconds(5), bodyTimeout: Duration = .seconds(10), idleTimeout: Duration = .seconds(15),
-        maxConnections: Int = 1024, unverifiedBodyBudget: Int = 64 << 20
+        maxConnections: Int = 1024, maxConnectionsPerClient: Int = 64, unverifiedBodyBudget: Int = 64 << 20
     ) {
         self.headerTimeout = headerTimeout
         self.bodyTimeout = bodyTimeout
         self.idleTimeout = idleTimeout
         self.maxConnections = maxConnections
+        self.maxConnectionsPerClient = maxConnectionsPerClient
         self.unverifiedBodyBudget = unverifiedBodyBudget
     }
 }
 
-/// A counter shared by every connection; thread-safe.
+/// Open connections, in all and per client address, shared by every connection; thread-safe.
 final class ConnectionCount: Sendable {
-    private let open = Atomic<Int>(0)
-    var current: Int { open.load(ordering: .relaxed) }
-    /// Registers one connection; `false` (and nothing registered) when `limit` is reached.
-    func enter(limit: Int) -> Bool {
-        let now = open.wrappingAdd(1, ordering: .relaxed).newValue
-        if now > limit {
-            open.wrappingSubtract(1, ordering: .relaxed)
-            return false
-        }
-        return true
+    private struct State {
+        var total = 0
+        var perClient: [String: Int] = [:]
     }
-    func leave() { open.wrappingSubtract(1, ordering: .relaxed) }
+    private let state = Mutex(State())
+
+    var current: Int { state.withLock { $0.total } }
+
+    enum Refusal { case total, client }
+
+    /// Registers one connection from `client`; a refusal (and nothing registered) when a limit is reached.
+    func enter(client: String, limit: Int, perClient: Int) -> Refusal? {
+        state.withLock { state in
+            if state.total >= limit { return .total }
+            let fromClient = state.perClient[client, default: 0]
+            if fromClient >= perClient { return .client }
+            state.total += 1
+            state.perClient[client] = fromClient + 1
+            return nil
+        }
+    }
+
+    func leave(client: String) {
+        state.withLock { state in
+            state.total -= 1
+            let remaining = state.perClient[client, default: 1] - 1
+            state.perClient[client] = remaining > 0 ? remaining : nil
+        }
+    }
 }
 
 /// A global budget of bytes; thread-safe. ``reserve(_:)`` never blocks: it succeeds or says no.
@@ -125,15 +146,45 @@ extension HTTPServerBuilder {
 
 /// Per-connection timer state shared by the two guard handlers. Event-loop confined.
 final class GuardState {
-    enum Phase { case idle, head, body, handling }
+    enum Phase {
+        /// Connected, nothing received yet: the header timeout applies.
+        case fresh
+        /// Between requests on a keep-alive connection: the idle timeout applies.
+        case idle
+        /// Bytes of a request head are arriving: the header timeout applies.
+        case head
+        /// The head is in; the body is arriving: the body deadline applies.
+        case body
+        /// The request is complete and being handled: a generous hard limit applies.
+        case handling
+        /// A response that ends the connection is being written: closed shortly whatever happens.
+        case closing
+    }
+
+    /// A request whose handling takes longer than this has its connection closed (TutorCruncher
+    /// gave up long before). Its work still finishes.
+    static let handlingTimeout: Duration = .seconds(60)
+    /// A closing response that cannot be written within this (a client that does not read) is dropped.
+    static let closingTimeout: Duration = .seconds(2)
+    /// Raw bytes a client may send without producing a request head or part (the HTTP decoder's
+    /// own head limit is 80 KiB); beyond it the connection is closed.
+    static let maximumUndecodedBytes = 128 << 10
+    /// The slowest body rate a small body may arrive at: its deadline is 1 s plus its size at this
+    /// rate, capped by the body timeout.
+    static let minimumBodyRate = 64 << 10
 
     let limits: ConnectionLimits
     let connections: ConnectionCount
     let logger: Logger
-    var phase = Phase.idle
-    var registered = false
+    var phase = Phase.fresh
+    var client: String?
     var timer: Scheduled<Void>?
     var closeAfterResponse = false
+    /// After a `CONNECT` or `Upgrade` request: the decoder stops parsing, so later bytes would
+    /// pile up in its buffer. They are dropped and the connection ends after the response.
+    var discardInput = false
+    /// Raw bytes received since the decoder last produced a request part.
+    var undecodedBytes = 0
 
     init(limits: ConnectionLimits, connections: ConnectionCount, logger: Logger) {
         self.limits = limits
@@ -141,33 +192,39 @@ final class GuardState {
         self.logger = logger
     }
 
-    func enter(_ phase: Phase, context: ChannelHandlerContext) {
+    func enter(_ phase: Phase, context: ChannelHandlerContext, timeout override: Duration? = nil) {
         self.phase = phase
         timer?.cancel()
         timer = nil
         let timeout: Duration
         let reason: String
         switch phase {
+        case .fresh: (timeout, reason) = (limits.headerTimeout, "first_byte_timeout")
         case .idle: (timeout, reason) = (limits.idleTimeout, "idle_timeout")
         case .head: (timeout, reason) = (limits.headerTimeout, "header_timeout")
-        case .body: (timeout, reason) = (limits.bodyTimeout, "body_timeout")
-        case .handling: return
+        case .body: (timeout, reason) = (override ?? limits.bodyTimeout, "body_timeout")
+        case .handling: (timeout, reason) = (Self.handlingTimeout, "handling_timeout")
+        case .closing: (timeout, reason) = (Self.closingTimeout, "closing_timeout")
         }
         let channel = context.channel
         let logger = logger
         timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: TimeAmount(timeout)) {
-            Counter(label: "tcbridge_connections_closed_total", dimensions: [("reason", reason)]).increment()
-            logger.debug("closing connection", metadata: ["reason": "\(reason)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "-")"])
-            channel.close(promise: nil)
+            Self.close(channel, reason: reason, logger: logger)
         }
+    }
+
+    static func close(_ channel: any Channel, reason: String, logger: Logger) {
+        Counter(label: "tcbridge_connections_closed_total", dimensions: [("reason", reason)]).increment()
+        logger.debug("closing connection", metadata: ["reason": "\(reason)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "-")"])
+        channel.close(promise: nil)
     }
 
     func stop() {
         timer?.cancel()
         timer = nil
-        if registered {
-            registered = false
-            connections.leave()
+        if let client {
+            self.client = nil
+            connections.leave(client: client)
         }
     }
 }
@@ -186,20 +243,30 @@ final class RawConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var refused = false
     private var answered = false
 
+
     init(state: GuardState) { self.state = state }
 
     // Hummingbird sets the pipeline up before the accepted channel is active, and channelActive
     // does not always pass through handlers added then: count and time the connection from here.
     func handlerAdded(context: ChannelHandlerContext) {
-        guard state.connections.enter(limit: state.limits.maxConnections) else {
+        let client = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        if let refusal = state.connections.enter(
+            client: client, limit: state.limits.maxConnections, perClient: state.limits.maxConnectionsPerClient)
+        {
             refused = true
-            Counter(label: "tcbridge_connections_closed_total", dimensions: [("reason", "too_many_connections")]).increment()
-            state.logger.warning("connection limit reached; refusing a connection", metadata: ["limit": "\(state.limits.maxConnections)"])
+            let reason = refusal == .total ? "too_many_connections" : "too_many_connections_from_client"
+            Counter(label: "tcbridge_connections_closed_total", dimensions: [("reason", reason)]).increment()
+            state.logger.warning(
+                "connection limit reached; refusing a connection",
+                metadata: [
+                    "limit": "\(refusal == .total ? state.limits.maxConnections : state.limits.maxConnectionsPerClient)",
+                    "scope": "\(refusal == .total ? "all clients" : "one client")",
+                ])
             refuse(context: context)
             return
         }
-        state.registered = true
-        state.enter(.idle, context: context)
+        state.client = client
+        state.enter(.fresh, context: context)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -222,11 +289,19 @@ final class RawConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard state.registered else {  // refused connection: ignore what it sends, answer once
+        guard state.client != nil else {  // refused connection: ignore what it sends, answer once
             refuse(context: context)
             return
         }
-        if state.phase == .idle { state.enter(.head, context: context) }
+        if state.discardInput { return }
+        if state.phase == .idle || state.phase == .fresh { state.enter(.head, context: context) }
+        if state.phase == .head {
+            state.undecodedBytes += unwrapInboundIn(data).readableBytes
+            if state.undecodedBytes > GuardState.maximumUndecodedBytes {
+                GuardState.close(context.channel, reason: "head_too_large", logger: state.logger)
+                return
+            }
+        }
         context.fireChannelRead(data)
     }
 
@@ -252,8 +327,21 @@ final class RequestPartGuard: ChannelDuplexHandler, RemovableChannelHandler {
     init(state: GuardState) { self.state = state }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        state.undecodedBytes = 0
         switch unwrapInboundIn(data) {
-        case .head: state.enter(.body, context: context)
+        case .head(let head):
+            if head.method == .CONNECT || head.headers.contains(name: "upgrade") {
+                // The decoder stops parsing after these: drop whatever follows and end the
+                // connection after the answer.
+                state.discardInput = true
+                state.closeAfterResponse = true
+            }
+            // A small body gets a deadline to match: 1 s plus its size at the minimum rate.
+            var deadline = state.limits.bodyTimeout
+            if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length >= 0 {
+                deadline = min(deadline, .seconds(1) + .milliseconds(Int64(length / (GuardState.minimumBodyRate / 1000))))
+            }
+            state.enter(.body, context: context, timeout: deadline)
         case .body: break
         case .end: state.enter(.handling, context: context)
         }
@@ -280,7 +368,8 @@ final class RequestPartGuard: ChannelDuplexHandler, RemovableChannelHandler {
             let future = context.writeAndFlush(data)
             future.cascade(to: promise)
             future.whenComplete { _ in context.close(promise: nil) }
-            state.enter(.handling, context: context)
+            // A client that does not read cannot keep the connection: closed shortly regardless.
+            state.enter(.closing, context: context)
             return
         }
         context.write(data, promise: promise)

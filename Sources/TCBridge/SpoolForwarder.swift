@@ -12,8 +12,9 @@ import Synchronization
 /// back to the spool). Records an earlier run left are drained the same way.
 ///
 /// Nothing loops for ever: a record whose messages cannot be encoded is set aside at once, and a
-/// record the broker keeps refusing (nack, channel or connection closed while it was in flight) is
-/// retried alone, then set aside after `maxAttempts` failures. Set-aside records are copied to the
+/// record the broker keeps refusing (a nack, or the channel closed, while it was published alone)
+/// is set aside after `maxAttempts` such refusals. Failures that say nothing about the record (not
+/// connected, blocked, a connection lost, a confirm that did not come) never count. Set-aside records are copied to the
 /// spool's `corrupt/` directory, logged at error level and counted
 /// (`tcbridge_spool_records_set_aside_total`).
 public struct SpoolForwarder: Service, Sendable {
@@ -61,11 +62,14 @@ public struct SpoolForwarder: Service, Sendable {
     /// Forwards up to `batchSize` records; `false` when any failed (they go back to the spool).
     func forwardOneBatch() async -> Bool {
         var records = await spool.lease(maxRecords: batchSize)
-        guard !records.isEmpty else { return true }
-        // A record that failed before goes alone, so its failure is its own and not a neighbour's.
-        if let suspect = records.first(where: { failures.count($0.id) > 0 }) {
+        // Nothing leased while records wait (one could not be read): back off rather than spin.
+        guard !records.isEmpty else { return spool.depth.records == 0 }
+        // A record that was refused before goes alone, so its refusal is its own and not a neighbour's.
+        var alone = records.count == 1
+        if let suspect = records.first(where: { failures.isSuspect($0.id) }) {
             await spool.release(records.filter { $0.id != suspect.id }.map(\.id))
             records = [suspect]
+            alone = true
         }
         var unreadable: [SpoolRecord] = []
         var readable: [(SpoolRecord, [AMQPOutboundMessage])] = []
@@ -101,9 +105,13 @@ public struct SpoolForwarder: Service, Sendable {
             case .unencodable:
                 logger.error("spooled record cannot be encoded; set aside", metadata: ["error": "\(error)"])
                 rejected.append(record)
-            case .notConnected, .blocked, .shutdown:
-                retry.append(record.id)  // nothing was sent: not the record's fault
-            default:
+            case .nacked, .channelClosed, .protocolError:
+                // The broker refused something. Only a refusal of the record published alone counts.
+                guard alone else {
+                    failures.markSuspect(record.id)
+                    retry.append(record.id)
+                    continue
+                }
                 let attempts = failures.increment(record.id)
                 if attempts >= maxAttempts {
                     logger.error(
@@ -113,6 +121,8 @@ public struct SpoolForwarder: Service, Sendable {
                 } else {
                     retry.append(record.id)
                 }
+            default:
+                retry.append(record.id)  // the broker is away or slow: not the record's fault
             }
         }
         if !confirmed.isEmpty {
@@ -140,8 +150,10 @@ public struct SpoolForwarder: Service, Sendable {
 
 /// Failed attempts per spool record, in memory. Thread-safe.
 private final class FailureCounts: Sendable {
+    /// Refusals while published alone; 0 for a record only suspected (refused in company).
     private let counts = Mutex<[SpoolRecord.ID: Int]>([:])
-    func count(_ id: SpoolRecord.ID) -> Int { counts.withLock { $0[id] ?? 0 } }
+    func isSuspect(_ id: SpoolRecord.ID) -> Bool { counts.withLock { $0[id] != nil } }
+    func markSuspect(_ id: SpoolRecord.ID) { counts.withLock { $0[id] = $0[id] ?? 0 } }
     func increment(_ id: SpoolRecord.ID) -> Int {
         counts.withLock { counts in
             counts[id, default: 0] += 1

@@ -86,7 +86,9 @@ public struct WebhookIngest: Sendable {
         case .mismatch, .valid: (outcome, message) = ("signature_mismatch", "invalid webhook-signature")
         }
         Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", outcome)]).increment()
-        logger.notice("rejected webhook: \(message)", metadata: ["path": "\(path)", "bytes": "\(bodyBytes.map(String.init) ?? "unread")"])
+        logger.notice(
+            "rejected webhook: \(message)",
+            metadata: ["path": "\(path.prefix(256))", "bytes": "\(bodyBytes.map(String.init) ?? "unread")"])
         return .error(403, message)
     }
 

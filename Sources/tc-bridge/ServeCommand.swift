@@ -85,6 +85,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Most open connections; beyond it new ones get 503 and are closed (env: TC_BRIDGE_MAX_CONNECTIONS; default 1024).")
     var maxConnections: Int?
 
+    @Option(help: "Most open connections from one client address (env: TC_BRIDGE_MAX_CONNECTIONS_PER_CLIENT; default 64).")
+    var maxConnectionsPerClient: Int?
+
     @Option(help: "Bytes of request bodies not yet verified, across all requests; beyond it 503 with Retry-After (env: TC_BRIDGE_UNVERIFIED_BODY_BUDGET; default 67108864).")
     var unverifiedBodyBudget: Int?
 
@@ -174,9 +177,13 @@ struct ServeCommand: AsyncParsableCommand {
             bodyTimeout: try Environment.resolveSeconds(bodyTimeout, env: "TC_BRIDGE_BODY_TIMEOUT", default: 10),
             idleTimeout: try Environment.resolveSeconds(idleTimeout, env: "TC_BRIDGE_IDLE_TIMEOUT", default: 15),
             maxConnections: try Environment.resolveInt(maxConnections, env: "TC_BRIDGE_MAX_CONNECTIONS", default: 1024),
+            maxConnectionsPerClient: try Environment.resolveInt(
+                maxConnectionsPerClient, env: "TC_BRIDGE_MAX_CONNECTIONS_PER_CLIENT", default: 64),
             unverifiedBodyBudget: try Environment.resolveInt(
                 unverifiedBodyBudget, env: "TC_BRIDGE_UNVERIFIED_BODY_BUDGET", default: 64 << 20))
-        guard limits.maxConnections > 0 else { throw ValidationError("max connections must be positive") }
+        guard limits.maxConnections > 0, limits.maxConnectionsPerClient > 0 else {
+            throw ValidationError("max connections (in all and per client) must be positive")
+        }
         guard limits.unverifiedBodyBudget > 0 else { throw ValidationError("unverified body budget must be positive") }
         ProcessLimits.prepare(connections: limits.maxConnections, logger: logger)
 

@@ -24,6 +24,8 @@ import Testing
                 "--exchange", "hostile-\(UUID().uuidString.prefix(8))",
                 "--header-timeout", "\(Self.headerTimeout)", "--body-timeout", "\(Self.bodyTimeout)",
                 "--unverified-body-budget", "\(Self.budget)",
+                // Every attacker connects from 127.0.0.1: lift the per-client cap so the global limits are what is tested.
+                "--max-connections-per-client", "2000",
             ])
         try await waitUntil("bridge connected") { try await httpRequest(port: bridge.port, method: .get, path: "/ready").status == 200 }
         let baselineRSS = try memoryKiB(pid: bridge.process.processIdentifier, field: "VmRSS")
@@ -65,7 +67,7 @@ import Testing
             switch attacker.kind {
             case .trickleHead: allowed = Self.headerTimeout + Self.slack
             case .trickleBody: allowed = Self.headerTimeout + Self.bodyTimeout + Self.slack
-            case .pushHugeBody, .announceOnly, .idle: allowed = Self.headerTimeout + Self.bodyTimeout + Self.slack
+            case .pushHugeBody, .announceOnly, .idle, .raw: allowed = Self.headerTimeout + Self.bodyTimeout + Self.slack
             }
             #expect(lifetime < .seconds(allowed), "\(attacker.kind) connection lived \(lifetime): \(attacker.response.prefix(12))")
         }
@@ -111,12 +113,25 @@ import Testing
         #expect(try await bridge.waitForExit() == 0)
     }
 
+    @Test func aConnectionThatNeverSendsIsClosedAfterTheHeaderTimeout() async throws {
+        let bridge = try await BridgeProcess(
+            node: .shared, arguments: ["--exchange", "hostile-\(UUID().uuidString.prefix(8))", "--header-timeout", "1"])
+        let connection = try await HostileConnection.open(.idle, port: bridge.port, group: .singleton)
+        try await waitUntil(timeout: .seconds(8), "silent connection closed") { connection.isClosed }
+        #expect((connection.lifetime ?? .seconds(60)) < .seconds(1 + Self.slack))
+        bridge.signal(SIGTERM)
+        #expect(try await bridge.waitForExit() == 0)
+    }
+
     @Test func idleKeepAliveConnectionIsClosed() async throws {
         let bridge = try await BridgeProcess(
             node: .shared, arguments: ["--exchange", "hostile-\(UUID().uuidString.prefix(8))", "--idle-timeout", "1"])
         let group = MultiThreadedEventLoopGroup.singleton
-        let connection = try await HostileConnection.open(.idle, port: bridge.port, group: group)
-        try await waitUntil(timeout: .seconds(5), "idle connection closed") { connection.isClosed }
+        // One request, answered, then nothing: the keep-alive connection is closed after the idle timeout.
+        let request = Array("GET /health HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+        let connection = try await HostileConnection.open(.raw(request, thenPush: 0), port: bridge.port, group: group)
+        try await waitUntil(timeout: .seconds(8), "idle connection closed") { connection.isClosed }
+        #expect(connection.response.hasPrefix("HTTP/1.1 "), "answered before going idle")
         #expect((connection.lifetime ?? .seconds(60)) < .seconds(1 + Self.slack))
         bridge.signal(SIGTERM)
         #expect(try await bridge.waitForExit() == 0)
@@ -148,6 +163,8 @@ final class HostileConnection: Sendable {
         case announceOnly(extraHeaders: String)
         /// Connects and sends nothing.
         case idle
+        /// Sends these bytes, then `thenPush` bytes of filler as fast as it can.
+        case raw([UInt8], thenPush: Int)
 
         var description: String {
             switch self {
@@ -156,6 +173,7 @@ final class HostileConnection: Sendable {
             case .pushHugeBody: "push-16MiB"
             case .announceOnly: "announce-only"
             case .idle: "idle"
+            case .raw: "raw"
             }
         }
     }
@@ -180,15 +198,18 @@ final class HostileConnection: Sendable {
 
     static let wrongSignature = String(repeating: "ab", count: 32)
 
-    static func open(_ kind: Kind, port: Int, group: MultiThreadedEventLoopGroup) async throws -> HostileConnection {
+    static func open(
+        _ kind: Kind, port: Int, group: MultiThreadedEventLoopGroup, from source: String? = nil
+    ) async throws -> HostileConnection {
         let connection = HostileConnection(kind: kind)
-        let channel = try await ClientBootstrap(group: group)
+        var bootstrap = ClientBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(Recorder(connection: connection))
                 }
             }
-            .connect(host: "127.0.0.1", port: port).get()
+        if let source { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: source, port: 0)) }
+        let channel = try await bootstrap.connect(host: "127.0.0.1", port: port).get()
         connection.channel.withLock { $0 = channel }
         connection.opened.withLock { $0 = .now }  // lifetimes count from the established connection
         let head = { (length: Int, extra: String) in
@@ -197,6 +218,13 @@ final class HostileConnection: Sendable {
         switch kind {
         case .idle:
             break
+        case .raw(let bytes, let push):
+            channel.write(ByteBuffer(bytes: bytes), promise: nil)
+            if push > 0 {
+                let chunk = ByteBuffer(repeating: UInt8(ascii: "x"), count: 1 << 20)
+                for _ in 0..<(push >> 20) { channel.write(chunk, promise: nil) }
+            }
+            channel.flush()
         case .announceOnly(let extra):
             channel.writeAndFlush(ByteBuffer(string: head(16 << 20, extra)), promise: nil)
         case .trickleHead:
@@ -245,5 +273,58 @@ final class HostileConnection: Sendable {
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
             context.close(promise: nil)  // a reset by the server counts as closed
         }
+    }
+}
+
+/// The ways around the limits a reviewer found, each closed.
+@Suite(.serialized) struct HostileClientEdgeTests {
+    @Test(arguments: ["CONNECT x:1 HTTP/1.1\r\nHost: x\r\n\r\n", "GET /webhook HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n"])
+    func bytesAfterAnUpgradeRequestAreNotBuffered(head: String) async throws {
+        let bridge = try await BridgeProcess(node: .shared, arguments: ["--exchange", "hostile-\(UUID().uuidString.prefix(8))"])
+        let baseline = try memoryKiB(pid: bridge.process.processIdentifier, field: "VmRSS")
+        let connection = try await HostileConnection.open(.raw(Array(head.utf8), thenPush: 64 << 20), port: bridge.port, group: .singleton)
+        try await waitUntil(timeout: .seconds(10), "connection closed") { connection.isClosed }
+        let peak = try memoryKiB(pid: bridge.process.processIdentifier, field: "VmHWM")
+        #expect(peak < baseline + 32 * 1024, "peak RSS \(peak) KiB after pushing 64 MiB past an upgrade request (baseline \(baseline) KiB)")
+        bridge.signal(SIGTERM)
+        #expect(try await bridge.waitForExit() == 0)
+    }
+
+    @Test func oneClientAddressCannotTakeEverySlot() async throws {
+        let bridge = try await BridgeProcess(
+            node: .shared, arguments: ["--exchange", "hostile-\(UUID().uuidString.prefix(8))", "--max-connections-per-client", "4"])
+        var held: [HostileConnection] = []
+        for _ in 0..<4 { held.append(try await HostileConnection.open(.idle, port: bridge.port, group: .singleton)) }
+        let fifth = try await HostileConnection.open(.idle, port: bridge.port, group: .singleton)
+        try await waitUntil(timeout: .seconds(5), "fifth connection from the same address refused") { fifth.isClosed }
+        #expect(fifth.response.hasPrefix("HTTP/1.1 503"))
+        // Another loopback address is another client: still served.
+        let other = try await HostileConnection.open(.idle, port: bridge.port, group: .singleton, from: "127.0.0.2")
+        #expect(!other.isClosed)
+        #expect(held.allSatisfy { !$0.isClosed })
+        for connection in held + [other] { connection.close() }
+        bridge.signal(SIGTERM)
+        #expect(try await bridge.waitForExit() == 0)
+    }
+
+    @Test func chunkedBodiesGet411() async throws {
+        let bridge = try await BridgeProcess(node: .shared, arguments: ["--exchange", "hostile-\(UUID().uuidString.prefix(8))"])
+        let head = "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nwebhook-signature: \(HostileConnection.wrongSignature)\r\n\r\n1\r\nx\r\n"
+        let connection = try await HostileConnection.open(.raw(Array(head.utf8), thenPush: 0), port: bridge.port, group: .singleton)
+        try await waitUntil(timeout: .seconds(5), "answered and closed") { connection.isClosed }
+        #expect(connection.response.hasPrefix("HTTP/1.1 411"), "\(connection.response)")
+        bridge.signal(SIGTERM)
+        #expect(try await bridge.waitForExit() == 0)
+    }
+
+    @Test func aStalledSmallBodyHoldsItsConnectionBriefly() async throws {
+        // 1 KiB announced, nothing sent: closed after 1 s plus 1 KiB at 64 KiB/s, well before the 10 s body timeout.
+        let bridge = try await BridgeProcess(node: .shared, arguments: ["--exchange", "hostile-\(UUID().uuidString.prefix(8))"])
+        let head = "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\nwebhook-signature: \(HostileConnection.wrongSignature)\r\n\r\n"
+        let connection = try await HostileConnection.open(.raw(Array(head.utf8), thenPush: 0), port: bridge.port, group: .singleton)
+        try await waitUntil(timeout: .seconds(8), "stalled small body closed") { connection.isClosed }
+        #expect((connection.lifetime ?? .seconds(60)) < .seconds(5))
+        bridge.signal(SIGTERM)
+        #expect(try await bridge.waitForExit() == 0)
     }
 }

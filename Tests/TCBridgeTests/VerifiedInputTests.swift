@@ -106,7 +106,7 @@ final class RefusingPublisher: EventPublishing {
         SpooledMessages.encode([AMQPOutboundMessage(exchange: "ex", routingKey: key, properties: AMQPProperties(messageID: key), body: [1])])
     }
 
-    @Test(arguments: [AMQPError.Kind.nacked, .channelClosed, .connectionLost, .unencodable])
+    @Test(arguments: [AMQPError.Kind.nacked, .channelClosed, .unencodable])
     func aRecordTheBrokerKeepsRefusingIsSetAsideAfterBoundedAttempts(kind: AMQPError.Kind) async throws {
         let (spool, directory) = spool()
         for key in ["good-1", "bad-1", "good-2", "bad-2", "good-3"] { try await spool.append(record(key)) }
@@ -126,11 +126,12 @@ final class RefusingPublisher: EventPublishing {
         #expect(aside.count == 2)
     }
 
-    @Test func recordsThatFailOnlyBecauseTheBrokerIsAwayAreNeverSetAside() async throws {
+    @Test(arguments: [AMQPError.Kind.notConnected, .blocked, .connectionLost, .confirmTimeout])
+    func recordsThatFailOnlyBecauseTheBrokerIsAwayOrSlowAreNeverSetAside(kind: AMQPError.Kind) async throws {
         let (spool, directory) = spool()
         try await spool.append(record("good-1"))
         let publisher = RecordingPublisher()
-        publisher.failNextPublishes(with: AMQPError(.notConnected, "away"))
+        publisher.failNextPublishes(with: AMQPError(kind, "away"))
         var logger = Logger(label: "forwarder")
         logger.logLevel = .critical
         let forwarder = SpoolForwarder(spool: spool, publisher: publisher, logger: logger, maxAttempts: 2)
