@@ -261,6 +261,9 @@ final class ResultBox: Sendable {
         if let early { continuation.resume(returning: early) }
     }
 
+    /// `true` once the caller has its answer (the owner stops writing a batch nobody waits for).
+    var isResolved: Bool { state.withLock { $0.done } }
+
     func resume(_ result: Result<Void, AMQPError>) {
         let continuation: CheckedContinuation<Result<Void, AMQPError>, Never>? = state.withLock { state in
             guard !state.done else { return nil }
@@ -293,7 +296,7 @@ private final class PendingBatch {
         self.lastProgress = now
     }
 
-    var isSettled: Bool { box == nil }
+    var isSettled: Bool { box?.isResolved ?? true }
     var isFullyWritten: Bool { nextIndex >= messages.count }
 
     func progressed(at now: ContinuousClock.Instant) {
@@ -320,6 +323,9 @@ private final class PublisherLoop: @unchecked Sendable {
     private var logger: Logger
     private unowned(unsafe) let publisher: AMQPPublisher
     private let clock = ContinuousClock()
+
+    /// Batches of at most this many messages are written before larger ones.
+    static let smallBatch = 100
 
     private var ledger = ConfirmLedger<PendingBatch>()
     /// Every unsettled batch, oldest first.
@@ -390,7 +396,9 @@ private final class PublisherLoop: @unchecked Sendable {
                 }
                 let batch = PendingBatch(command, now: clock.now)
                 inFlight.append(batch)
-                writing.append(batch)
+                // A request's few messages go ahead of bulk (spool forwarding), so a drain does not
+                // push webhook latency past the confirm timeout.
+                if batch.messages.count <= Self.smallBatch { writing.prepend(batch) } else { writing.append(batch) }
             }
 
             // Write while the window allows, a bounded step at a time so confirms are read between
@@ -430,6 +438,9 @@ private final class PublisherLoop: @unchecked Sendable {
                         unconfirmed -= settled.count
                         let now = clock.now
                         for batch in settled { batch.confirmOne(at: now) }
+                        // The broker is working through the window: every batch waiting behind it
+                        // is making progress too (confirms arrive in order).
+                        for batch in inFlight where !batch.isSettled { batch.progressed(at: now) }
                     case .nack(let tag, let multiple):
                         let settled = ledger.settle(upTo: tag, multiple: multiple)
                         unconfirmed -= settled.count

@@ -22,8 +22,9 @@ public struct EventEnvelope: Sendable, Equatable {
     /// `subject.id` when it is an integer or string.
     public let subjectID: JSONValue?
     public let branch: Int64?
-    /// The full envelope as parsed values (lone surrogates read as U+FFFD).
-    public let object: JSONObject
+    /// The full envelope as parsed values (lone surrogates read as U+FFFD). Parsed from ``body``
+    /// on each use: the bridge itself only needs the bytes.
+    public var object: JSONObject { (try? JSONParser().parse(body))?.objectValue ?? JSONObject() }
 
     /// The envelope as published: UTF-8 JSON.
     public let body: [UInt8]
@@ -37,16 +38,14 @@ public struct EventEnvelope: Sendable, Equatable {
         event: JSONObject, index: Int, bodyDigest: String, requestTime: JSONValue, receivedAt: UTCTimestamp,
         source: EventSource? = nil
     ) {
-        var object = JSONObject(event.members.filter { !Self.bridgeKeys.contains($0.key) })
         var added: [JSONObject.Member] = []
-        for key in Self.optionalEventKeys where object[key] == nil {
+        for key in Self.optionalEventKeys where event[key] == nil {
             added.append(JSONObject.Member(key: key, value: .null))
         }
         let eventID = "\(bodyDigest)-\(index)"
         added.append(JSONObject.Member(key: "event_id", value: .string(eventID)))
         added.append(JSONObject.Member(key: "request_time", value: requestTime))
         added.append(JSONObject.Member(key: "received_at", value: .string(receivedAt.iso8601)))
-        for member in added { object[member.key] = member.value }
         if let source, let members = source.members {
             var body: [UInt8] = [UInt8(ascii: "{")]
             body.reserveCapacity(source.range.count + 256)
@@ -66,7 +65,8 @@ public struct EventEnvelope: Sendable, Equatable {
             body.append(UInt8(ascii: "}"))
             self.body = body
         } else {
-            self.body = JSONWriter.bytes(.object(object))
+            let kept = event.members.filter { !Self.bridgeKeys.contains($0.key) }
+            self.body = JSONWriter.bytes(.object(JSONObject(kept + added)))
         }
         self.eventID = eventID
         self.action = event["action"]?.stringValue ?? ""
@@ -78,7 +78,6 @@ public struct EventEnvelope: Sendable, Equatable {
         default: self.subjectID = nil
         }
         self.branch = event["branch"]?.int64Value
-        self.object = object
     }
 
     /// One envelope per event of `batch`, in order.
