@@ -159,4 +159,23 @@ import Testing
         }
         #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)  // the standard check value
     }
+
+    @Test func sliceBy8MatchesTheBytewiseDefinitionAtEveryLengthAndAlignment() {
+        func reference(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+            var crc: UInt32 = 0xFFFF_FFFF
+            for byte in bytes {
+                crc ^= UInt32(byte)
+                for _ in 0..<8 { crc = crc & 1 == 1 ? 0xEDB8_8320 ^ (crc >> 1) : crc >> 1 }
+            }
+            return crc ^ 0xFFFF_FFFF
+        }
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<300).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for start in 0..<9 {
+            for length in 0..<(data.count - start) where length < 40 || length % 37 == 0 {
+                let slice = data[start..<start + length]
+                #expect(slice.withUnsafeBytes { CRC32.checksum($0) } == reference(slice), "start \(start) length \(length)")
+            }
+        }
+    }
 }
