@@ -55,14 +55,28 @@ public struct EventEnvelope: Sendable, Equatable {
                 first = false
                 body.append(contentsOf: source.body[member.range])
             }
-            for member in added {
+            // The added members' names and the id and time need no escaping: written as they are.
+            for member in added.dropLast(3) {
                 if !first { body.append(UInt8(ascii: ",")) }
                 first = false
-                JSONWriter.writeString(member.key, into: &body)
-                body.append(UInt8(ascii: ":"))
-                JSONWriter.write(member.value, into: &body)
+                body.append(UInt8(ascii: "\""))
+                body.append(contentsOf: member.key.utf8)
+                body.append(contentsOf: #"":null"#.utf8)
             }
-            body.append(UInt8(ascii: "}"))
+            if !first { body.append(UInt8(ascii: ",")) }
+            body.append(contentsOf: #""event_id":"#.utf8)
+            if eventID.utf8.allSatisfy({ $0 >= 0x21 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
+                body.append(UInt8(ascii: "\""))
+                body.append(contentsOf: eventID.utf8)
+                body.append(UInt8(ascii: "\""))
+            } else {
+                JSONWriter.writeString(eventID, into: &body)  // a digest from elsewhere than sha256Hex
+            }
+            body.append(contentsOf: #","request_time":"#.utf8)
+            JSONWriter.write(requestTime, into: &body)
+            body.append(contentsOf: #","received_at":""#.utf8)
+            body.append(contentsOf: receivedAt.iso8601.utf8)
+            body.append(contentsOf: #""}"#.utf8)
             self.body = body
         } else {
             let kept = event.members.filter { !Self.bridgeKeys.contains($0.key) }
