@@ -20,7 +20,8 @@ public struct ConnectionLimits: Sendable, Equatable {
     /// Open connections at most; beyond it a new connection is answered 503 and closed. Default 1024.
     public var maxConnections: Int
     /// Open connections from one client address at most, so one host cannot take every slot.
-    /// Default 64.
+    /// Default 256. Behind a reverse proxy every connection comes from the proxy: raise it to
+    /// `maxConnections` there.
     public var maxConnectionsPerClient: Int
     /// Bytes of request bodies received but not yet verified, across all requests. A request
     /// that would go beyond it is answered 503 with `Retry-After` and closed. Default 64 MiB.
@@ -28,7 +29,7 @@ public struct ConnectionLimits: Sendable, Equatable {
 
     public init(
         headerTimeout: Duration = .seconds(5), bodyTimeout: Duration = .seconds(10), idleTimeout: Duration = .seconds(15),
-        maxConnections: Int = 1024, maxConnectionsPerClient: Int = 64, unverifiedBodyBudget: Int = 64 << 20
+        maxConnections: Int = 1024, maxConnectionsPerClient: Int = 256, unverifiedBodyBudget: Int = 64 << 20
     ) {
         self.headerTimeout = headerTimeout
         self.bodyTimeout = bodyTimeout

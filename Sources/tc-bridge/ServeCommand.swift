@@ -85,7 +85,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Most open connections; beyond it new ones get 503 and are closed (env: TC_BRIDGE_MAX_CONNECTIONS; default 1024).")
     var maxConnections: Int?
 
-    @Option(help: "Most open connections from one client address (env: TC_BRIDGE_MAX_CONNECTIONS_PER_CLIENT; default 64).")
+    @Option(help: "Most open connections from one client address (env: TC_BRIDGE_MAX_CONNECTIONS_PER_CLIENT; default 256; behind a proxy, raise it to --max-connections).")
     var maxConnectionsPerClient: Int?
 
     @Option(help: "Bytes of request bodies not yet verified, across all requests; beyond it 503 with Retry-After (env: TC_BRIDGE_UNVERIFIED_BODY_BUDGET; default 67108864).")
@@ -178,7 +178,7 @@ struct ServeCommand: AsyncParsableCommand {
             idleTimeout: try Environment.resolveSeconds(idleTimeout, env: "TC_BRIDGE_IDLE_TIMEOUT", default: 15),
             maxConnections: try Environment.resolveInt(maxConnections, env: "TC_BRIDGE_MAX_CONNECTIONS", default: 1024),
             maxConnectionsPerClient: try Environment.resolveInt(
-                maxConnectionsPerClient, env: "TC_BRIDGE_MAX_CONNECTIONS_PER_CLIENT", default: 64),
+                maxConnectionsPerClient, env: "TC_BRIDGE_MAX_CONNECTIONS_PER_CLIENT", default: 256),
             unverifiedBodyBudget: try Environment.resolveInt(
                 unverifiedBodyBudget, env: "TC_BRIDGE_UNVERIFIED_BODY_BUDGET", default: 64 << 20))
         guard limits.maxConnections > 0, limits.maxConnectionsPerClient > 0 else {

@@ -6,6 +6,8 @@ public final class Gate: Sendable {
 
     public init() {}
 
+    public var isOpen: Bool { state.withLock { $0.open } }
+
     public func wait() async {
         await withCheckedContinuation { continuation in
             let proceed = state.withLock { state in
