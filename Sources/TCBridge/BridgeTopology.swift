@@ -26,7 +26,8 @@ public struct BridgeTopology: Sendable {
         var main = AMQPExchangeDeclaration(name: exchange, kind: .topic, durable: true, mode: .declareOrUseExisting)
         guard let alternateExchange else { return [main] }
         main.arguments = ["alternate-exchange": .string(alternateExchange)]
-        return [AMQPExchangeDeclaration(name: alternateExchange, kind: .fanout, durable: true), main]
+        // Like the main exchange, an alternate exchange that exists with other properties is used as it is.
+        return [AMQPExchangeDeclaration(name: alternateExchange, kind: .fanout, durable: true, mode: .declareOrUseExisting), main]
     }
 
     public var queues: [AMQPQueueDeclaration] {

@@ -36,6 +36,27 @@ import Testing
         #expect(try await second.waitForExit() == 0)
     }
 
+    @Test func alternateExchangeOfAnotherKindIsUsedAsItIsWithAWarning() async throws {
+        let exchange = "drift-\(UUID().uuidString.prefix(8))"
+        let alternate = "\(exchange).unroutable"
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        defer { Task { _ = try? await admin.deleteQueue(alternate) } }
+        // Someone created the alternate exchange as a topic exchange, not a fanout.
+        try await admin.declare(exchanges: [AMQPExchangeDeclaration(name: alternate, kind: .topic, durable: true)])
+
+        let bridge = try await BridgeProcess(node: .shared, arguments: ["--exchange", exchange], captureStandardError: true)
+        try await bridge.waitUntilHealthy()
+        #expect(try await httpRequest(port: bridge.port, method: .get, path: "/ready").status == 200)
+        let probe = try await QueueProbe(exchange: exchange, bindingKeys: ["RAISED_INVOICE"])
+        defer { Task { await probe.stop() } }
+        #expect(try await postSigned(port: bridge.port, body: Webhooks.body(actions: ["RAISED_INVOICE"])).status == 200)
+        #expect(try await probe.waitForMessages(count: 1).count == 1)
+        try await waitUntil("warning logged") { bridge.standardError.contains("using the existing exchange as it is") }
+        #expect(bridge.standardError.contains(alternate))
+        bridge.signal(SIGTERM)
+        #expect(try await bridge.waitForExit() == 0)
+    }
+
     @Test func readyIs503WhileTheBrokerRefusesTheBridgesCredentials() async throws {
         let exchange = "refused-\(UUID().uuidString.prefix(8))"
         let url = "amqp://guest:not-the-password@127.0.0.1:\(RabbitMQNode.shared.port)/%2F"
