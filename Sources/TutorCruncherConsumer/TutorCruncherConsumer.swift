@@ -87,7 +87,9 @@ public final class TutorCruncherConsumer: Service, Sendable {
     }
 
     /// Publishes a copy of the message to the dead-letter queue with the error, then acknowledges it.
-    /// If that cannot be confirmed the delivery stays unacknowledged and is redelivered: never lost.
+    /// If that cannot be confirmed (blocked, no confirm, nacked) the delivery is rejected instead, so
+    /// the broker dead-letters it through the queue's dead-letter exchange without the error header;
+    /// if the connection broke, the broker redelivers it. Never lost, never left unsettled.
     func deadLetter(_ delivery: AMQPDelivery, reason: String) async {
         var headers = delivery.message.properties.headers.filter {
             ![ConsumerHeader.error, ConsumerHeader.originalQueue, ConsumerHeader.originalRoutingKey].contains($0.0)
@@ -195,8 +197,13 @@ public struct TutorCruncherDelivery: Sendable {
     let delivery: AMQPDelivery
     let consumer: TutorCruncherConsumer
 
-    /// The broker delivered this message before and it was not acknowledged.
-    public var redelivered: Bool { delivery.message.redelivered }
+    /// The event was delivered before and that delivery was not settled: the broker says so, or
+    /// this is the copy the consumer re-queued to count a classic queue's redelivery.
+    public var redelivered: Bool {
+        if delivery.message.redelivered { return true }
+        if case .int(let count)? = delivery.message.properties.header(ConsumerHeader.unsettledDeliveries), count > 0 { return true }
+        return false
+    }
 
     /// Which attempt this is (1 for the first delivery; raised by ``retry(after:)``).
     public var attempt: Int {

@@ -16,6 +16,7 @@ import TutorCruncherConsumer
         configuration.retryPolicy = .init(maxAttempts: 3, maxUnsettledDeliveries: 3)
         configuration.shutdownTimeout = .milliseconds(100)
         let handedOut = Recorder<String>()
+        let redeliveredFlags = Recorder<Bool>()
         var deadLetters: QueueProbe?
         var published: [(eventID: String, body: [UInt8])] = []
         var rounds = 0
@@ -26,7 +27,10 @@ import TutorCruncherConsumer
             let before = handedOut.count
             try await withServices([consumer]) {
                 let reader = Task {
-                    for await delivery in consumer.deliveries { handedOut.append(delivery.event.eventID) }  // never settled
+                    for await delivery in consumer.deliveries {  // never settled
+                        redeliveredFlags.append(delivery.redelivered)
+                        handedOut.append(delivery.event.eventID)
+                    }
                 }
                 defer { reader.cancel() }
                 try await waitUntil("consumer connected") { consumer.isConnected }
@@ -45,6 +49,7 @@ import TutorCruncherConsumer
         let dead = try await probe.waitForMessages(count: 1, timeout: .seconds(5))
         print("\(queueType) queue: consumer killed \(handedOut.count) times, dead-lettered after \(rounds) rounds")
         #expect(handedOut.all == Array(repeating: published[0].eventID, count: 3), "handed out exactly maxUnsettledDeliveries times")
+        #expect(redeliveredFlags.all == [false, true, true], "a re-queued copy still reports the redelivery")
         #expect(dead.count == 1)
         #expect(dead.first?.body == published[0].body)
         guard case .string(let error)? = dead.first?.properties.header(ConsumerHeader.error) else {
