@@ -128,6 +128,7 @@ import TestSupport
             first.start { try await held[0].republishThenAck(deadLetterCopy(of: held[0], names)) }
             try await waitUntil(timeout: .seconds(6), "republish during the alarm returned or threw") { first.count == 1 }
             let kinds = first.failures.map(\.kind)
+            print("memory alarm: first republish failed with \(kinds)")
             #expect(kinds == [.blocked] || kinds == [.confirmTimeout], "\(kinds)")
             try await waitUntil(timeout: .seconds(10), "consumer reports the block") {
                 if case .blocked = consumer.state { return true }
