@@ -103,6 +103,48 @@ import TestSupport
         deliveries.stop()
     }
 
+    @Test func aWriteTheBrokerNeverReadsIsAbortedAndEverySettleCallReturns() async throws {
+        let node = try RabbitMQNode.dedicated(name: "consumer-settle-stall", port: 5688)
+        defer {
+            try? node.resume()
+            try? node.stop()
+        }
+        let names = QueueNames()
+        var configuration = settleConfiguration(node, names, prefetch: 10)
+        configuration.confirmTimeout = .seconds(2)
+        let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
+        let runner = Task { try await consumer.run() }
+        let deliveries = DeliveryCollector(consumer, holdFirst: 5)
+        try await waitUntil("consumer connected") { consumer.state == .connected }
+        try await publish(count: 5, to: names.queue, on: node)
+        try await waitUntil("5 deliveries held") { deliveries.held.count == 5 }
+        let held = deliveries.held.all
+
+        // A frozen broker (SIGSTOP) reads nothing: a 32 MiB republish fills the socket and the owner
+        // thread blocks in the write. The watchdog aborts it after confirmTimeout.
+        try node.pause()
+        let outcomes = SettleOutcomes()
+        let started = ContinuousClock.now
+        do {
+            var copy = deadLetterCopy(of: held[0], names)
+            copy.body = [UInt8](repeating: 0x61, count: 32 << 20)
+            let huge = copy
+            outcomes.start { try await held[0].republishThenAck(huge) }
+            for delivery in held[1...] { outcomes.start { try await delivery.ack() } }
+            try await waitUntil(timeout: .seconds(8), "every settle call returned or threw (\(outcomes.count) of 5)") { outcomes.count == 5 }
+        } catch {
+            try? node.resume()
+            throw error
+        }
+        print("frozen broker: 5 settle calls answered after \(ContinuousClock.now - started): \(outcomes.failures.map(\.kind))")
+        #expect(!outcomes.failures.isEmpty, "the stuck republish fails")
+        try node.resume()
+        try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
+        try await waitUntil(timeout: .seconds(30), "redeliveries acknowledged") { deliveries.acknowledgedAfterHold.count >= 1 }
+        try await expectShutdownWithinDeadline(consumer, runner)
+        deliveries.stop()
+    }
+
     @Test func connectionBlockedNeitherWedgesTheConsumerNorHangsARepublish() async throws {
         let node = try RabbitMQNode.dedicated(name: "consumer-blocked", port: 5687)
         defer {
