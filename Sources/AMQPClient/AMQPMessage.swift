@@ -133,6 +133,17 @@ public struct AMQPQueueDeclaration: Sendable, Hashable {
         }
     }
 
+    /// How the client asserts the queue on connect.
+    public enum Mode: Sendable, Hashable {
+        /// `queue.declare` with these properties; the broker refuses a mismatch with an existing
+        /// queue (PRECONDITION_FAILED), and the connection attempt fails.
+        case declare
+        /// `queue.declare`; if a queue of that name exists with other properties (another
+        /// `x-max-length`, say), use it as it is (the caller is told, to log it) rather than fail.
+        /// The bindings are still declared.
+        case declareOrUseExisting
+    }
+
     public var name: String
     public var durable: Bool
     public var exclusive: Bool
@@ -140,6 +151,7 @@ public struct AMQPQueueDeclaration: Sendable, Hashable {
     /// `x-` arguments such as `x-queue-type`, `x-dead-letter-exchange`, `x-max-length`.
     public var arguments: [String: AMQPHeaderValue]
     public var bindings: [Binding]
+    public var mode: Mode
 
     public init(
         name: String,
@@ -147,7 +159,8 @@ public struct AMQPQueueDeclaration: Sendable, Hashable {
         exclusive: Bool = false,
         autoDelete: Bool = false,
         arguments: [String: AMQPHeaderValue] = [:],
-        bindings: [Binding] = []
+        bindings: [Binding] = [],
+        mode: Mode = .declare
     ) {
         self.name = name
         self.durable = durable
@@ -155,6 +168,7 @@ public struct AMQPQueueDeclaration: Sendable, Hashable {
         self.autoDelete = autoDelete
         self.arguments = arguments
         self.bindings = bindings
+        self.mode = mode
     }
 }
 

@@ -57,6 +57,10 @@ public enum AMQPConnectionState: Sendable, Equatable {
     case blocked(reason: String)
     /// The last attempt failed or the connection broke; retrying with backoff.
     case disconnected(reason: String)
+    /// The broker refused this client's configuration (credentials, permissions, virtual host, a
+    /// declaration it cannot accept). Still retrying with backoff, but this does not clear by
+    /// itself: someone has to change the broker or the configuration.
+    case misconfigured(reason: String)
     /// Shut down; will not reconnect.
     case closed
 }
@@ -137,7 +141,7 @@ public final class AMQPPublisher: Service, Sendable {
                     return AMQPError(.blocked, "broker blocked publishing: \(reason)")
                 case .connecting:
                     return AMQPError(.notConnected, "connecting to the broker")
-                case .disconnected(let reason):
+                case .disconnected(let reason), .misconfigured(let reason):
                     return AMQPError(.notConnected, reason)
                 case .closed:
                     return AMQPError(.shutdown, "publisher is closed")
@@ -359,7 +363,11 @@ private final class PublisherLoop: @unchecked Sendable {
                         logger.warning("using the existing exchange as it is", metadata: ["exchange": "\(exchange.name)", "reason": "\(reason)"])
                     }
                 }
-                for queue in configuration.queues { try connection.declare(queue) }
+                for queue in configuration.queues {
+                    if case .usedExisting(let reason) = try connection.declare(queue) {
+                        logger.warning("using the existing queue as it is", metadata: ["queue": "\(queue.name)", "reason": "\(reason)"])
+                    }
+                }
                 try connection.enablePublisherConfirms()
             },
             connected: { resetTags() },

@@ -108,6 +108,10 @@ public func buildRouter(
         case .disconnected:
             healthy = false
             body["broker"] = .string("disconnected")
+        case .misconfigured(let reason):
+            healthy = false
+            body["broker"] = .string("misconfigured")
+            body["reason"] = .string(reason)
         case .closed:
             healthy = false
             body["broker"] = .string("closed")
@@ -121,20 +125,24 @@ public func buildRouter(
         }
         return jsonResponse(IngestResponse(status: healthy ? 200 : 503, body: body))
     }
-    // Readiness for load balancers: can a webhook be accepted durably right now (broker or spool)?
+    // Readiness for load balancers: can a webhook be accepted durably right now (broker or spool),
+    // and will what is accepted be published? Not while the broker refuses the bridge's
+    // configuration: that does not clear by itself, so spooling would only fill the spool.
     router.get("ready") { _, _ -> Response in
-        let brokerUp = publisher.state == .connected
+        let state = publisher.state
+        let brokerUp = state == .connected
         let spoolUp: Bool
         if let spool {
             spoolUp = spool.unavailableReason == nil && spool.depth.bytes < spool.configuration.maxBytes
         } else {
             spoolUp = false
         }
-        let ready = brokerUp || spoolUp
-        return jsonResponse(
-            IngestResponse(
-                status: ready ? 200 : 503,
-                body: JSONObject(["ready": .bool(ready), "broker": .bool(brokerUp), "spool": .bool(spoolUp)])))
+        var refusal: String?
+        if case .misconfigured(let reason) = state { refusal = reason }
+        let ready = (brokerUp || spoolUp) && refusal == nil
+        var body = JSONObject(["ready": .bool(ready), "broker": .bool(brokerUp), "spool": .bool(spoolUp)])
+        if let refusal { body["reason"] = .string("the broker refuses the bridge's configuration: \(refusal)") }
+        return jsonResponse(IngestResponse(status: ready ? 200 : 503, body: body))
     }
     return router
 }

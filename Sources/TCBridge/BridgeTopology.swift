@@ -9,7 +9,8 @@ public struct BridgeTopology: Sendable {
     public var alternateExchange: String?
     /// The queue bound to the alternate exchange; same name as it.
     public var unroutableQueue: String? { alternateExchange }
-    /// Most messages the unroutable queue keeps; the oldest are dropped beyond it.
+    /// Most messages the unroutable queue keeps; the oldest are dropped beyond it. Applies when the
+    /// queue is created: an existing queue declared with another length is used as it is.
     public var unroutableMaxLength: Int
 
     public init(exchange: String, alternateExchange: String?, unroutableMaxLength: Int = 100_000) {
@@ -25,7 +26,8 @@ public struct BridgeTopology: Sendable {
         var main = AMQPExchangeDeclaration(name: exchange, kind: .topic, durable: true, mode: .declareOrUseExisting)
         guard let alternateExchange else { return [main] }
         main.arguments = ["alternate-exchange": .string(alternateExchange)]
-        return [AMQPExchangeDeclaration(name: alternateExchange, kind: .fanout, durable: true), main]
+        // Like the main exchange, an alternate exchange that exists with other properties is used as it is.
+        return [AMQPExchangeDeclaration(name: alternateExchange, kind: .fanout, durable: true, mode: .declareOrUseExisting), main]
     }
 
     public var queues: [AMQPQueueDeclaration] {
@@ -34,7 +36,10 @@ public struct BridgeTopology: Sendable {
             AMQPQueueDeclaration(
                 name: alternateExchange, durable: true,
                 arguments: ["x-max-length": .int(Int64(unroutableMaxLength)), "x-overflow": .string("drop-head")],
-                bindings: [.init(exchange: alternateExchange, routingKey: "")])
+                bindings: [.init(exchange: alternateExchange, routingKey: "")],
+                // A queue left by an earlier run with another --unroutable-max-length (or a policy's
+                // arguments) is used as it is, with a warning: publishing must never stop over it.
+                mode: .declareOrUseExisting)
         ]
     }
 }

@@ -7,4 +7,11 @@ public enum ConsumerHeader {
     /// On dead-lettered messages: the queue and routing key it came from.
     public static let originalQueue = "tc-original-queue"
     public static let originalRoutingKey = "tc-original-routing-key"
+    /// How many deliveries of this event ended without being settled (integer): the consumer crashed
+    /// or lost its connection while holding it, or it was requeued with `nack(requeue: true)`.
+    /// Written on the copy the consumer re-queues when a classic queue redelivers a message (which
+    /// says only *that* it was redelivered); quorum queues count in `x-delivery-count` themselves.
+    public static let unsettledDeliveries = "tc-unsettled-deliveries"
+    /// The broker's count of earlier deliveries that were returned to a quorum queue.
+    public static let brokerDeliveryCount = "x-delivery-count"
 }

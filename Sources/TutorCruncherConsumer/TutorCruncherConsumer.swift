@@ -36,11 +36,38 @@ public final class TutorCruncherConsumer: Service, Sendable {
     /// Iterate from one task; settle each delivery (concurrently if you like).
     public var deliveries: TutorCruncherDeliveries { TutorCruncherDeliveries(consumer: self) }
 
-    /// `true` while connected to the broker with the subscription active.
-    public var isConnected: Bool { amqp.state == .connected }
+    /// `true` while connected to the broker with the subscription active (also while the broker
+    /// blocks publishing: deliveries and acknowledgements still flow).
+    public var isConnected: Bool {
+        switch amqp.state {
+        case .connected, .blocked: true
+        default: false
+        }
+    }
 
-    /// Handles one raw delivery: returns it typed, or disposes of it (duplicate, undecodable) and returns `nil`.
+    /// Handles one raw delivery: returns it typed, or disposes of it (delivered too often without
+    /// being settled, redelivery recorded on a copy, duplicate, undecodable) and returns `nil`.
     func prepare(_ delivery: AMQPDelivery) async -> TutorCruncherDelivery? {
+        let unsettled = Self.unsettledDeliveries(of: delivery.message)
+        if unsettled >= configuration.retryPolicy.maxUnsettledDeliveries {
+            logger.error(
+                "event delivered too often without being settled; dead-lettering",
+                metadata: ["routing_key": "\(delivery.message.routingKey)", "unsettled_deliveries": "\(unsettled)"])
+            await deadLetter(
+                delivery,
+                reason: "delivered \(unsettled) times without being settled (the consumer crashed, lost its connection or requeued it)")
+            return nil
+        }
+        if delivery.message.redelivered, delivery.message.properties.header(ConsumerHeader.brokerDeliveryCount) == nil {
+            // A classic queue says only that this is a redelivery. Record it in a copy, which
+            // survives a consumer crash, so that a message that kills the consumer stops coming back.
+            do {
+                try await requeue(delivery, unsettledDeliveries: unsettled)
+                return nil
+            } catch {
+                logger.warning("could not record the redelivery; handling it anyway", metadata: ["error": "\(error)"])
+            }
+        }
         let event: TutorCruncherEvent
         do {
             event = try TutorCruncherEvent(envelope: delivery.message.body)
@@ -60,7 +87,9 @@ public final class TutorCruncherConsumer: Service, Sendable {
     }
 
     /// Publishes a copy of the message to the dead-letter queue with the error, then acknowledges it.
-    /// If that cannot be confirmed the delivery stays unacknowledged and is redelivered: never lost.
+    /// If that cannot be confirmed (blocked, no confirm, nacked) the delivery is rejected instead, so
+    /// the broker dead-letters it through the queue's dead-letter exchange without the error header;
+    /// if the connection broke, the broker redelivers it. Never lost, never left unsettled.
     func deadLetter(_ delivery: AMQPDelivery, reason: String) async {
         var headers = delivery.message.properties.headers.filter {
             ![ConsumerHeader.error, ConsumerHeader.originalQueue, ConsumerHeader.originalRoutingKey].contains($0.0)
@@ -75,19 +104,58 @@ public final class TutorCruncherConsumer: Service, Sendable {
         do {
             try await delivery.republishThenAck(copy)
         } catch {
-            logger.warning("could not dead-letter; the message will be redelivered", metadata: ["error": "\(error)"])
+            // Blocked, no confirm, or rejected: let the broker dead-letter it through the queue's
+            // dead-letter exchange (without the error header) rather than hold it unsettled.
+            do {
+                try await delivery.reject()
+                logger.warning(
+                    "could not publish to the dead-letter queue; rejected it into the dead-letter queue without the error header",
+                    metadata: ["error": "\(error)"])
+            } catch let rejectError {
+                logger.warning(
+                    "could not dead-letter; the message will be redelivered", metadata: ["error": "\(error)", "reject_error": "\(rejectError)"])
+            }
         }
     }
 
     /// Re-queues a copy at the back of the queue with the attempt count raised, then acknowledges.
     func requeueForRetry(_ delivery: AMQPDelivery, attempt: Int) async throws(AMQPError) {
+        try await requeue(delivery, attempt: attempt + 1, unsettledDeliveries: Self.unsettledDeliveries(of: delivery.message))
+    }
+
+    /// Re-queues a copy at the back of the queue carrying the attempt and unsettled-delivery counts,
+    /// then acknowledges the original. Throws (leaving the original unsettled) when that fails.
+    func requeue(_ delivery: AMQPDelivery, attempt: Int? = nil, unsettledDeliveries: Int) async throws(AMQPError) {
         var properties = delivery.message.properties
-        properties.headers = properties.headers.filter { $0.0 != ConsumerHeader.attempt && $0.0 != ConsumerHeader.originalRoutingKey }
-        properties.headers.append((ConsumerHeader.attempt, .int(Int64(attempt + 1))))
+        let replaced = [
+            ConsumerHeader.originalRoutingKey, ConsumerHeader.unsettledDeliveries, ConsumerHeader.brokerDeliveryCount,
+        ] + (attempt == nil ? [] : [ConsumerHeader.attempt])
+        properties.headers = properties.headers.filter { !replaced.contains($0.0) }
+        if let attempt { properties.headers.append((ConsumerHeader.attempt, .int(Int64(attempt)))) }
         properties.headers.append((ConsumerHeader.originalRoutingKey, .string(originalRoutingKey(of: delivery.message))))
+        if unsettledDeliveries > 0 {
+            properties.headers.append((ConsumerHeader.unsettledDeliveries, .int(Int64(unsettledDeliveries))))
+        }
         properties.persistent = true
         let copy = AMQPOutboundMessage(exchange: "", routingKey: configuration.queue, properties: properties, body: delivery.message.body)
         try await delivery.republishThenAck(copy)
+    }
+
+    /// Deliveries of this message's event that ended without being settled before this one: the
+    /// count recorded on the copy, plus the quorum queue's `x-delivery-count`, or one when a
+    /// classic queue says this is a redelivery.
+    static func unsettledDeliveries(of message: AMQPInboundMessage) -> Int {
+        var count = 0
+        if case .int(let recorded)? = message.properties.header(ConsumerHeader.unsettledDeliveries), recorded > 0 {
+            count = Int(clamping: recorded)
+        }
+        if case .int(let brokerCount)? = message.properties.header(ConsumerHeader.brokerDeliveryCount), brokerCount > 0 {
+            let (sum, overflow) = count.addingReportingOverflow(Int(clamping: brokerCount))
+            count = overflow ? .max : sum
+        } else if message.redelivered, count < .max {
+            count += 1
+        }
+        return count
     }
 
     private func originalRoutingKey(of message: AMQPInboundMessage) -> String {
@@ -129,8 +197,13 @@ public struct TutorCruncherDelivery: Sendable {
     let delivery: AMQPDelivery
     let consumer: TutorCruncherConsumer
 
-    /// The broker delivered this message before and it was not acknowledged.
-    public var redelivered: Bool { delivery.message.redelivered }
+    /// The event was delivered before and that delivery was not settled: the broker says so, or
+    /// this is the copy the consumer re-queued to count a classic queue's redelivery.
+    public var redelivered: Bool {
+        if delivery.message.redelivered { return true }
+        if case .int(let count)? = delivery.message.properties.header(ConsumerHeader.unsettledDeliveries), count > 0 { return true }
+        return false
+    }
 
     /// Which attempt this is (1 for the first delivery; raised by ``retry(after:)``).
     public var attempt: Int {
@@ -146,11 +219,21 @@ public struct TutorCruncherDelivery: Sendable {
 
     /// Try again later: re-queued at the back of the queue, until the retry policy's `maxAttempts`
     /// is used up; then dead-lettered with `error` in the `tc-error` header.
+    ///
+    /// When the copy cannot be re-queued (the broker blocks publishing or does not confirm) the
+    /// delivery is requeued as it is (`basic.nack`), which counts towards the retry policy's
+    /// `maxUnsettledDeliveries`, and the error is thrown. Never leaves the delivery unsettled on a
+    /// working connection.
     public func retry(after error: any Error) async throws(AMQPError) {
         if attempt >= consumer.configuration.retryPolicy.maxAttempts {
             await consumer.deadLetter(delivery, reason: "failed \(attempt) times; last error: \(error)")
         } else {
-            try await consumer.requeueForRetry(delivery, attempt: attempt)
+            do {
+                try await consumer.requeueForRetry(delivery, attempt: attempt)
+            } catch {
+                try? await delivery.nack(requeue: true)
+                throw error
+            }
         }
     }
 

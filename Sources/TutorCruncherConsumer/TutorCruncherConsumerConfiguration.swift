@@ -16,10 +16,19 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         /// Handler attempts per event, the first included (default 3). After the last failure the
         /// event goes to the dead-letter queue with the error in the `tc-error` header.
         public var maxAttempts: Int
+        /// Deliveries of one event that may end without being settled (the consumer crashed or lost
+        /// its connection while handling it, or it was requeued with `nack(requeue: true)`) before
+        /// the next delivery sends it to the dead-letter queue instead of to a handler (default 5).
+        /// A message that kills the consumer therefore ends in the dead-letter queue, never in an
+        /// endless loop. Counted from quorum queues' `x-delivery-count`, or for classic queues in the
+        /// `tc-unsettled-deliveries` header of a copy re-queued on each redelivery.
+        public var maxUnsettledDeliveries: Int
 
-        public init(maxAttempts: Int = 3) {
+        public init(maxAttempts: Int = 3, maxUnsettledDeliveries: Int = 5) {
             precondition(maxAttempts >= 1, "maxAttempts must be at least 1")
+            precondition(maxUnsettledDeliveries >= 1, "maxUnsettledDeliveries must be at least 1")
             self.maxAttempts = maxAttempts
+            self.maxUnsettledDeliveries = maxUnsettledDeliveries
         }
     }
 
@@ -53,6 +62,9 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     /// On graceful shutdown, how long in-flight events may take to finish (default 30 s); what is
     /// still unacknowledged then is redelivered later.
     public var shutdownTimeout: Duration
+    /// How long a re-queue or dead-letter publish may take, waiting while the broker blocks
+    /// publishing and then for its confirm (default 5 s).
+    public var confirmTimeout: Duration = .seconds(5)
 
     public init(
         connection: AMQPConnectionConfiguration = AMQPConnectionConfiguration(),
@@ -120,6 +132,7 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
             queue: queue,
             prefetch: prefetch,
             reconnectBackoff: reconnectBackoff,
-            shutdownTimeout: shutdownTimeout)
+            shutdownTimeout: shutdownTimeout,
+            confirmTimeout: confirmTimeout)
     }
 }

@@ -118,7 +118,10 @@ final class AMQPConnection {
 
     // MARK: Topology and channel modes (synchronous RPCs, bounded by rpcTimeout)
 
-    enum ExchangeOutcome { case declared, usedExisting(reason: String) }
+    /// What a declaration did: declared (created, or found as declared), or found an existing
+    /// exchange or queue with other properties and used it as it is (modes `declareOrUseExisting`).
+    enum DeclareOutcome { case declared, usedExisting(reason: String) }
+    typealias ExchangeOutcome = DeclareOutcome
 
     @discardableResult
     func declare(_ exchange: AMQPExchangeDeclaration) throws(AMQPError) -> ExchangeOutcome {
@@ -156,19 +159,30 @@ final class AMQPConnection {
         return .declared
     }
 
-    /// Declares the queue and its bindings; returns the number of ready messages.
+    /// Declares the queue and its bindings.
+    /// - Throws: `.channelClosed` with the broker's reply code when it refuses the declaration
+    ///   (406 for a mismatch, unless the mode is `declareOrUseExisting`), `.connectionLost` on I/O errors.
     @discardableResult
-    func declare(_ queue: AMQPQueueDeclaration) throws(AMQPError) -> UInt32 {
+    func declare(_ queue: AMQPQueueDeclaration) throws(AMQPError) -> DeclareOutcome {
         let arguments = queue.arguments.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-        let ok = FieldTable.with(arguments) { table in
+        _ = FieldTable.with(arguments) { table in
             withBytes(queue.name) { name in
                 amqp_queue_declare(
                     state, Self.channel, name, 0, queue.durable ? 1 : 0, queue.exclusive ? 1 : 0,
                     queue.autoDelete ? 1 : 0, table)
             }
         }
-        try check(amqp_get_rpc_reply(state), kind: .channelClosed, "queue.declare \(queue.name)")
-        let messageCount = ok?.pointee.message_count ?? 0
+        var outcome = DeclareOutcome.declared
+        do {
+            try check(amqp_get_rpc_reply(state), kind: .channelClosed, "queue.declare \(queue.name)")
+        } catch where error.replyCode == 406 && queue.mode == .declareOrUseExisting {
+            // PRECONDITION_FAILED: it exists with other arguments. Reopen the channel, check it is
+            // there, and use it as it is.
+            amqp_channel_open(state, Self.channel)
+            try check(amqp_get_rpc_reply(state), kind: .connectionLost, "channel.open")
+            _ = try declarePassive(queue: queue.name)
+            outcome = .usedExisting(reason: error.message)
+        }
         for binding in queue.bindings {
             withBytes(queue.name) { name in
                 withBytes(binding.exchange) { exchange in
@@ -179,7 +193,7 @@ final class AMQPConnection {
             }
             try check(amqp_get_rpc_reply(state), kind: .channelClosed, "queue.bind \(queue.name) to \(binding.exchange)")
         }
-        return messageCount
+        return outcome
     }
 
     /// Checks that a queue exists (`passive` declare); returns its ready and consumer counts.

@@ -38,7 +38,7 @@ struct ConnectionSupervisor {
                 current = try AMQPConnection(configuration: connection)
                 try prepare(current)
             } catch {
-                setState(.disconnected(reason: error.message))
+                setState(error.isConfigurationRefusal ? .misconfigured(reason: error.message) : .disconnected(reason: error.message))
                 let delay = backoff.delay(attempt: attempt)
                 logger.warning("broker connection failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 attempt += 1
@@ -60,5 +60,15 @@ struct ConnectionSupervisor {
                 current.close()
             }
         }
+    }
+}
+
+extension AMQPError {
+    /// The broker refused the connection or a declaration for a reason that retrying will not
+    /// change: ACCESS_REFUSED (403: credentials, permissions), NOT_FOUND (404), PRECONDITION_FAILED
+    /// (406: a declaration that does not match), NOT_ALLOWED (530: virtual host).
+    var isConfigurationRefusal: Bool {
+        guard let replyCode else { return false }
+        return [403, 404, 406, 530].contains(replyCode)
     }
 }

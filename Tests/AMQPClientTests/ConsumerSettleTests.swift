@@ -1,0 +1,340 @@
+@testable import AMQPClient
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+import Testing
+import TestSupport
+
+/// Settle calls against a broker that dies or blocks: every call returns or throws, consumption
+/// continues after the broker is back, and shutdown finishes within its deadline. Each test owns a
+/// node (SIGKILL, memory alarm), so the suite runs serially.
+@Suite(.serialized) struct ConsumerSettleTests {
+    @Test func everySettleCallReturnsWhenTheBrokerIsKilledWithAcksRejectionsAndRepublishesQueued() async throws {
+        let node = try RabbitMQNode.dedicated(name: "consumer-settle-kill", port: 5686)
+        defer { try? node.stop() }
+        let names = QueueNames()
+        let pause = OwnerPause()
+        let consumer = AMQPConsumer(
+            configuration: settleConfiguration(node, names, prefetch: 60), logger: quietConsumerLogger,
+            hooks: AMQPConsumerHooks(beforeTakingCommands: { pause.hold() }))
+        let runner = Task { try await consumer.run() }
+        let deliveries = DeliveryCollector(consumer, holdFirst: 60)
+        try await waitUntil("consumer connected") { consumer.state == .connected }
+        try await publish(count: 60, to: names.queue, on: node)
+        try await waitUntil("60 deliveries held unsettled") { deliveries.held.count == 60 }
+
+        // Hold the owner thread, queue 60 settle calls behind it, SIGKILL the broker, let it go:
+        // the owner writes acks, nacks and publishes into a dead socket.
+        pause.arm()
+        try await waitUntil("owner thread held") { pause.isHolding }
+        let outcomes = SettleOutcomes()
+        for (index, delivery) in deliveries.held.all.enumerated() {
+            outcomes.start {
+                switch index % 3 {
+                case 0: try await delivery.ack()
+                case 1: try await delivery.reject()
+                default: try await delivery.republishThenAck(deadLetterCopy(of: delivery, names))
+                }
+            }
+        }
+        try await waitUntil("60 settle calls queued") { consumer.queuedCommandCount == 60 }
+        try node.kill()
+        pause.release()
+
+        // confirmTimeout is 30 s here, so the backstop timer cannot be what answers them.
+        try await waitUntil(timeout: .seconds(10), "every settle call returned or threw (\(outcomes.count) of 60)") { outcomes.count == 60 }
+        let failures = outcomes.failures
+        print("broker killed with 60 settle calls queued: \(60 - failures.count) returned, \(failures.count) threw")
+        #expect(!failures.isEmpty, "writes into a dead socket must fail")
+        #expect(failures.allSatisfy { $0.kind == .connectionLost }, "\(failures)")
+
+        // Consumption continues after the broker is back: the unsettled messages come again.
+        try node.start()
+        try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
+        try await waitUntil(timeout: .seconds(30), "redeliveries acknowledged") { deliveries.acknowledgedAfterHold.count >= 1 }
+        #expect(deliveries.acknowledgedAfterHold.all.allSatisfy { $0.redelivered })
+
+        try await expectShutdownWithinDeadline(consumer, runner)
+        deliveries.stop()
+    }
+
+    @Test func republishConfirmsWhoseAcknowledgementsFailHalfWayAllReturn() async throws {
+        let node = try RabbitMQNode.dedicated(name: "consumer-settle-confirm", port: 5686)
+        defer { try? node.stop() }
+        let names = QueueNames()
+        let pause = OwnerPause()
+        let killOnce = Once()
+        let consumer = AMQPConsumer(
+            configuration: settleConfiguration(node, names, prefetch: 20), logger: quietConsumerLogger,
+            hooks: AMQPConsumerHooks(
+                beforeTakingCommands: { pause.hold() },
+                beforeAckingRepublished: {
+                    // The broker confirmed the copies; it dies before the originals are acknowledged.
+                    if killOnce.claim() { try? node.kill() }
+                }))
+        let runner = Task { try await consumer.run() }
+        let deliveries = DeliveryCollector(consumer, holdFirst: 20)
+        try await waitUntil("consumer connected") { consumer.state == .connected }
+        try await publish(count: 20, to: names.queue, on: node)
+        try await waitUntil("20 deliveries held unsettled") { deliveries.held.count == 20 }
+
+        // All 20 republishes go out in one batch, so their confirms arrive together.
+        pause.arm()
+        try await waitUntil("owner thread held") { pause.isHolding }
+        let outcomes = SettleOutcomes()
+        for delivery in deliveries.held.all {
+            outcomes.start { try await delivery.republishThenAck(deadLetterCopy(of: delivery, names)) }
+        }
+        try await waitUntil("20 republishes queued") { consumer.queuedCommandCount == 20 }
+        pause.release()
+
+        try await waitUntil(timeout: .seconds(15), "every republishThenAck returned or threw (\(outcomes.count) of 20)") { outcomes.count == 20 }
+        #expect(killOnce.claimed, "the broker confirmed the republishes before it was killed")
+        let failures = outcomes.failures
+        print("broker killed between republish confirms and acks: \(20 - failures.count) returned, \(failures.count) threw")
+        #expect(!failures.isEmpty)
+        #expect(failures.allSatisfy { $0.kind == .connectionLost }, "\(failures)")
+
+        try node.start()
+        try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
+        try await waitUntil(timeout: .seconds(30), "redeliveries acknowledged") { deliveries.acknowledgedAfterHold.count >= 1 }
+        try await expectShutdownWithinDeadline(consumer, runner)
+        deliveries.stop()
+    }
+
+    @Test func aWriteTheBrokerNeverReadsIsAbortedAndEverySettleCallReturns() async throws {
+        let node = try RabbitMQNode.dedicated(name: "consumer-settle-stall", port: 5688)
+        defer {
+            try? node.resume()
+            try? node.stop()
+        }
+        let names = QueueNames()
+        var configuration = settleConfiguration(node, names, prefetch: 10)
+        configuration.confirmTimeout = .seconds(2)
+        let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
+        let runner = Task { try await consumer.run() }
+        let deliveries = DeliveryCollector(consumer, holdFirst: 5)
+        try await waitUntil("consumer connected") { consumer.state == .connected }
+        try await publish(count: 5, to: names.queue, on: node)
+        try await waitUntil("5 deliveries held") { deliveries.held.count == 5 }
+        let held = deliveries.held.all
+
+        // A frozen broker (SIGSTOP) reads nothing: a 32 MiB republish fills the socket and the owner
+        // thread blocks in the write. The watchdog aborts it after confirmTimeout.
+        try node.pause()
+        let outcomes = SettleOutcomes()
+        let started = ContinuousClock.now
+        do {
+            var copy = deadLetterCopy(of: held[0], names)
+            copy.body = [UInt8](repeating: 0x61, count: 32 << 20)
+            let huge = copy
+            outcomes.start { try await held[0].republishThenAck(huge) }
+            for delivery in held[1...] { outcomes.start { try await delivery.ack() } }
+            try await waitUntil(timeout: .seconds(8), "every settle call returned or threw (\(outcomes.count) of 5)") { outcomes.count == 5 }
+        } catch {
+            try? node.resume()
+            throw error
+        }
+        print("frozen broker: 5 settle calls answered after \(ContinuousClock.now - started): \(outcomes.failures.map(\.kind))")
+        #expect(!outcomes.failures.isEmpty, "the stuck republish fails")
+        try node.resume()
+        try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
+        try await waitUntil(timeout: .seconds(30), "redeliveries acknowledged") { deliveries.acknowledgedAfterHold.count >= 1 }
+        try await expectShutdownWithinDeadline(consumer, runner)
+        deliveries.stop()
+    }
+
+    @Test func connectionBlockedNeitherWedgesTheConsumerNorHangsARepublish() async throws {
+        let node = try RabbitMQNode.dedicated(name: "consumer-blocked", port: 5687)
+        defer {
+            _ = try? node.ctl("set_vm_memory_high_watermark", "0.4")
+            try? node.stop()
+        }
+        let names = QueueNames()
+        var configuration = settleConfiguration(node, names, prefetch: 10)
+        configuration.confirmTimeout = .seconds(2)
+        let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
+        let runner = Task { try await consumer.run() }
+        let deliveries = DeliveryCollector(consumer, holdFirst: 4)
+        try await waitUntil("consumer connected") { consumer.state == .connected }
+        try await publish(count: 4, to: names.queue, on: node)
+        try await waitUntil("4 deliveries held") { deliveries.held.count == 4 }
+        let held = deliveries.held.all
+
+        try node.ctl("set_vm_memory_high_watermark", "0.0001")
+        do {
+            // The broker stops reading a connection that publishes during the alarm: the republish
+            // fails within its deadline (blocked, or no confirm) instead of waiting for ever.
+            let first = SettleOutcomes()
+            first.start { try await held[0].republishThenAck(deadLetterCopy(of: held[0], names)) }
+            try await waitUntil(timeout: .seconds(6), "republish during the alarm returned or threw") { first.count == 1 }
+            let kinds = first.failures.map(\.kind)
+            print("memory alarm: first republish failed with \(kinds)")
+            #expect(kinds == [.blocked] || kinds == [.confirmTimeout], "\(kinds)")
+            try await waitUntil(timeout: .seconds(10), "consumer reports the block") {
+                if case .blocked = consumer.state { return true }
+                return false
+            }
+            // While blocked, another republish waits at most its deadline and fails with `.blocked`.
+            let second = SettleOutcomes()
+            second.start { try await held[1].republishThenAck(deadLetterCopy(of: held[1], names)) }
+            try await waitUntil(timeout: .seconds(6), "republish while blocked returned or threw") { second.count == 1 }
+            #expect(second.failures.map(\.kind) == [.blocked])
+            // Acknowledgements are still accepted (they wait in the socket until the broker reads again).
+            let ack = SettleOutcomes()
+            ack.start { try await held[2].ack() }
+            try await waitUntil(timeout: .seconds(6), "ack while blocked returned") { ack.count == 1 }
+            #expect(ack.failures.isEmpty)
+        } catch {
+            _ = try? node.ctl("set_vm_memory_high_watermark", "0.4")
+            throw error
+        }
+        try node.ctl("set_vm_memory_high_watermark", "0.4")
+        try await waitUntil(timeout: .seconds(30), "consumer unblocked") { consumer.state == .connected }
+        // The same deliveries can now be republished and settled: the consumer is not wedged.
+        try await held[1].republishThenAck(deadLetterCopy(of: held[1], names))
+        try await held[3].ack()
+        try await held[0].nack(requeue: true)
+        try await waitUntil(timeout: .seconds(10), "requeued delivery came back and was acknowledged") {
+            deliveries.acknowledgedAfterHold.count >= 1
+        }
+        try await expectShutdownWithinDeadline(consumer, runner)
+        deliveries.stop()
+    }
+}
+
+// MARK: - Helpers
+
+struct QueueNames {
+    let queue = "settle-\(UUID().uuidString.prefix(8))"
+    var deadLetterQueue: String { queue + ".dead" }
+}
+
+var quietConsumerLogger: Logger {
+    var logger = Logger(label: "consumer-under-test")
+    logger.logLevel = .critical
+    return logger
+}
+
+/// A queue dead-lettering (by the broker) into its own dead-letter queue; short shutdown, long
+/// confirm deadline (so the settle backstop timer never answers in these tests).
+func settleConfiguration(_ node: RabbitMQNode, _ names: QueueNames, prefetch: UInt16) -> AMQPConsumerConfiguration {
+    AMQPConsumerConfiguration(
+        connection: node.connection,
+        queues: [
+            AMQPQueueDeclaration(name: names.deadLetterQueue),
+            AMQPQueueDeclaration(
+                name: names.queue,
+                arguments: ["x-dead-letter-exchange": .string(""), "x-dead-letter-routing-key": .string(names.deadLetterQueue)]),
+        ],
+        queue: names.queue, prefetch: prefetch,
+        reconnectBackoff: AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(500)),
+        shutdownTimeout: .seconds(3), confirmTimeout: .seconds(30))
+}
+
+func deadLetterCopy(of delivery: AMQPDelivery, _ names: QueueNames) -> AMQPOutboundMessage {
+    AMQPOutboundMessage(exchange: "", routingKey: names.deadLetterQueue, properties: delivery.message.properties, body: delivery.message.body)
+}
+
+func publish(count: Int, to queue: String, on node: RabbitMQNode) async throws {
+    try await withPublisher(.init(connection: node.connection)) { publisher in
+        try await waitUntil("publisher connected") { publisher.state == .connected }
+        try await publisher.publish(
+            (0..<count).map { index in
+                AMQPOutboundMessage(
+                    exchange: "", routingKey: queue, properties: AMQPProperties(messageID: "m\(index)"), body: Array("message \(index)".utf8))
+            })
+    }
+}
+
+/// Stops the consumer and checks that `run()` returns within its shutdown deadline plus a margin.
+func expectShutdownWithinDeadline(_ consumer: AMQPConsumer, _ runner: Task<Void, any Error>) async throws {
+    let started = ContinuousClock.now
+    consumer.requestStop()
+    try await waitUntil(timeout: .seconds(10), "consumer closed") { consumer.state == .closed }
+    try await runner.value
+    #expect(ContinuousClock.now - started < .seconds(10))
+}
+
+/// Reads a consumer's deliveries: holds the first `holdFirst` unsettled, acknowledges the rest.
+final class DeliveryCollector: Sendable {
+    let held = Recorder<AMQPDelivery>()
+    let acknowledgedAfterHold = Recorder<AMQPInboundMessage>()
+    private let task: Task<Void, Never>
+
+    init(_ consumer: AMQPConsumer, holdFirst: Int) {
+        let held = self.held
+        let acknowledged = self.acknowledgedAfterHold
+        task = Task {
+            for await delivery in consumer.deliveries {
+                if held.count < holdFirst {
+                    held.append(delivery)
+                } else if (try? await delivery.ack()) != nil {
+                    acknowledged.append(delivery.message)
+                }
+            }
+        }
+    }
+
+    func stop() { task.cancel() }
+}
+
+/// Outcomes of settle calls started in the background; a call that never returns is simply
+/// missing from the count (the test's deadline reports it). Thread-safe.
+final class SettleOutcomes: Sendable {
+    private let outcomes = Recorder<AMQPError?>()
+
+    func start(_ call: @escaping @Sendable () async throws -> Void) {
+        Task {
+            do {
+                try await call()
+                outcomes.append(nil)
+            } catch let error as AMQPError {
+                outcomes.append(error)
+            } catch {
+                outcomes.append(AMQPError(.protocolError, "unexpected error: \(error)"))
+            }
+        }
+    }
+
+    var count: Int { outcomes.count }
+    var failures: [AMQPError] { outcomes.all.compactMap { $0 } }
+}
+
+/// Holds the consumer's owner thread at a hook, once per `arm()`, until `release()`. Thread-safe.
+final class OwnerPause: Sendable {
+    private let state = Mutex<(armed: Bool, holding: Bool)>((false, false))
+    private let gate = DispatchSemaphore(value: 0)
+
+    func arm() { state.withLock { $0.armed = true } }
+    var isHolding: Bool { state.withLock { $0.holding } }
+
+    /// The hook: blocks the calling (owner) thread while armed.
+    func hold() {
+        let hold = state.withLock { state in
+            guard state.armed else { return false }
+            state.armed = false
+            state.holding = true
+            return true
+        }
+        if hold { gate.wait() }
+    }
+
+    func release() {
+        state.withLock { $0.holding = false }
+        gate.signal()
+    }
+}
+
+/// True for exactly one caller of ``claim()``. Thread-safe.
+final class Once: Sendable {
+    private let state = Mutex(false)
+    func claim() -> Bool {
+        state.withLock { claimed in
+            defer { claimed = true }
+            return !claimed
+        }
+    }
+    var claimed: Bool { state.withLock { $0 } }
+}
