@@ -116,6 +116,29 @@ func randomKey(_ label: String) -> String { "\(label)-\(UUID().uuidString)" }
         #expect(result.output.contains("cannot use the dedup journal"))
     }
 
+    @Test func aSpoolDirectoryLockedByAnotherProcessIsRefused() async throws {
+        let spool = NSTemporaryDirectory() + "tc-bridge-locked-spool-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        // Another process holds the spool's lock (as a running bridge does) until its stdin closes.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
+        holder.arguments = [spool + "/lock", "-c", "echo locked; exec cat"]
+        let input = Pipe()
+        let output = Pipe()
+        holder.standardInput = input
+        holder.standardOutput = output
+        try holder.run()
+        let line = try output.fileHandleForReading.read(upToCount: 7)
+        #expect(line.map { String(decoding: $0, as: UTF8.self) } == "locked\n")
+        let result = try await runBridgeCommand(
+            ["serve", "--port", "0", "--spool-dir", spool], environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
+        try input.fileHandleForWriting.close()
+        holder.waitUntilExit()
+        #expect(!result.timedOut)
+        #expect(result.status != 0)
+        #expect(result.output.contains("spool directory \(spool) is in use by another tc-bridge process"))
+    }
+
     @Test(arguments: [true, false])
     func theOverrideAcceptsAnInsecureKeyFile(asFlag: Bool) async throws {
         let key = randomKey("override")
