@@ -37,8 +37,9 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
     private let lock = NSLock()
     private var rng: SplitMix64
     private var directories: Set<String> = ["/"]
-    private var names: [String: Inode] = [:]
-    private var durableNames: [String: Inode] = [:]
+    /// Directory → (path → file), now and as of each directory's last `fsync`.
+    private var names: [String: [String: Inode]] = [:]
+    private var durableNames: [String: [String: Inode]] = [:]
     private var handles: [Int32: Handle] = [:]
     private var nextDescriptor: Int32 = 3
     private var lockHolders: [ObjectIdentifier: Int32] = [:]
@@ -76,9 +77,10 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
         locked {
             dropHandles()
             names = durableNames
+            let all = names.values.reduce(into: [String: Inode]()) { $0.merge($1) { first, _ in first } }
             // In name order, so a seed replays the same damage (one name per inode: no hard links).
-            for name in names.keys.sorted() {
-                guard let inode = names[name] else { continue }
+            for name in all.keys.sorted() {
+                guard let inode = all[name] else { continue }
                 inode.data = crashImage(inode)
                 inode.durable = inode.data
             }
@@ -88,10 +90,10 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
     /// `kill -9` of the process: descriptors and locks go, every byte written stays.
     func kill() { locked { dropHandles() } }
 
-    func contents(_ path: String) -> [UInt8]? { locked { names[path]?.data } }
-    func setContents(_ path: String, _ bytes: [UInt8]) { locked { names[path]?.data = bytes } }
+    func contents(_ path: String) -> [UInt8]? { locked { lookup(path)?.data } }
+    func setContents(_ path: String, _ bytes: [UInt8]) { locked { lookup(path)?.data = bytes } }
     /// Names (full paths) directly inside `directory`.
-    func files(in directory: String) -> [String] { locked { names.keys.filter { parent(of: $0) == directory }.sorted() } }
+    func files(in directory: String) -> [String] { locked { (names[directory] ?? [:]).keys.sorted() } }
 
     private func dropHandles() {
         handles.removeAll()
@@ -99,7 +101,13 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
     }
 
     private func crashImage(_ inode: Inode) -> [UInt8] {
-        guard inode.data.starts(with: inode.durable), inode.data.count > inode.durable.count else { return inode.durable }
+        let extended =
+            inode.data.count > inode.durable.count
+            && inode.data.withUnsafeBytes { data in inode.durable.withUnsafeBytes { durable in
+                guard let dataStart = data.baseAddress, let durableStart = durable.baseAddress else { return true }  // nothing durable yet
+                return memcmp(dataStart, durableStart, durable.count) == 0
+            } }
+        guard extended else { return inode.durable }
         let kept = Int.random(in: inode.durable.count...inode.data.count, using: &rng)
         var image = Array(inode.data[0..<kept])
         if kept > inode.durable.count, Int.random(in: 0..<3, using: &rng) == 0 {
@@ -118,9 +126,11 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
         return Double.random(in: 0..<1, using: &rng) < rate
     }
 
+    private func lookup(_ path: String) -> Inode? { names[parent(of: path)]?[path] }
+
     private func parent(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        return slash == path.startIndex ? "/" : String(path[..<slash])
+        guard let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")) else { return "." }
+        return slash == path.utf8.startIndex ? "/" : String(Substring(path.utf8[..<slash]))
     }
 
     private func fileInode(_ descriptor: Int32) -> Inode? {
@@ -142,7 +152,7 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
             var current = ""
             for component in path.split(separator: "/") {
                 current += "/" + component
-                if names[current] != nil { return .failure(SpoolErrno(ENOTDIR)) }
+                if lookup(current) != nil { return .failure(SpoolErrno(ENOTDIR)) }
                 directories.insert(current)
             }
             return .success(())
@@ -155,14 +165,14 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
             case .directory:
                 return directories.contains(path) ? .success(newDescriptor(.directory(path))) : .failure(SpoolErrno(ENOENT))
             case .readOnly:
-                guard let inode = names[path] else { return .failure(SpoolErrno(ENOENT)) }
+                guard let inode = lookup(path) else { return .failure(SpoolErrno(ENOENT)) }
                 return .success(newDescriptor(.file(inode)))
             case .createExclusive, .replace, .lockFile:
                 guard directories.contains(parent(of: path)) else { return .failure(SpoolErrno(ENOENT)) }
-                if mode == .createExclusive, names[path] != nil { return .failure(SpoolErrno(EEXIST)) }
+                if mode == .createExclusive, lookup(path) != nil { return .failure(SpoolErrno(EEXIST)) }
                 if mode == .createExclusive, shouldFail(.create) { return .failure(SpoolErrno(ENOSPC)) }
-                let inode = names[path] ?? Inode()
-                names[path] = inode
+                let inode = lookup(path) ?? Inode()
+                names[parent(of: path), default: [:]][path] = inode
                 if mode == .replace { inode.data = [] }
                 return .success(newDescriptor(.file(inode)))
             }
@@ -199,7 +209,7 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
             }
             let start = Int(offset)
             if inode.data.count < start + count { inode.data += [UInt8](repeating: 0, count: start + count - inode.data.count) }
-            for index in 0..<count { inode.data[start + index] = bytes[index] }
+            inode.data.replaceSubrange(start..<start + count, with: bytes[0..<count])
             if let failure { return .failure(failure) }
             return .success(count)
         }
@@ -211,7 +221,9 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
             let start = Int(offset)
             guard start < inode.data.count else { return .success(0) }
             let count = min(buffer.count, inode.data.count - start)
-            for index in 0..<count { buffer[index] = inode.data[start + index] }
+            inode.data.withUnsafeBytes { data in
+                buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: data[start..<start + count]))
+            }
             return .success(count)
         }
     }
@@ -223,8 +235,7 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
                 return .failure(SpoolErrno(EBADF))
             case .directory(let path):
                 if shouldFail(.directorySync) { return .failure(SpoolErrno(EIO)) }
-                for (name, _) in durableNames where parent(of: name) == path && names[name] == nil { durableNames.removeValue(forKey: name) }
-                for (name, inode) in names where parent(of: name) == path { durableNames[name] = inode }
+                durableNames[path] = names[path]
                 return .success(())
             case .file(let inode):
                 if shouldFail(.fileSync) { return .failure(SpoolErrno(EIO)) }
@@ -249,13 +260,13 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
     }
 
     func unlink(_ path: String) -> Result<Void, SpoolErrno> {
-        locked { names.removeValue(forKey: path) != nil ? .success(()) : .failure(SpoolErrno(ENOENT)) }
+        locked { names[parent(of: path)]?.removeValue(forKey: path) != nil ? .success(()) : .failure(SpoolErrno(ENOENT)) }
     }
 
     func listDirectory(_ path: String) -> Result<[String], SpoolErrno> {
         locked {
             guard directories.contains(path) else { return .failure(SpoolErrno(ENOENT)) }
-            let files = names.keys.filter { parent(of: $0) == path }.map { String($0.dropFirst(path.count + 1)) }
+            let files = (names[path] ?? [:]).keys.map { String($0.dropFirst(path.count + 1)) }
             let subdirectories = directories.filter { $0 != path && parent(of: $0) == path }.map { String($0.dropFirst(path.count + 1)) }
             return .success(files + subdirectories)
         }

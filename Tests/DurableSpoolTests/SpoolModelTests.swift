@@ -19,7 +19,7 @@ import Testing
     @Test func randomHistoriesNeverLoseAnAcknowledgedAppend() async throws {
         let environment = ProcessInfo.processInfo.environment
         let base = environment["TCBRIDGE_SPOOL_MODEL_SEED"].flatMap { UInt64($0) } ?? 20_261_130
-        let count = environment["TCBRIDGE_SPOOL_MODEL_SEQUENCES"].flatMap { Int($0) } ?? 3000
+        let count = environment["TCBRIDGE_SPOOL_MODEL_SEQUENCES"].flatMap { Int($0) } ?? 2000
         print("spool model: \(count) sequences from seed \(base) (TCBRIDGE_SPOOL_MODEL_SEED, TCBRIDGE_SPOOL_MODEL_SEQUENCES)")
         let clock = ContinuousClock()
         let start = clock.now
@@ -144,10 +144,11 @@ final class ModelRun {
             case 1: 0
             default: Int.random(in: 0...200, using: &rng)
             }
-        bytes.reserveCapacity(bytes.count + size)
-        for _ in 0..<size {
-            let byte = UInt8.random(in: 0...255, using: &rng)
-            bytes.append(byte == UInt8(ascii: "<") ? UInt8(ascii: "=") : byte)
+        bytes.reserveCapacity(bytes.count + size + 8)
+        while bytes.count < size {
+            withUnsafeBytes(of: rng.next()) { word in
+                for byte in word { bytes.append(byte == UInt8(ascii: "<") ? UInt8(ascii: "=") : byte) }
+            }
         }
         payloads[tag] = bytes
         return (tag, bytes)
