@@ -19,7 +19,8 @@ struct SplitMix64: RandomNumberGenerator {
 /// Each file has its current bytes and the bytes a successful `fsync` made durable; each directory
 /// has its current names and the names its last `fsync` made durable. ``crash()`` is a power cut:
 /// names go back to the durable ones, and each file keeps its durable bytes plus any prefix of what
-/// was written after (possibly with a damaged byte in that unsynced part: a torn tail).
+/// was written after (possibly with a damaged byte in that unsynced part: a torn tail). A failed
+/// file `fsync` may abandon the unsynced bytes for good, as Linux does.
 /// ``kill()`` is `kill -9`: nothing written is lost, but every descriptor and lock goes.
 final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
     enum Operation: Hashable { case write, fileSync, directorySync, truncate, create }
@@ -27,6 +28,9 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
     final class Inode {
         var data: [UInt8] = []
         var durable: [UInt8] = []
+        /// Bytes a failed `fsync` gave up on (Linux marks such pages clean): a later successful
+        /// `fsync` does not write them, so the disk keeps what it had there (or zeros).
+        var abandoned: [Range<Int>] = []
     }
 
     private enum Handle {
@@ -83,6 +87,7 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
                 guard let inode = all[name] else { continue }
                 inode.data = crashImage(inode)
                 inode.durable = inode.data
+                inode.abandoned = []
             }
         }
     }
@@ -238,8 +243,18 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
                 durableNames[path] = names[path]
                 return .success(())
             case .file(let inode):
-                if shouldFail(.fileSync) { return .failure(SpoolErrno(EIO)) }
-                inode.durable = inode.data
+                if shouldFail(.fileSync) {
+                    if inode.data.count > inode.durable.count, Bool.random(using: &rng) {
+                        inode.abandoned.append(inode.durable.count..<inode.data.count)
+                    }
+                    return .failure(SpoolErrno(EIO))
+                }
+                var disk = inode.data
+                for range in inode.abandoned {
+                    for index in range where index < disk.count { disk[index] = index < inode.durable.count ? inode.durable[index] : 0 }
+                }
+                inode.abandoned = []
+                inode.durable = disk
                 return .success(())
             }
         }
@@ -250,6 +265,7 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
             guard let inode = fileInode(descriptor) else { return .failure(SpoolErrno(EBADF)) }
             if shouldFail(.truncate) { return .failure(SpoolErrno(EIO)) }
             let size = Int(size)
+            inode.abandoned = inode.abandoned.compactMap { range in range.lowerBound < size ? range.lowerBound..<min(range.upperBound, size) : nil }
             if inode.data.count > size {
                 inode.data.removeLast(inode.data.count - size)
             } else {
