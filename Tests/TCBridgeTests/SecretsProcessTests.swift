@@ -139,6 +139,22 @@ func randomKey(_ label: String) -> String { "\(label)-\(UUID().uuidString)" }
         #expect(result.output.contains("spool directory \(spool) is in use by another tc-bridge process"))
     }
 
+    @Test func aSecondBridgeOnTheSameSpoolDirectoryIsRefused() async throws {
+        let spool = NSTemporaryDirectory() + "tc-bridge-shared-spool-\(UUID().uuidString)"
+        // The first bridge runs (spooling: nothing listens on the broker port).
+        let first = try await BridgeProcess(
+            node: RabbitMQNode(name: "absent", port: 1), arguments: ["--spool-dir", spool], environment: ["TC_BRIDGE_LOG_LEVEL": "critical"])
+        let second = try await runBridgeCommand(
+            ["serve", "--port", "0", "--spool-dir", spool], environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
+        #expect(!second.timedOut)
+        #expect(second.status != 0)
+        #expect(second.output.contains("is in use by another tc-bridge process"))
+        let stillServing = try await postSigned(port: first.port, body: Webhooks.body(actions: ["FIRST_STILL_SERVES"]))
+        #expect(stillServing.body == "{\"events\":1,\"spooled\":true}\n")
+        first.signal(SIGTERM)
+        #expect(try await first.waitForExit() == 0)
+    }
+
     @Test(arguments: [true, false])
     func theOverrideAcceptsAnInsecureKeyFile(asFlag: Bool) async throws {
         let key = randomKey("override")
