@@ -157,6 +157,36 @@ public final class DurableSpool: Sendable {
         }
     }
 
+    // Synchronous forms for a test that drives the spool from a thread of its own (the model test,
+    // which would otherwise flood the cooperative pool): the same store code on the same queue.
+    func appendGroupSynchronously(_ payloads: [[UInt8]]) -> [Result<Void, SpoolError>] {
+        queue.sync {
+            let results = store.value.write(payloads)
+            publishStatus()
+            return results
+        }
+    }
+    func leaseSynchronously(maxRecords: Int) -> [SpoolRecord] {
+        queue.sync {
+            let records = store.value.lease(maxRecords: maxRecords)
+            publishStatus()
+            return records
+        }
+    }
+    func acknowledgeSynchronously(_ ids: [SpoolRecord.ID]) {
+        queue.sync {
+            store.value.acknowledge(ids)
+            publishStatus()
+        }
+    }
+    func releaseSynchronously(_ ids: [SpoolRecord.ID]) { queue.sync { store.value.release(ids) } }
+    func closeSynchronously() {
+        queue.sync {
+            store.value.closeAll(reason: "spool closed")
+            publishStatus()
+        }
+    }
+
     /// Closes every file and releases the directory's lock; the spool takes nothing more.
     /// (Deinitialising does the same; tests reopen a directory after this.)
     func close() async {

@@ -1,6 +1,7 @@
 @testable import DurableSpool
 import Foundation
 import Logging
+import Synchronization
 import Testing
 
 /// A spool on the simulated file system, quiet.
@@ -186,21 +187,55 @@ private func record(_ index: Int, size: Int = 100) -> [UInt8] {
 
     @Test func aLockHeldByAnotherProcessRefusesTheSpool() async throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let holder = Process()
-        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
-        holder.arguments = [directory + "/lock", "-c", "echo locked; exec cat"]
-        let input = Pipe()
-        let output = Pipe()
-        holder.standardInput = input
-        holder.standardOutput = output
-        try holder.run()
-        // Waits for the child to say it holds the lock (a blocking read of its first line).
-        let line = try #require(try output.fileHandleForReading.read(upToCount: 7))
-        #expect(String(decoding: line, as: UTF8.self) == "locked\n")
+        let holder = try await holdLockInAnotherProcess(directory + "/lock")
         let refused = spool()
         #expect(refused.isLockedByAnotherProcess)
-        try input.fileHandleForWriting.close()  // cat exits, flock releases
-        holder.waitUntilExit()
+        try await releaseLock(holder, path: directory + "/lock")
         #expect(!spool().isLockedByAnotherProcess)
+    }
+}
+
+/// Holds `flock` on `path` in another process (`flock -o`, so the lock is the flock process's own and
+/// dies with it) and returns once it is held. Stop it with ``releaseLock(_:)``. Never blocks a thread.
+func holdLockInAnotherProcess(_ path: String) async throws -> Process {
+    let holder = Process()
+    holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
+    // The command only waits for flock (its parent) to go, so nothing outlives the holder for long.
+    holder.arguments = ["-o", path, "-c", "echo locked; while kill -0 $PPID 2>/dev/null; do sleep 0.2; done"]
+    let output = Pipe()
+    holder.standardOutput = output
+    holder.standardInput = FileHandle.nullDevice
+    let said = Mutex("")
+    output.fileHandleForReading.readabilityHandler = { handle in
+        let data = handle.availableData
+        if data.isEmpty { handle.readabilityHandler = nil } else { said.withLock { $0 += String(decoding: data, as: UTF8.self) } }
+    }
+    try holder.run()
+    try await pollUntil("flock to hold \(path)") { said.withLock { $0.contains("locked") } }
+    return holder
+}
+
+/// Kills the lock holder and waits until its lock on `path` is gone.
+func releaseLock(_ holder: Process, path: String) async throws {
+    kill(holder.processIdentifier, SIGKILL)
+    try await pollUntil("the lock on \(path) to go") { lockIsFree(path) }
+}
+
+/// Whether `flock(LOCK_EX | LOCK_NB)` on `path` succeeds now (released again at once).
+func lockIsFree(_ path: String) -> Bool {
+    let descriptor = open(path, O_RDWR | O_CLOEXEC)
+    guard descriptor >= 0 else { return false }
+    defer { close(descriptor) }
+    return flock(descriptor, LOCK_EX | LOCK_NB) == 0
+}
+
+struct ConditionTimedOut: Error { let what: String }
+
+/// Checks `condition` every 10 ms until it holds, for at most `timeout`.
+func pollUntil(_ what: String, timeout: Duration = .seconds(30), _ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now.advanced(by: timeout)
+    while !condition() {
+        guard ContinuousClock.now < deadline else { throw ConditionTimedOut(what: what) }
+        try await Task.sleep(for: .milliseconds(10))
     }
 }

@@ -23,27 +23,37 @@ import Testing
         print("spool model: \(count) sequences from seed \(base) (TCBRIDGE_SPOOL_MODEL_SEED, TCBRIDGE_SPOOL_MODEL_SEQUENCES)")
         let clock = ContinuousClock()
         let start = clock.now
-        var totals = ModelRun.Stats()
-        var ran = 0
-        for index in 0..<count {
-            ran += 1
-            let seed = base &+ UInt64(index)
-            let run = ModelRun(seed: seed)
-            let problems = await run.run()
-            totals.add(run.stats)
-            if !problems.isEmpty {
-                Issue.record(
-                    "seed \(seed) (replay: TCBRIDGE_SPOOL_MODEL_SEED=\(seed) TCBRIDGE_SPOOL_MODEL_SEQUENCES=1): \(problems.prefix(5).joined(separator: "; "))")
-                break
+        // On a thread of its own, calling the spool synchronously: thousands of short hops would
+        // otherwise crowd the cooperative pool that every other test shares.
+        let (totals, ran, failure) = await withCheckedContinuation { (continuation: CheckedContinuation<(ModelRun.Stats, Int, String?), Never>) in
+            let thread = Thread {
+                var totals = ModelRun.Stats()
+                var ran = 0
+                for index in 0..<count {
+                    ran += 1
+                    let seed = base &+ UInt64(index)
+                    let run = ModelRun(seed: seed)
+                    let problems = run.run()
+                    totals.add(run.stats)
+                    if !problems.isEmpty {
+                        let failure =
+                            "seed \(seed) (replay: TCBRIDGE_SPOOL_MODEL_SEED=\(seed) TCBRIDGE_SPOOL_MODEL_SEQUENCES=1): "
+                            + problems.prefix(5).joined(separator: "; ")
+                        return continuation.resume(returning: (totals, ran, failure))
+                    }
+                }
+                continuation.resume(returning: (totals, ran, nil))
             }
+            thread.start()
         }
+        if let failure { Issue.record(Comment(rawValue: failure)) }
         print("spool model: \(ran) sequences in \(clock.now - start): \(totals)")
         #expect(totals.acknowledged > 0 && totals.refused > 0 && totals.crashes > 0 && totals.delivered > 0)
     }
 }
 
 final class ModelRun {
-    struct Stats: CustomStringConvertible {
+    struct Stats: CustomStringConvertible, Sendable {
         var steps = 0
         var acknowledged = 0
         var refused = 0
@@ -100,27 +110,27 @@ final class ModelRun {
         spool = simulatedSpool(fileSystem, maxBytes: maxBytes, segmentBytes: segmentBytes)
     }
 
-    func run() async -> [String] {
+    func run() -> [String] {
         setFaults(faulty)
         if let reason = spool.unavailableReason { problems.append("fresh spool unavailable: \(reason)") }
         let steps = Int.random(in: 10...60, using: &rng)
         for _ in 0..<steps where problems.isEmpty {
             stats.steps += 1
             switch Int.random(in: 0..<100, using: &rng) {
-            case 0..<40: await appendGroup()
-            case 40..<65: await lease()
-            case 65..<80: await acknowledge()
-            case 80..<88: await release()
-            case 88..<92: await restart(.close)
-            case 92..<96: await restart(.kill)
-            default: await restart(.crash)
+            case 0..<40: appendGroup()
+            case 40..<65: lease()
+            case 65..<80: acknowledge()
+            case 80..<88: release()
+            case 88..<92: restart(.close)
+            case 92..<96: restart(.kill)
+            default: restart(.crash)
             }
         }
         guard problems.isEmpty else { return problems }
         // The end: faults stop, the process stops one way or another, and everything owed comes out.
         setFaults(false)
-        await restart(Restart.allCases[Int.random(in: 0..<Restart.allCases.count, using: &rng)])
-        await drain()
+        restart(Restart.allCases[Int.random(in: 0..<Restart.allCases.count, using: &rng)])
+        drain()
         checkNothingAcknowledgedWasSetAside()
         stats.corruptSpans += spool.corruptSpans
         return problems
@@ -156,9 +166,9 @@ final class ModelRun {
         return (tag, bytes)
     }
 
-    private func appendGroup() async {
+    private func appendGroup() {
         let made = (0..<Int.random(in: 1...6, using: &rng)).map { _ in makePayload() }
-        let results = await spool.appendGroup(made.map(\.bytes))
+        let results = spool.appendGroupSynchronously(made.map(\.bytes))
         for (appended, result) in zip(made, results) {
             switch result {
             case .success:
@@ -182,17 +192,17 @@ final class ModelRun {
         stats.delivered += 1
     }
 
-    private func lease() async {
-        for record in await spool.lease(maxRecords: Int.random(in: 1...8, using: &rng)) { check(record) }
+    private func lease() {
+        for record in spool.leaseSynchronously(maxRecords: Int.random(in: 1...8, using: &rng)) { check(record) }
     }
 
     private func pickLeased() -> [SpoolRecord.ID] {
         leasedNow.keys.sorted().filter { _ in Int.random(in: 0..<10, using: &rng) < 6 }
     }
 
-    private func acknowledge() async {
+    private func acknowledge() {
         let ids = pickLeased()
-        await spool.acknowledge(ids)
+        spool.acknowledgeSynchronously(ids)
         for id in ids {
             guard let tag = leasedNow.removeValue(forKey: id) else { continue }
             owed.remove(tag)
@@ -200,16 +210,16 @@ final class ModelRun {
         }
     }
 
-    private func release() async {
+    private func release() {
         let ids = pickLeased()
-        await spool.release(ids)
+        spool.releaseSynchronously(ids)
         for id in ids { leasedNow.removeValue(forKey: id) }
     }
 
-    private func restart(_ kind: Restart) async {
+    private func restart(_ kind: Restart) {
         switch kind {
         case .close:
-            await spool.close()
+            spool.closeSynchronously()
             stats.restarts += 1
         case .kill:
             fileSystem.kill()
@@ -225,19 +235,19 @@ final class ModelRun {
         consumed = []
     }
 
-    private func drain() async {
+    private func drain() {
         while problems.isEmpty {
-            let records = await spool.lease(maxRecords: 64)
+            let records = spool.leaseSynchronously(maxRecords: 64)
             if records.isEmpty { break }
             for record in records { check(record) }
-            await acknowledge(records.map(\.id))
+            acknowledge(records.map(\.id))
         }
         if !owed.isEmpty { problems.append("appends answered with success never delivered: \(owed.sorted().prefix(10))") }
         if spool.depth != SpoolDepth(records: 0, bytes: 0) { problems.append("drained spool still holds \(spool.depth)") }
     }
 
-    private func acknowledge(_ ids: [SpoolRecord.ID]) async {
-        await spool.acknowledge(ids)
+    private func acknowledge(_ ids: [SpoolRecord.ID]) {
+        spool.acknowledgeSynchronously(ids)
         for id in ids {
             guard let tag = leasedNow.removeValue(forKey: id) else { continue }
             owed.remove(tag)

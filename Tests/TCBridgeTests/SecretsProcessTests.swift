@@ -119,21 +119,29 @@ func randomKey(_ label: String) -> String { "\(label)-\(UUID().uuidString)" }
     @Test func aSpoolDirectoryLockedByAnotherProcessIsRefused() async throws {
         let spool = NSTemporaryDirectory() + "tc-bridge-locked-spool-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
-        // Another process holds the spool's lock (as a running bridge does) until its stdin closes.
+        // Another process holds the spool's lock, as a running bridge does (`flock -o`: the lock is
+        // the flock process's own and goes when it is killed).
         let holder = Process()
         holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
-        holder.arguments = [spool + "/lock", "-c", "echo locked; exec cat"]
-        let input = Pipe()
+        holder.arguments = ["-o", spool + "/lock", "-c", "echo locked; while kill -0 $PPID 2>/dev/null; do sleep 0.2; done"]
         let output = Pipe()
-        holder.standardInput = input
         holder.standardOutput = output
+        holder.standardInput = FileHandle.nullDevice
+        let said = Mutex("")
+        output.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty { handle.readabilityHandler = nil } else { said.withLock { $0 += String(decoding: data, as: UTF8.self) } }
+        }
         try holder.run()
-        let line = try output.fileHandleForReading.read(upToCount: 7)
-        #expect(line.map { String(decoding: $0, as: UTF8.self) } == "locked\n")
+        try await waitUntil("flock to hold the spool's lock") { said.withLock { $0.contains("locked") } }
         let result = try await runBridgeCommand(
             ["serve", "--port", "0", "--spool-dir", spool], environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
-        try input.fileHandleForWriting.close()
-        holder.waitUntilExit()
+        kill(holder.processIdentifier, SIGKILL)
+        try await waitUntil("the lock holder's lock to go") {
+            let descriptor = open(spool + "/lock", O_RDWR | O_CLOEXEC)
+            defer { if descriptor >= 0 { close(descriptor) } }
+            return descriptor >= 0 && flock(descriptor, LOCK_EX | LOCK_NB) == 0
+        }
         #expect(!result.timedOut)
         #expect(result.status != 0)
         #expect(result.output.contains("spool directory \(spool) is in use by another tc-bridge process"))
