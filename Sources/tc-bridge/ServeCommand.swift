@@ -207,6 +207,12 @@ struct ServeCommand: AsyncParsableCommand {
                 directory: Environment.resolve(spoolDir, env: "TC_BRIDGE_SPOOL_DIR", default: "/var/lib/tc-bridge/spool"),
                 maxBytes: Int64(spoolLimit)),
             logger: logger)
+        if spool.isLockedByAnotherProcess {
+            // Two bridges on one spool directory would forward and delete each other's records.
+            throw ValidationError(
+                "spool directory \(spool.configuration.directory) is in use by another tc-bridge process "
+                    + "(\(spool.configuration.directory)/lock is locked); stop it, or give this one its own --spool-dir")
+        }
         let forwarder = SpoolForwarder(spool: spool, publisher: publisher, logger: logger)
         // Keys reloadable on SIGHUP, the replay window, and the dedup journal beside the spool (so a
         // restart still recognises bodies it already answered 2xx).

@@ -47,6 +47,7 @@ import Testing
             let leased = await spool.lease(maxRecords: 1)
             await spool.acknowledge(leased.map(\.id))
             _ = await spool.lease(maxRecords: 1)  // leased but never acknowledged: a crash mid-forward
+            await spool.close()
         }
         let reopened = spool()
         let recovered = await reopened.lease(maxRecords: 10)
@@ -108,6 +109,7 @@ import Testing
         do {
             let spool = spool()
             for index in 0..<3 { try await spool.append(payload(index)) }
+            await spool.close()
         }
         let file = directory + "/" + (try segmentFiles()[0])
         var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: file)))
@@ -128,6 +130,7 @@ import Testing
         do {
             let spool = spool()
             for index in 0..<3 { try await spool.append(payload(index)) }
+            await spool.close()
         }
         let file = directory + "/" + (try segmentFiles()[0])
         var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: file)))
@@ -143,6 +146,7 @@ import Testing
         do {
             let spool = spool()
             for index in 0..<2 { try await spool.append(payload(index)) }
+            await spool.close()
         }
         let file = directory + "/" + (try segmentFiles()[0])
         let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: file)))

@@ -116,6 +116,53 @@ func randomKey(_ label: String) -> String { "\(label)-\(UUID().uuidString)" }
         #expect(result.output.contains("cannot use the dedup journal"))
     }
 
+    @Test func aSpoolDirectoryLockedByAnotherProcessIsRefused() async throws {
+        let spool = NSTemporaryDirectory() + "tc-bridge-locked-spool-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        // Another process holds the spool's lock, as a running bridge does (`flock -o`: the lock is
+        // the flock process's own and goes when it is killed).
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
+        holder.arguments = ["-o", spool + "/lock", "-c", "echo locked; while kill -0 $PPID 2>/dev/null; do sleep 0.2; done"]
+        let output = Pipe()
+        holder.standardOutput = output
+        holder.standardInput = FileHandle.nullDevice
+        let said = Mutex("")
+        output.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty { handle.readabilityHandler = nil } else { said.withLock { $0 += String(decoding: data, as: UTF8.self) } }
+        }
+        try holder.run()
+        try await waitUntil("flock to hold the spool's lock") { said.withLock { $0.contains("locked") } }
+        let result = try await runBridgeCommand(
+            ["serve", "--port", "0", "--spool-dir", spool], environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
+        kill(holder.processIdentifier, SIGKILL)
+        try await waitUntil("the lock holder's lock to go") {
+            let descriptor = open(spool + "/lock", O_RDWR | O_CLOEXEC)
+            defer { if descriptor >= 0 { close(descriptor) } }
+            return descriptor >= 0 && flock(descriptor, LOCK_EX | LOCK_NB) == 0
+        }
+        #expect(!result.timedOut)
+        #expect(result.status != 0)
+        #expect(result.output.contains("spool directory \(spool) is in use by another tc-bridge process"))
+    }
+
+    @Test func aSecondBridgeOnTheSameSpoolDirectoryIsRefused() async throws {
+        let spool = NSTemporaryDirectory() + "tc-bridge-shared-spool-\(UUID().uuidString)"
+        // The first bridge runs (spooling: nothing listens on the broker port).
+        let first = try await BridgeProcess(
+            node: RabbitMQNode(name: "absent", port: 1), arguments: ["--spool-dir", spool], environment: ["TC_BRIDGE_LOG_LEVEL": "critical"])
+        let second = try await runBridgeCommand(
+            ["serve", "--port", "0", "--spool-dir", spool], environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
+        #expect(!second.timedOut)
+        #expect(second.status != 0)
+        #expect(second.output.contains("is in use by another tc-bridge process"))
+        let stillServing = try await postSigned(port: first.port, body: Webhooks.body(actions: ["FIRST_STILL_SERVES"]))
+        #expect(stillServing.body == "{\"events\":1,\"spooled\":true}\n")
+        first.signal(SIGTERM)
+        #expect(try await first.waitForExit() == 0)
+    }
+
     @Test(arguments: [true, false])
     func theOverrideAcceptsAnInsecureKeyFile(asFlag: Bool) async throws {
         let key = randomKey("override")

@@ -1,0 +1,63 @@
+import AMQPClient
+import Foundation
+import TestSupport
+import Testing
+import TutorCruncher
+
+/// A really full disk: the real `tc-bridge` spooling (broker down) onto a 2 MiB tmpfs this test
+/// mounts (root only; skipped otherwise). Once nothing more can be made durable requests get 503;
+/// every request answered 200 is delivered when the broker returns; spooling works again as soon
+/// as space returns. Prints: sent / 2xx / 5xx / delivered / lost.
+@Suite(.serialized) struct DiskFullTests {
+    static let node = RabbitMQNode(name: "diskfull", port: 5688)
+
+    @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
+    func aFullDiskAnswers503LosesNothingAndServiceResumesWhenSpaceReturns() async throws {
+        let mountPoint = NSTemporaryDirectory() + "tc-bridge-disk-full-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        guard (try? runProcess("/bin/mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", mountPoint])) != nil else {
+            print("disk full: cannot mount a tmpfs here; not run")
+            return
+        }
+        defer { _ = try? runProcess("/bin/umount", ["-l", mountPoint]) }
+        // Ballast the test removes later: the space that "returns".
+        let ballast = mountPoint + "/ballast"
+        #expect(FileManager.default.createFile(atPath: ballast, contents: Data(count: 1 << 20)))
+
+        try Self.node.start()
+        let exchange = "disk-full-\(UUID().uuidString.prefix(8))"
+        let probe = try await QueueProbe(node: Self.node, exchange: exchange)
+        defer { Task { await probe.stop() } }
+        try Self.node.stop()
+        let bridge = try await BridgeProcess(
+            node: Self.node, arguments: ["--exchange", exchange, "--spool-dir", mountPoint + "/spool", "--confirm-timeout", "1"],
+            environment: ["TC_BRIDGE_LOG_LEVEL": "critical"])
+        let stream = WebhookStream(port: bridge.port)
+        try await stream.run {
+            try await waitUntil(timeout: .seconds(120), "the disk fills and 503s follow") { stream.fiveHundredCount >= 20 }
+        }
+        #expect(stream.accepted.count > 10)
+        #expect(stream.fiveHundredCount >= 20)
+
+        // Space returns (the broker is still down): spooling works again.
+        try FileManager.default.removeItem(atPath: ballast)
+        let afterSpace = try await postSigned(port: bridge.port, body: Webhooks.body(actions: ["AFTER_SPACE_RETURNED"]))
+        #expect(afterSpace.status == 200)
+        #expect(afterSpace.body == "{\"events\":1,\"spooled\":true}\n")
+
+        try Self.node.start()
+        try await waitForHealthy(bridge, timeout: .seconds(60))
+        let report = try await stream.verifyDelivered(to: probe, name: "disk full (2 MiB tmpfs)")
+        #expect(report.accepted == report.delivered)
+        try await waitUntil(timeout: .seconds(60), "spool drained") { try await spoolRecords(bridge) == 0 }
+        try await waitUntil("the record spooled after space returned") {
+            probe.messages.contains { $0.routingKey == "AFTER_SPACE_RETURNED" }
+        }
+        let direct = try await postSigned(port: bridge.port, body: Webhooks.body(actions: ["AFTER_THE_DISK_FILLED"]))
+        #expect(direct.status == 200)
+        #expect(direct.body == "{\"events\":1}\n")
+        bridge.signal(SIGTERM)
+        #expect(try await bridge.waitForExit() == 0)
+        try Self.node.stop()
+    }
+}
