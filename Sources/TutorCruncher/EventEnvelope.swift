@@ -3,7 +3,8 @@
 /// It is the event object exactly as received (every key, in order, numbers as written), with
 /// `branch`, `actor`, `subject` and `extra_msg` added as `null` where absent, followed by three
 /// keys the bridge adds: `event_id`, `request_time`, `received_at`. If the sender ever includes
-/// one of those three names itself, the bridge's value replaces it in place.
+/// one of those three names itself, the bridge's value replaces it in place (the last one, when the
+/// sender repeats the name: earlier ones are dropped, so each name occurs once).
 public struct EventEnvelope: Sendable, Equatable {
     /// Bumped on any incompatible change to the body layout; published in the
     /// `tc-envelope-version` header.
@@ -27,8 +28,11 @@ public struct EventEnvelope: Sendable, Equatable {
     /// The envelope serialised compactly as UTF-8 JSON.
     public var body: [UInt8] { JSONWriter.bytes(.object(object)) }
 
+    /// The keys the bridge adds to every envelope.
+    static let bridgeKeys: Set<String> = ["event_id", "request_time", "received_at"]
+
     public init(event: JSONObject, index: Int, bodyDigest: String, requestTime: JSONValue, receivedAt: UTCTimestamp) {
-        var object = event
+        var object = Self.droppingEarlierBridgeKeyDuplicates(event)
         for key in Self.optionalEventKeys where object[key] == nil {
             object[key] = .null
         }
@@ -47,6 +51,20 @@ public struct EventEnvelope: Sendable, Equatable {
         }
         self.branch = event["branch"]?.int64Value
         self.object = object
+    }
+
+    /// `event` without all but the last member of each bridge key name it repeats. Setting a key
+    /// replaces only its last member, so an earlier duplicate would reach consumers alongside the
+    /// bridge's value (found by the fuzzer: Tests/Fuzz/crashers).
+    static func droppingEarlierBridgeKeyDuplicates(_ event: JSONObject) -> JSONObject {
+        var lastIndex: [String: Int] = [:]
+        var count = 0
+        for (index, member) in event.members.enumerated() where bridgeKeys.contains(member.key) {
+            lastIndex[member.key] = index
+            count += 1
+        }
+        guard count > lastIndex.count else { return event }
+        return JSONObject(event.members.enumerated().filter { index, member in lastIndex[member.key].map { $0 == index } ?? true }.map(\.element))
     }
 
     /// One envelope per event of `batch`, in order.
