@@ -63,6 +63,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The invariants the fuzzer checks on every input; shared with the fuzz regression tests.
+        .target(
+            name: "FuzzChecks",
+            dependencies: ["TutorCruncher"],
+            swiftSettings: swiftSettings
+        ),
+        // libFuzzer entry point over FuzzChecks: scripts/fuzz builds it with -DFUZZING and
+        // -sanitize=fuzzer,address in .build-fuzz; a plain build gets a stub `main`.
+        .executableTarget(
+            name: "tc-fuzz",
+            dependencies: ["FuzzChecks"],
+            swiftSettings: swiftSettings + [.enableExperimentalFeature("Extern")]  // @_extern(c)
+        ),
         // Typed, decoded events for consumers: Decodable views over the envelope, lossless JSON decoding.
         .target(
             name: "TutorCruncherEvents",
@@ -138,7 +151,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TutorCruncherTests",
-            dependencies: ["TutorCruncher"],
+            dependencies: ["TutorCruncher", "FuzzChecks"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
