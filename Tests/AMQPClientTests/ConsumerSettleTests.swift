@@ -60,7 +60,7 @@ import TestSupport
     }
 
     @Test func republishConfirmsWhoseAcknowledgementsFailHalfWayAllReturn() async throws {
-        let node = try RabbitMQNode.dedicated(name: "consumer-settle-confirm", port: 5686)
+        let node = try RabbitMQNode.dedicated(name: "consumer-settle-confirm", port: 5689)
         defer { try? node.stop() }
         let names = QueueNames()
         let pause = OwnerPause()

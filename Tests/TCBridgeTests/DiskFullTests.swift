@@ -9,7 +9,7 @@ import TutorCruncher
 /// every request answered 200 is delivered when the broker returns; spooling works again as soon
 /// as space returns. Prints: sent / 2xx / 5xx / delivered / lost.
 @Suite(.serialized) struct DiskFullTests {
-    static let node = RabbitMQNode(name: "diskfull", port: 5688)
+    static let node = RabbitMQNode(name: "diskfull", port: 5699)
 
     @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
     func aFullDiskAnswers503LosesNothingAndServiceResumesWhenSpaceReturns() async throws {

@@ -208,6 +208,66 @@ import TutorCruncher
         bridge.signal(SIGTERM)
         #expect(try await bridge.waitForExit() == 0)
     }
+
+    /// Crash points: the bridge is SIGKILLed at random moments while it publishes, spools and
+    /// forwards under load, and the broker is stopped and started between rounds. Every request
+    /// answered 200 in any round is delivered in the end. The seed is printed; set
+    /// `TCBRIDGE_CRASH_SEED` to replay a run, `TCBRIDGE_CRASH_ROUNDS` for more rounds.
+    @Test func bridgeKilledAtRandomMomentsWithAFlappingBrokerLosesNothing() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let seed = environment["TCBRIDGE_CRASH_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...UInt64(UInt32.max))
+        let rounds = environment["TCBRIDGE_CRASH_ROUNDS"].flatMap(Int.init) ?? 8
+        print("crash points: seed \(seed), \(rounds) rounds (TCBRIDGE_CRASH_SEED=\(seed) replays the kill moments)")
+        var random = SeededRandom(seed: seed)
+        let setup = Setup()
+        let probe = try await QueueProbe(node: Self.node, exchange: setup.exchange)
+        defer { Task { await probe.stop() } }
+        var accepted: Set<String> = []
+        var spooled = 0
+        for round in 0..<rounds {
+            // The broker flaps: down for rounds 1, 4, 7…, back up for the round after.
+            if round % 3 == 1 { try Self.node.stop() }
+            if round % 3 == 2 { try Self.node.start() }
+            let bridge = try await BridgeProcess(node: Self.node, arguments: setup.arguments(), environment: ["TC_BRIDGE_LOG_LEVEL": "error"])
+            let stream = WebhookStream(port: bridge.port)
+            let killAfter = Duration.milliseconds(Int64(random.next(upTo: 2_500)) + 200)
+            try await stream.run {
+                try await Task.sleep(for: killAfter)  // the crash point itself: a moment chosen at random
+                bridge.signal(SIGKILL)
+                _ = try await bridge.waitForExit()
+            }
+            accepted.formUnion(stream.accepted)
+            spooled += stream.spooledCount
+        }
+        try Self.node.start()
+        let last = try await BridgeProcess(node: Self.node, arguments: setup.arguments(), environment: ["TC_BRIDGE_LOG_LEVEL": "error"])
+        try await waitUntil(timeout: .seconds(120), "all \(accepted.count) accepted events delivered") {
+            accepted.isSubset(of: Set(probe.messages.compactMap(\.properties.messageID)))
+        }
+        try await waitUntil(timeout: .seconds(60), "spool drained") { try await spoolRecords(last) == 0 }
+        let ids = probe.messages.compactMap(\.properties.messageID).filter { accepted.contains($0) }
+        print(
+            "crash points: \(rounds) kills, \(accepted.count) answered 200 (\(spooled) spooled), "
+                + "delivered \(Set(ids).count), duplicates \(ids.count - Set(ids).count), lost \(accepted.count - Set(ids).count)")
+        #expect(accepted.count > 0)
+        #expect(Set(ids).count == accepted.count)
+        last.signal(SIGTERM)
+        #expect(try await last.waitForExit() == 0)
+    }
+}
+
+/// SplitMix64: a small seeded generator so a failing run's kill moments can be replayed.
+struct SeededRandom {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func next(upTo bound: UInt64) -> UInt64 { next() % bound }
 }
 
 // MARK: - Helpers

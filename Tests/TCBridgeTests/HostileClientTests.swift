@@ -51,7 +51,8 @@ import Testing
             }
         }
 
-        let group = MultiThreadedEventLoopGroup.singleton
+        // The attackers' own event loop: the shared one serves every other test's HTTP client.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var attackers: [HostileConnection] = []
         for index in 0..<500 {
             let kind: HostileConnection.Kind = index.isMultiple(of: 2) ? .trickleHead : .trickleBody
@@ -64,6 +65,7 @@ import Testing
         try await waitUntil(timeout: .seconds(30), "every hostile connection closed") { opened.allSatisfy(\.isClosed) }
         attackOver.open()
         await poster.value
+        try await group.shutdownGracefully()
         #expect(statuses.all.isEmpty, "valid webhooks during the attack: \(statuses.all.prefix(3))")
 
         let peakRSS = try memoryKiB(pid: bridge.process.processIdentifier, field: "VmHWM")
@@ -99,7 +101,7 @@ import Testing
 
     @Test func missingOrMalformedSignatureIsRefusedBeforeTheBodyIsRead() async throws {
         let bridge = try await BridgeProcess(node: .shared, arguments: ["--exchange", "hostile-\(UUID().uuidString.prefix(8))"])
-        let group = MultiThreadedEventLoopGroup.singleton
+        let group = MultiThreadedEventLoopGroup.singleton  // a handful of connections
         for header in ["", "webhook-signature: not-hex\r\n"] {
             // Announces 16 MiB but sends none of it: the answer must come anyway, and the connection close.
             let connection = try await HostileConnection.open(
@@ -114,7 +116,7 @@ import Testing
     @Test func connectionsBeyondTheCapGet503() async throws {
         let bridge = try await BridgeProcess(
             node: .shared, arguments: ["--exchange", "hostile-\(UUID().uuidString.prefix(8))", "--max-connections", "8"])
-        let group = MultiThreadedEventLoopGroup.singleton
+        let group = MultiThreadedEventLoopGroup.singleton  // a handful of connections
         var held: [HostileConnection] = []
         for _ in 0..<8 { held.append(try await HostileConnection.open(.idle, port: bridge.port, group: group)) }
         let ninth = try await HostileConnection.open(.idle, port: bridge.port, group: group)
@@ -141,7 +143,7 @@ import Testing
     @Test func idleKeepAliveConnectionIsClosed() async throws {
         let bridge = try await BridgeProcess(
             node: .shared, arguments: ["--exchange", "hostile-\(UUID().uuidString.prefix(8))", "--idle-timeout", "1"])
-        let group = MultiThreadedEventLoopGroup.singleton
+        let group = MultiThreadedEventLoopGroup.singleton  // a handful of connections
         // One request, answered, then nothing: the keep-alive connection is closed after the idle timeout.
         let request = Array("GET /health HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
         let connection = try await HostileConnection.open(.raw(request, thenPush: 0), port: bridge.port, group: group)
@@ -297,8 +299,10 @@ final class HostileConnection: Sendable {
     func bytesAfterAnUpgradeRequestAreNotBuffered(head: String) async throws {
         let bridge = try await BridgeProcess(node: .shared, arguments: ["--exchange", "hostile-\(UUID().uuidString.prefix(8))"])
         let baseline = try memoryKiB(pid: bridge.process.processIdentifier, field: "VmRSS")
-        let connection = try await HostileConnection.open(.raw(Array(head.utf8), thenPush: 64 << 20), port: bridge.port, group: .singleton)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)  // 64 MiB of writes: not on the shared loop
+        let connection = try await HostileConnection.open(.raw(Array(head.utf8), thenPush: 64 << 20), port: bridge.port, group: group)
         try await waitUntil(timeout: .seconds(10), "connection closed") { connection.isClosed }
+        try await group.shutdownGracefully()
         let peak = try memoryKiB(pid: bridge.process.processIdentifier, field: "VmHWM")
         #expect(peak < baseline + 32 * 1024, "peak RSS \(peak) KiB after pushing 64 MiB past an upgrade request (baseline \(baseline) KiB)")
         bridge.signal(SIGTERM)
