@@ -148,7 +148,8 @@ extension HTTPServerBuilder {
 /// Per-connection timer state shared by the two guard handlers. Event-loop confined.
 final class GuardState {
     enum Phase {
-        /// Connected, nothing received yet: the header timeout applies.
+        /// Connected, nothing received yet: the idle timeout applies (a silent connection is an
+        /// idle one; the per-client cap keeps one host from holding many).
         case fresh
         /// Between requests on a keep-alive connection: the idle timeout applies.
         case idle
@@ -170,8 +171,8 @@ final class GuardState {
     /// Raw bytes a client may send without producing a request head or part (the HTTP decoder's
     /// own head limit is 80 KiB); beyond it the connection is closed.
     static let maximumUndecodedBytes = 128 << 10
-    /// The slowest body rate a small body may arrive at: its deadline is 1 s plus its size at this
-    /// rate, capped by the body timeout.
+    /// The slowest body rate a small body may arrive at: its deadline is 3 s (room for a lost
+    /// segment's retransmission on a poor link) plus its size at this rate, capped by the body timeout.
     static let minimumBodyRate = 64 << 10
 
     let limits: ConnectionLimits
@@ -200,7 +201,7 @@ final class GuardState {
         let timeout: Duration
         let reason: String
         switch phase {
-        case .fresh: (timeout, reason) = (limits.headerTimeout, "first_byte_timeout")
+        case .fresh: (timeout, reason) = (limits.idleTimeout, "first_byte_timeout")
         case .idle: (timeout, reason) = (limits.idleTimeout, "idle_timeout")
         case .head: (timeout, reason) = (limits.headerTimeout, "header_timeout")
         case .body: (timeout, reason) = (override ?? limits.bodyTimeout, "body_timeout")
@@ -337,10 +338,10 @@ final class RequestPartGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 state.discardInput = true
                 state.closeAfterResponse = true
             }
-            // A small body gets a deadline to match: 1 s plus its size at the minimum rate.
+            // A small body gets a deadline to match: 3 s plus its size at the minimum rate.
             var deadline = state.limits.bodyTimeout
             if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length >= 0 {
-                deadline = min(deadline, .seconds(1) + .milliseconds(Int64(length / (GuardState.minimumBodyRate / 1000))))
+                deadline = min(deadline, .seconds(3) + .milliseconds(Int64(length / (GuardState.minimumBodyRate / 1000))))
             }
             state.enter(.body, context: context, timeout: deadline)
         case .body: break

@@ -64,16 +64,22 @@ public final class BridgeProcess: @unchecked Sendable {
         try process.run()
         self.process = process
         self.output = output
-        var collected = ""
-        var port: Int?
+        // The blocking reads run on a Dispatch thread: on the two cooperative threads they would
+        // stall every other test (and its HTTP clients) while this bridge starts.
         let handle = output.fileHandleForReading
-        while port == nil {
-            let data = handle.availableData
-            if data.isEmpty { break }
-            collected += String(decoding: data, as: UTF8.self)
-            if let range = collected.range(of: #"listening on http://[^:]+:(\d+)"#, options: .regularExpression) {
-                let match = collected[range]
-                port = Int(match.split(separator: ":").last!)
+        let (port, collected) = await withCheckedContinuation { (continuation: CheckedContinuation<(Int?, String), Never>) in
+            DispatchQueue.global().async {
+                var collected = ""
+                var port: Int?
+                while port == nil {
+                    let data = handle.availableData
+                    if data.isEmpty { break }
+                    collected += String(decoding: data, as: UTF8.self)
+                    if let range = collected.range(of: #"listening on http://[^:]+:(\d+)"#, options: .regularExpression) {
+                        port = collected[range].split(separator: ":").last.flatMap { Int($0) }
+                    }
+                }
+                continuation.resume(returning: (port, collected))
             }
         }
         guard let port else { throw ProcessFailure(command: "tc-bridge serve", status: -1, output: collected) }

@@ -58,7 +58,10 @@ import TutorCruncherConsumer
         }
         #expect(error.contains("delivered 3 times without being settled"))
         let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
-        #expect(try await admin.messageCount(queue: configuration.queue) == 0)
+        // The broker applies the original's ack asynchronously: wait for the queue to be empty.
+        try await waitUntil(timeout: .seconds(10), "the original acknowledged away") {
+            try await admin.messageCount(queue: configuration.queue) == 0
+        }
     }
 
     @Test(arguments: [TutorCruncherConsumerConfiguration.QueueType.classic, .quorum])
