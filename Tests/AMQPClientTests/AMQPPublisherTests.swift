@@ -269,3 +269,20 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         #expect(header.encodingProblem(frameSize: 131_072) == nil)
     }
 }
+
+@Suite struct EmptyHeaderValueTests {
+    @Test func anEmptyStringHeaderIsPublishedAsIs() async throws {
+        let exchange = "test-ex-\(UUID().uuidString.prefix(8))"
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        var empty = message(exchange: exchange, key: "k", body: "x")
+        empty.properties.headers.append(("tc-subject-model", .string("")))
+        try await withPublisher(.init(connection: RabbitMQNode.shared.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) {
+            publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try await publisher.publish([empty])
+        }
+        let received = try await probe.waitForMessages(count: 1)
+        #expect(received.first?.properties.headers.last.map { $0.1 } == .string(""))
+    }
+}

@@ -64,11 +64,12 @@ public final class BridgeProcess: @unchecked Sendable {
         try process.run()
         self.process = process
         self.output = output
-        // The blocking reads run on a Dispatch thread: on the two cooperative threads they would
-        // stall every other test (and its HTTP clients) while this bridge starts.
+        // The blocking reads run on a thread of their own: on the two cooperative threads they
+        // would stall every other test (and its HTTP clients) while this bridge starts, and on
+        // Dispatch's global queue they would starve Foundation's child-process monitoring.
         let handle = output.fileHandleForReading
         let (port, collected) = await withCheckedContinuation { (continuation: CheckedContinuation<(Int?, String), Never>) in
-            DispatchQueue.global().async {
+            Thread {
                 var collected = ""
                 var port: Int?
                 while port == nil {
@@ -80,7 +81,7 @@ public final class BridgeProcess: @unchecked Sendable {
                     }
                 }
                 continuation.resume(returning: (port, collected))
-            }
+            }.start()
         }
         guard let port else { throw ProcessFailure(command: "tc-bridge serve", status: -1, output: collected) }
         self.port = port

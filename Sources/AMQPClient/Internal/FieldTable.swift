@@ -69,7 +69,10 @@ struct StringArena {
 
     mutating func bytes(_ data: [UInt8]) -> amqp_bytes_t {
         let memory = UnsafeMutableRawPointer.allocate(byteCount: max(data.count, 1), alignment: 1)
-        data.withUnsafeBytes { memory.copyMemory(from: $0.baseAddress!, byteCount: data.count) }
+        data.withUnsafeBytes { source in
+            // An empty value (an empty string header) has nothing to copy, and may have no address.
+            if let base = source.baseAddress, source.count > 0 { memory.copyMemory(from: base, byteCount: source.count) }
+        }
         allocations.append(memory)
         return amqp_bytes_t(len: data.count, bytes: memory)
     }
