@@ -125,8 +125,11 @@ public func waitUntil(
     timeout: Duration = .seconds(30), _ what: String, _ condition: () async throws -> Bool
 ) async throws {
     let deadline = ContinuousClock.now.advanced(by: timeout)
-    while ContinuousClock.now < deadline {
+    while true {
+        // Checked once more after the deadline: a sleep that overran it (the test process's few
+        // threads busy elsewhere) must not turn a condition that holds into a timeout.
         if try await condition() { return }
+        if ContinuousClock.now >= deadline { break }
         try await Task.sleep(for: .milliseconds(20))
     }
     throw TimedOut(what: what, timeout: timeout)
