@@ -119,6 +119,8 @@ public final class AMQPConsumer: Service, Sendable {
     private let configuration: AMQPConsumerConfiguration
     private let logger: Logger
     private let shared: Mutex<SharedState>
+    /// Brackets the owner thread's socket writes for the stall watchdog.
+    fileprivate let writes = WriteWatchdog()
     private let wakeup = Wakeup()
     private let lifecycle = OwnerLifecycle()
     private let stream: AsyncStream<AMQPDelivery>
@@ -142,9 +144,6 @@ public final class AMQPConsumer: Service, Sendable {
         var commands: Deque<SettleCommand> = []
         var connectionState: AMQPConnectionState = .connecting
         var stopRequested = false
-        /// Set by the owner thread while it is inside a socket write, for the stall watchdog.
-        var writingSince: ContinuousClock.Instant?
-        var socket: Int32 = -1
     }
 
     public convenience init(configuration: AMQPConsumerConfiguration, logger: Logger) {
@@ -171,7 +170,7 @@ public final class AMQPConsumer: Service, Sendable {
         lifecycle.markStarted("AMQPConsumer")
         let loop = ConsumerLoop(configuration: configuration, logger: logger, consumer: self)
         OwnerThread.spawn(name: "amqp-consumer") { loop.run() }
-        let watchdog = Task { await self.watchForStalledWrites() }
+        let watchdog = Task { await self.writes.run(limit: self.configuration.confirmTimeout, logger: self.logger) }
         defer { watchdog.cancel() }
         await lifecycle.waitUntilFinished { self.requestStop() }
     }
@@ -211,40 +210,12 @@ public final class AMQPConsumer: Service, Sendable {
         try outcome.get()
     }
 
-    /// rabbitmq-c 0.11 can block forever in a socket write when the broker stops reading. If the
-    /// owner thread stays in one write longer than `confirmTimeout`, shut the socket down: the
-    /// write fails, the commands taken with it fail, and the owner reconnects.
-    private func watchForStalledWrites() async {
-        let limit = configuration.confirmTimeout
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(250))
-            let stalled: Int32? = shared.withLock { state in
-                guard let since = state.writingSince, ContinuousClock.now - since > limit, state.socket >= 0 else { return nil }
-                return state.socket
-            }
-            if let socket = stalled {
-                logger.warning("socket write stalled; aborting the connection", metadata: ["limit": "\(limit)"])
-                AMQPConnection.abortSocket(fileDescriptor: socket)
-                shared.withLock { $0.writingSince = nil }
-            }
-        }
-    }
-
     // MARK: Owner-thread interface
 
     fileprivate var wakeupHandle: Wakeup { wakeup }
 
     /// Settle commands queued for the owner thread and not yet taken (for tests).
     var queuedCommandCount: Int { shared.withLock { $0.commands.count } }
-
-    fileprivate func beginWrite(socket: Int32) {
-        shared.withLock {
-            $0.writingSince = .now
-            $0.socket = socket
-        }
-    }
-
-    fileprivate func endWrite() { shared.withLock { $0.writingSince = nil } }
 
     fileprivate func takeCommands() -> (Deque<SettleCommand>, stopRequested: Bool) {
         shared.withLock { state in
@@ -494,8 +465,8 @@ private final class ConsumerLoop: @unchecked Sendable {
 
     /// Runs one socket write under the stall watchdog; on failure resumes `result` and rethrows.
     private func write(on connection: AMQPConnection, for result: SettleResult, _ body: () throws(AMQPError) -> Void) throws(AMQPError) {
-        consumer.beginWrite(socket: connection.fileDescriptor)
-        defer { consumer.endWrite() }
+        consumer.writes.begin(socket: connection.fileDescriptor)
+        defer { consumer.writes.end() }
         do {
             try body()
         } catch {
@@ -513,8 +484,8 @@ private final class ConsumerLoop: @unchecked Sendable {
                 continue
             }
             unsettled.remove(pending.deliveryTag)
-            consumer.beginWrite(socket: connection.fileDescriptor)
-            defer { consumer.endWrite() }
+            consumer.writes.begin(socket: connection.fileDescriptor)
+            defer { consumer.writes.end() }
             do {
                 try connection.ack(pending.deliveryTag)
             } catch {

@@ -79,6 +79,8 @@ public final class AMQPPublisher: Service, Sendable {
     private let configuration: AMQPPublisherConfiguration
     private let logger: Logger
     private let shared: Mutex<SharedState>
+    /// Brackets the owner thread's socket writes for the stall watchdog.
+    fileprivate let writes = WriteWatchdog()
     private let wakeup = Wakeup()
     private let lifecycle = OwnerLifecycle()
 
@@ -86,9 +88,6 @@ public final class AMQPPublisher: Service, Sendable {
         var commands: Deque<PublishCommand> = []
         var connectionState: AMQPConnectionState = .connecting
         var stopRequested = false
-        /// Set by the owner thread while it is inside a socket write, for the stall watchdog.
-        var writingSince: ContinuousClock.Instant?
-        var socket: Int32 = -1
         var returnedCount = 0
     }
 
@@ -165,7 +164,7 @@ public final class AMQPPublisher: Service, Sendable {
         lifecycle.markStarted("AMQPPublisher")
         let loop = PublisherLoop(configuration: configuration, logger: logger, publisher: self)
         OwnerThread.spawn(name: "amqp-publisher") { loop.run() }
-        let watchdog = Task { await self.watchForStalledWrites() }
+        let watchdog = Task { await self.writes.run(limit: self.configuration.confirmTimeout, logger: self.logger) }
         defer { watchdog.cancel() }
         await lifecycle.waitUntilFinished { self.requestStop() }
     }
@@ -177,35 +176,7 @@ public final class AMQPPublisher: Service, Sendable {
         wakeup.signal()
     }
 
-    /// rabbitmq-c 0.11 can block forever in a socket write when the broker stops reading (resource
-    /// alarm, half-dead peer). If the owner thread stays in one write longer than the confirm timeout,
-    /// shut the socket down: the write fails, outstanding confirms fail, and the owner reconnects.
-    private func watchForStalledWrites() async {
-        let limit = configuration.confirmTimeout
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(250))
-            let stalled: Int32? = shared.withLock { state in
-                guard let since = state.writingSince, ContinuousClock.now - since > limit, state.socket >= 0 else { return nil }
-                return state.socket
-            }
-            if let socket = stalled {
-                logger.warning("socket write stalled; aborting the connection", metadata: ["limit": "\(limit)"])
-                AMQPConnection.abortSocket(fileDescriptor: socket)
-                shared.withLock { $0.writingSince = nil }
-            }
-        }
-    }
-
     // MARK: Owner-thread interface
-
-    fileprivate func beginWrite(socket: Int32) {
-        shared.withLock {
-            $0.writingSince = .now
-            $0.socket = socket
-        }
-    }
-
-    fileprivate func endWrite() { shared.withLock { $0.writingSince = nil } }
 
     fileprivate func countReturned() { shared.withLock { $0.returnedCount += 1 } }
 
@@ -419,14 +390,14 @@ private final class PublisherLoop: @unchecked Sendable {
                 }
                 var turn = 0
                 while turn < 64, !batch.isFullyWritten, unconfirmed < configuration.maxUnconfirmed {
-                    publisher.beginWrite(socket: connection.fileDescriptor)
+                    publisher.writes.begin(socket: connection.fileDescriptor)
                     do {
                         try connection.publish(batch.messages[batch.nextIndex])
                     } catch {
-                        publisher.endWrite()
+                        publisher.writes.end()
                         return .lost(error)
                     }
-                    publisher.endWrite()
+                    publisher.writes.end()
                     ledger.register(batch)
                     batch.nextIndex += 1
                     unconfirmed += 1
