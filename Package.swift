@@ -171,7 +171,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DurableSpoolTests",
-            dependencies: ["DurableSpool", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["DurableSpool", "TestSupport", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

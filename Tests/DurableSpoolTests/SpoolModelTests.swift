@@ -1,5 +1,6 @@
 @testable import DurableSpool
 import Foundation
+import TestSupport
 import Testing
 
 /// Model-based test of the spool: random histories of append groups (random sizes, across segment

@@ -218,7 +218,7 @@ import TutorCruncher
         let seed = environment["TCBRIDGE_CRASH_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...UInt64(UInt32.max))
         let rounds = environment["TCBRIDGE_CRASH_ROUNDS"].flatMap(Int.init) ?? 8
         print("crash points: seed \(seed), \(rounds) rounds (TCBRIDGE_CRASH_SEED=\(seed) replays the kill moments)")
-        var random = SeededRandom(seed: seed)
+        var random = SplitMix64(seed: seed)
         let setup = Setup()
         let probe = try await QueueProbe(node: Self.node, exchange: setup.exchange)
         defer { Task { await probe.stop() } }
@@ -230,7 +230,7 @@ import TutorCruncher
             if round % 3 == 2 { try Self.node.start() }
             let bridge = try await BridgeProcess(node: Self.node, arguments: setup.arguments(), environment: ["TC_BRIDGE_LOG_LEVEL": "error"])
             let stream = WebhookStream(port: bridge.port)
-            let killAfter = Duration.milliseconds(Int64(random.next(upTo: 2_500)) + 200)
+            let killAfter = Duration.milliseconds(Int64(random.next() % 2_500) + 200)
             try await stream.run {
                 try await Task.sleep(for: killAfter)  // the crash point itself: a moment chosen at random
                 bridge.signal(SIGKILL)
@@ -254,20 +254,6 @@ import TutorCruncher
         last.signal(SIGTERM)
         #expect(try await last.waitForExit() == 0)
     }
-}
-
-/// SplitMix64: a small seeded generator so a failing run's kill moments can be replayed.
-struct SeededRandom {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func next(upTo bound: UInt64) -> UInt64 { next() % bound }
 }
 
 // MARK: - Helpers

@@ -99,19 +99,6 @@ import TutorCruncher
     }
 }
 
-/// A small deterministic generator for fuzzing.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 @Suite struct ReplayWindowTests {
     let window = ReplayWindow(maxAge: 3600, maxFutureSkew: 300)
     let now = 1_800_000_000.0
