@@ -107,6 +107,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Benchmark helpers driven by scripts/bench: signed distinct bodies, the bare publisher.
+        .executableTarget(
+            name: "tc-bench",
+            dependencies: [
+                "AMQPClient",
+                "TutorCruncher",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The README's minimal consumer service, compiled so it cannot rot.
         .executableTarget(
             name: "example-billing-service",

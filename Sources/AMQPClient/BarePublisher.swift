@@ -1,0 +1,67 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The yardstick for benchmarks: publishing straight on one rabbitmq-c connection, with nothing of
+/// ``AMQPPublisher`` around it (no owner thread hand-off, no tasks, no deadlines). It keeps up to
+/// `inFlight` messages unconfirmed and reads confirms as they come, which is as fast as this machine's
+/// broker takes persistent confirmed messages through rabbitmq-c.
+///
+/// Threading: blocks the calling thread for the whole run; call it from a thread of its own.
+/// Errors: ``AMQPError`` from the connection; a nack counts as an error (the broker refused a message).
+@_spi(Benchmarks)
+public enum BarePublisher {
+    public struct Outcome: Sendable {
+        /// Messages the broker confirmed.
+        public var confirmed: Int
+        /// Wall-clock time from the first publish to the last confirm.
+        public var elapsed: Duration
+    }
+
+    /// Publishes `count` messages made by `message(index)` with at most `inFlight` unconfirmed at once.
+    public static func run(
+        connection configuration: AMQPConnectionConfiguration, count: Int, inFlight: Int,
+        message: (Int) -> AMQPOutboundMessage
+    ) throws(AMQPError) -> Outcome {
+        precondition(inFlight >= 1, "inFlight must be at least 1")
+        let connection = try AMQPConnection(configuration: configuration)
+        defer { connection.close() }
+        try connection.enablePublisherConfirms()
+        let clock = ContinuousClock()
+        let started = clock.now
+        var published = 0
+        var confirmed = 0
+        var isConfirmed = [Bool](repeating: false, count: count)
+        var lowestUnconfirmed = 1
+        while confirmed < count {
+            while published < count, published - confirmed < inFlight {
+                try connection.publish(message(published))
+                published += 1
+            }
+            guard let event = try connection.nextEvent(timeout: .seconds(30)) else {
+                throw AMQPError(.confirmTimeout, "no confirm within 30 s (\(confirmed) of \(count) confirmed)")
+            }
+            switch event {
+            case .ack(let tag, let multiple):
+                // Delivery tags count publishes from 1 on this channel; confirms may come out of order.
+                let upTo = min(Int(clamping: tag), published)
+                guard upTo >= 1 else { continue }
+                let first = multiple ? lowestUnconfirmed : upTo
+                if first <= upTo {
+                    for index in first...upTo where !isConfirmed[index - 1] {
+                        isConfirmed[index - 1] = true
+                        confirmed += 1
+                    }
+                }
+                while lowestUnconfirmed <= published, isConfirmed[lowestUnconfirmed - 1] { lowestUnconfirmed += 1 }
+            case .nack(let tag, _):
+                throw AMQPError(.nacked, "broker nacked message \(tag)")
+            default:
+                continue
+            }
+        }
+        return Outcome(confirmed: confirmed, elapsed: clock.now - started)
+    }
+}
