@@ -83,6 +83,10 @@ public final class AMQPPublisher: Service, Sendable {
     fileprivate let writes = WriteWatchdog()
     private let wakeup = Wakeup()
     private let lifecycle = OwnerLifecycle()
+    /// When the broker last confirmed anything: progress for every waiting call (confirms come in order).
+    fileprivate let windowProgress = ProgressStamp()
+    /// Calls waiting for their outcome, for the backstop.
+    private let backstop = BackstopRegistry()
 
     private struct SharedState {
         var commands: Deque<PublishCommand> = []
@@ -111,23 +115,12 @@ public final class AMQPPublisher: Service, Sendable {
     ///   connection is unaffected), or `.shutdown` after shutdown began. The confirm deadline
     ///   measures progress: it runs from the last message of this call written or confirmed.
     public func publish(_ messages: [AMQPOutboundMessage]) async throws(AMQPError) {
-        let box = ResultBox()
-        let limit = configuration.confirmTimeout + .milliseconds(250)
-        // The owner thread enforces the confirm deadline; this timer is the backstop for when that
-        // thread is itself stuck (a socket write the broker stopped reading, until the watchdog
-        // fires). Like the owner's deadline it measures progress: a large batch that keeps being
-        // written and confirmed never times out.
-        let timer = Task {
-            while !Task.isCancelled {
-                let idle = box.timeSinceProgress
-                if idle >= limit {
-                    box.resume(.failure(AMQPError(.confirmTimeout, "no progress for \(limit)")))
-                    return
-                }
-                try? await Task.sleep(for: limit - idle)
-            }
-        }
-        defer { timer.cancel() }
+        let box = ResultBox(window: windowProgress)
+        // The owner thread enforces the confirm deadline; the backstop (one task for all calls, see
+        // `run()`) answers a call whose owner thread is itself stuck (a socket write the broker stopped
+        // reading, until the watchdog fires). Like the owner's deadline it measures progress.
+        let ticket = backstop.add(box)
+        defer { backstop.remove(ticket) }
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) in
             box.install(continuation)
             let rejection: AMQPError? = shared.withLock { state in
@@ -165,7 +158,12 @@ public final class AMQPPublisher: Service, Sendable {
         let loop = PublisherLoop(configuration: configuration, logger: logger, publisher: self)
         OwnerThread.spawn(name: "amqp-publisher") { loop.run() }
         let watchdog = Task { await self.writes.run(limit: self.configuration.confirmTimeout, logger: self.logger) }
-        defer { watchdog.cancel() }
+        let limit = configuration.confirmTimeout + .milliseconds(250)
+        let backstop = Task { await self.backstop.run(limit: limit) }
+        defer {
+            watchdog.cancel()
+            backstop.cancel()
+        }
         await lifecycle.waitUntilFinished { self.requestStop() }
     }
 
@@ -206,6 +204,39 @@ func monotonicNanoseconds() -> Int64 {
     return Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec)
 }
 
+/// A monotonic timestamp shared between the owner thread (writer) and callers (readers). Thread-safe.
+final class ProgressStamp: Sendable {
+    private let stamp = Atomic<Int64>(monotonicNanoseconds())
+    func note() { stamp.store(monotonicNanoseconds(), ordering: .relaxed) }
+    var nanoseconds: Int64 { stamp.load(ordering: .relaxed) }
+}
+
+/// The calls waiting for an outcome, checked four times a second by one task: a call whose owner
+/// thread made no progress on it for the limit is answered `.confirmTimeout`. A timer per call would
+/// cost a task, a Dispatch timer and a wake-up for every publish. Thread-safe.
+final class BackstopRegistry: Sendable {
+    private let waiting = Mutex<(next: UInt64, boxes: [UInt64: ResultBox])>((0, [:]))
+
+    func add(_ box: ResultBox) -> UInt64 {
+        waiting.withLock { state in
+            state.next &+= 1
+            state.boxes[state.next] = box
+            return state.next
+        }
+    }
+
+    func remove(_ ticket: UInt64) { _ = waiting.withLock { $0.boxes.removeValue(forKey: ticket) } }
+
+    /// Runs until cancelled.
+    func run(limit: Duration) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(250))
+            let overdue = waiting.withLock { state in state.boxes.values.filter { $0.timeSinceProgress >= limit } }
+            for box in overdue { box.resume(.failure(AMQPError(.confirmTimeout, "no progress for \(limit)"))) }
+        }
+    }
+}
+
 /// One `publish` call waiting in the inbox.
 struct PublishCommand: Sendable {
     let messages: [AMQPOutboundMessage]
@@ -216,11 +247,21 @@ struct PublishCommand: Sendable {
 /// outcome or the caller's deadline. Thread-safe.
 final class ResultBox: Sendable {
     private let progress = Atomic<Int64>(monotonicNanoseconds())
+    private let window: ProgressStamp?
+
+    /// `window`: progress shared by every call of the publisher (any confirm), if any.
+    init(window: ProgressStamp? = nil) {
+        self.window = window
+    }
 
     /// Called by the owner thread whenever a message of this call is written or confirmed.
     func noteProgress() { progress.store(monotonicNanoseconds(), ordering: .relaxed) }
 
-    var timeSinceProgress: Duration { .nanoseconds(monotonicNanoseconds() - progress.load(ordering: .relaxed)) }
+    /// Time since this call, or the window it waits in, last made progress.
+    var timeSinceProgress: Duration {
+        let last = max(progress.load(ordering: .relaxed), window?.nanoseconds ?? 0)
+        return .nanoseconds(monotonicNanoseconds() - last)
+    }
 
     private let state = Mutex<(continuation: CheckedContinuation<Result<Void, AMQPError>, Never>?, early: Result<Void, AMQPError>?, done: Bool)>((nil, nil, false))
 
@@ -309,12 +350,15 @@ private final class PublisherLoop: @unchecked Sendable {
     private var writing: Deque<PendingBatch> = []
     /// Messages written and not yet confirmed.
     private var unconfirmed = 0
+    /// When the broker last confirmed anything on this connection.
+    private var windowProgress: ContinuousClock.Instant
     private var stopDeadline: ContinuousClock.Instant?
 
     init(configuration: AMQPPublisherConfiguration, logger: Logger, publisher: AMQPPublisher) {
         self.configuration = configuration
         self.logger = logger
         self.publisher = publisher
+        self.windowProgress = .now
         self.logger[metadataKey: "amqp.url"] = "\(configuration.connection.redactedURL)"
     }
 
@@ -383,6 +427,8 @@ private final class PublisherLoop: @unchecked Sendable {
             // Write while the window allows, a bounded step at a time so confirms are read between
             // steps, and taking turns between calls so a huge batch cannot hold up small ones.
             var written = 0
+            let corked = !blocked && !writing.isEmpty && unconfirmed < configuration.maxUnconfirmed
+            if corked { connection.setCorked(true) }
             while !blocked, unconfirmed < configuration.maxUnconfirmed, written < 256, let batch = writing.first {
                 if batch.isSettled || batch.isFullyWritten {
                     writing.removeFirst()  // timed out or failed: its remaining messages are not sent
@@ -408,22 +454,24 @@ private final class PublisherLoop: @unchecked Sendable {
                 writing.removeFirst()
                 if !batch.isFullyWritten { writing.append(batch) }
             }
+            if corked { connection.setCorked(false) }  // (a failed write above returned: that connection is gone)
 
             do {
                 while let event = try connection.nextEvent(timeout: .zero) {
                     switch event {
                     case .ack(let tag, let multiple):
-                        let settled = ledger.settle(upTo: tag, multiple: multiple)
-                        unconfirmed -= settled.count
                         let now = clock.now
-                        for batch in settled { batch.confirmOne(at: now) }
+                        ledger.settle(upTo: tag, multiple: multiple) { batch in
+                            unconfirmed -= 1
+                            batch.confirmOne(at: now)
+                        }
                         // The broker is working through the window: every batch waiting behind it
                         // is making progress too (confirms arrive in order).
-                        for batch in inFlight where !batch.isSettled { batch.progressed(at: now) }
+                        windowProgress = now
+                        publisher.windowProgress.note()
                     case .nack(let tag, let multiple):
-                        let settled = ledger.settle(upTo: tag, multiple: multiple)
-                        unconfirmed -= settled.count
-                        for batch in settled {
+                        ledger.settle(upTo: tag, multiple: multiple) { batch in
+                            unconfirmed -= 1
                             batch.settle(.failure(AMQPError(.nacked, "broker rejected the message (basic.nack)")))
                         }
                     case .returned(let code, let text, let message):
@@ -454,7 +502,7 @@ private final class PublisherLoop: @unchecked Sendable {
             var index = inFlight.startIndex
             while index < inFlight.endIndex {
                 let batch = inFlight[index]
-                let deadline = batch.lastProgress.advanced(by: configuration.confirmTimeout)
+                let deadline = max(batch.lastProgress, windowProgress).advanced(by: configuration.confirmTimeout)
                 if !batch.isSettled, deadline <= now {
                     batch.settle(.failure(AMQPError(.confirmTimeout, "no confirm within \(configuration.confirmTimeout)")))
                     // Written messages the broker has not confirmed for that long: the channel is
@@ -492,6 +540,7 @@ private final class PublisherLoop: @unchecked Sendable {
 
     private func resetTags() {
         _ = ledger.reset()
+        windowProgress = clock.now
         inFlight.removeAll()
         writing.removeAll()
         unconfirmed = 0

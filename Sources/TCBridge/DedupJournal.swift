@@ -1,6 +1,7 @@
 import Dispatch
 import DurableSpool
 import Logging
+import Metrics
 import Synchronization
 
 #if canImport(Glibc)
@@ -27,34 +28,44 @@ public enum DedupJournalError: Error, Sendable, Equatable, CustomStringConvertib
 /// - records, 44 bytes each: the body's SHA-256 (32 bytes), the acceptance time in wall-clock
 ///   milliseconds since the epoch (Int64), and a CRC-32 of those 40 bytes (UInt32).
 ///
-/// Appends are group-committed: every entry queued while a flush runs goes out in the next single
-/// `write` + `fsync`. When the file holds more than twice the live entries (and at least
-/// `compactionMinimum` records) it is rewritten with the live ones only: temporary file, `fsync`,
-/// `rename`, `fsync` of the directory, so a crash leaves either the old or the new file.
+/// Appends are written at once (`pwrite`, under a lock) and made durable in the background: one
+/// `fsync` at most every ``syncDelay`` covers every record written since the last one. So an
+/// answered request's record survives a crash of the bridge at once (it is in the kernel's page
+/// cache) and a crash of the machine once the next sync has run, within about 20 ms; what a power
+/// loss takes in between are dedup entries only, and the worst it can cause is one duplicate
+/// publish of a body the sender retries (delivery is at least once anyway). Waiting for an
+/// `fsync` before every answer cost more than everything else the bridge does for a request.
 ///
-/// Threading: all file I/O runs on one serial dispatch queue; ``append(_:)`` may be called from any task.
+/// When the file holds more than twice the live entries (and at least `compactionMinimum`
+/// records) it is rewritten with the live ones only: temporary file, `fsync`, `rename`, `fsync` of
+/// the directory, so a crash leaves either the old or the new file.
+///
+/// Threading: ``append(_:)`` may be called from any thread and never waits for the disk beyond
+/// the `pwrite`; syncs and compaction run on one serial dispatch queue.
 final class DedupJournal: Sendable {
     static let header: [UInt8] = Array("TCDEDUP".utf8) + [1]
     static let recordSize = 44
+    /// How long written records may wait for their `fsync` (they share it).
+    static let syncDelay: DispatchTimeInterval = .milliseconds(20)
 
-    /// The serial queue of all file I/O (internal for tests).
+    /// The serial queue of syncs and compaction (internal for tests).
     let queue = DispatchQueue(label: "tc-bridge.dedup-journal")
-    private let inbox = Mutex<Inbox>(Inbox())
-    private let file: QueueConfined<JournalFile>
+    /// The file. Appends write under this lock; only the queue replaces the descriptor (compaction),
+    /// and only the queue syncs, so a sync may run outside the lock.
+    private let file: Mutex<JournalFile>
+    /// A sync is scheduled on the queue and has not started yet.
+    private let syncScheduled = Atomic<Bool>(false)
     private let live: @Sendable () -> [DedupEntry]
     private let liveCount: @Sendable () -> Int
-    private let counters = Mutex<(records: Int, syncs: Int)>((0, 0))
+    private let logger: Logger
 
-    private struct Inbox {
-        var entries: [(entry: DedupEntry, continuation: CheckedContinuation<Result<Void, DedupJournalError>, Never>)] = []
-        var flushScheduled = false
-    }
-
-    private init(file: JournalFile, live: @escaping @Sendable () -> [DedupEntry], liveCount: @escaping @Sendable () -> Int) {
-        self.file = QueueConfined(file)
+    private init(
+        file: sending JournalFile, logger: Logger, live: @escaping @Sendable () -> [DedupEntry], liveCount: @escaping @Sendable () -> Int
+    ) {
+        self.file = Mutex(file)
+        self.logger = logger
         self.live = live
         self.liveCount = liveCount
-        counters.withLock { $0.records = file.records }
     }
 
     /// Opens or creates the journal and returns it with the entries newer than `cutoff` (oldest
@@ -68,75 +79,79 @@ final class DedupJournal: Sendable {
         var loaded = try file.load(cutoff: cutoff)
         if loaded.count > maxEntries { loaded.removeFirst(loaded.count - maxEntries) }
         if file.shouldCompact(live: loaded.count) { file.compact(loaded) }
-        let journal = DedupJournal(file: file, live: live, liveCount: liveCount)
+        let journal = DedupJournal(file: file, logger: logger, live: live, liveCount: liveCount)
         return (journal, loaded)
     }
 
     /// Records in the file (live or not).
-    var recordCount: Int { counters.withLock { $0.records } }
+    var recordCount: Int { file.withLock { $0.records } }
     /// `fsync`s made for appends.
-    var syncCount: Int { counters.withLock { $0.syncs } }
-    /// Appends waiting for the next flush.
-    var pendingCount: Int { inbox.withLock { $0.entries.count } }
+    var syncCount: Int { file.withLock { $0.syncs } }
+    /// Records written and not yet covered by an `fsync`.
+    var unsyncedCount: Int { file.withLock { $0.unsynced } }
 
-    /// Returns once everything queued so far (flushes, compaction) has run. For tests.
+    /// Returns once everything written so far is synced and any compaction has run. For tests and
+    /// shutdown.
     func idle() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in queue.async { continuation.resume() } }
-    }
-
-    /// Appends `entry`; returns once it is on disk (`fsync`ed), or the write failed (the file is then
-    /// cut back to its last good length, so later appends stay aligned).
-    func append(_ entry: DedupEntry) async -> Result<Void, DedupJournalError> {
-        await withCheckedContinuation { continuation in
-            let schedule = inbox.withLock { inbox in
-                inbox.entries.append((entry, continuation))
-                defer { inbox.flushScheduled = true }
-                return !inbox.flushScheduled
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            queue.async {
+                self.sync()
+                continuation.resume()
             }
-            if schedule { queue.async { self.flush() } }
         }
     }
 
-    /// Group commit, on the queue: everything queued, one write, one `fsync`; then maybe compaction.
-    private func flush() {
-        let batch = inbox.withLock { inbox in
-            defer {
-                inbox.entries.removeAll()
-                inbox.flushScheduled = false
+    /// Writes `entry` (a crash of this process no longer loses it) and schedules the shared `fsync`.
+    /// On a failed write the file is cut back to its last good length, so later appends stay aligned.
+    func append(_ entry: DedupEntry) -> Result<Void, DedupJournalError> {
+        let result = file.withLock { $0.write([entry]) }
+        if case .success = result, !syncScheduled.exchange(true, ordering: .acquiringAndReleasing) {
+            queue.asyncAfter(deadline: .now() + Self.syncDelay) {
+                self.syncScheduled.store(false, ordering: .releasing)
+                self.sync()
             }
-            return inbox.entries
         }
-        let file = file.value
-        let result = file.append(batch.map(\.entry))
-        counters.withLock { $0 = (file.records, file.syncs) }
-        for item in batch { item.continuation.resume(returning: result) }
-        if case .success = result, file.shouldCompact(live: liveCount()) {
-            // The snapshot is taken here, on the queue: every entry already in the file was put in
-            // memory before it was queued, so the snapshot holds it (entries still queued are
-            // written to the new file by the next flush).
-            file.compact(live())
-            counters.withLock { $0.records = file.records }
+        return result
+    }
+
+    /// On the queue: one `fsync` for everything written since the last; then maybe compaction.
+    private func sync() {
+        let (descriptor, pending) = file.withLock { file in
+            defer { file.unsynced = 0 }
+            return (file.descriptor, file.unsynced)
+        }
+        guard pending > 0, descriptor >= 0 else { return }
+        if fsync(descriptor) != 0 {
+            let reason = String(cString: strerror(errno))
+            Counter(label: "tcbridge_dedup_journal_errors_total").increment()
+            logger.error(
+                "dedup journal fsync failed; recent entries may not survive a machine crash",
+                metadata: ["error": "\(reason)", "entries": "\(pending)"])
+            return
+        }
+        file.withLock { $0.syncs += 1 }
+        if recordCount > 0, file.withLock({ $0.shouldCompact(live: liveCount()) }) {
+            // The snapshot is taken under the lock: every entry already in the file was put in
+            // memory before it was written, so the snapshot holds it, and no append can slip in
+            // between the snapshot and the switch to the new file.
+            file.withLock { $0.compact(live()) }
         }
     }
 }
 
-/// A value used only on one serial queue.
-private final class QueueConfined<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
-}
-
-/// The journal file; used only on the journal's queue (or before the journal exists).
+/// The journal file; used under the journal's lock (or before the journal exists).
 private final class JournalFile {
     let path: String
     let directory: String
     let compactionMinimum: Int
     let logger: Logger
     var descriptor: Int32 = -1
-    /// Bytes known to be good and durable.
+    /// Bytes known to be good (written completely).
     var length: Int64 = 0
     var records = 0
     var syncs = 0
+    /// Records written since the last `fsync`.
+    var unsynced = 0
 
     init(path: String, compactionMinimum: Int, logger: Logger) {
         self.path = path
@@ -262,7 +277,8 @@ private final class JournalFile {
 
     // MARK: Appending
 
-    func append(_ entries: [DedupEntry]) -> Result<Void, DedupJournalError> {
+    /// Writes `entries` at the end of the file (no `fsync`: see ``DedupJournal``).
+    func write(_ entries: [DedupEntry]) -> Result<Void, DedupJournalError> {
         guard descriptor >= 0 else { return .failure(.io(path: path, operation: "write", reason: "journal not open")) }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(entries.count * DedupJournal.recordSize)
@@ -272,14 +288,9 @@ private final class JournalFile {
             _ = ftruncate(descriptor, off_t(length))
             return .failure(error)
         }
-        guard fsync(descriptor) == 0 else {
-            let error = failure("fsync")
-            _ = ftruncate(descriptor, off_t(length))
-            return .failure(error)
-        }
-        syncs += 1
         length += Int64(bytes.count)
         records += entries.count
+        unsynced += entries.count
         return .success(())
     }
 

@@ -73,8 +73,9 @@ public struct BodyDigest: Sendable, Hashable {
 /// the first one's outcome instead of racing it (if the first fails, the second proceeds).
 ///
 /// Persistence (``init(window:maxEntries:journalPath:logger:now:)``): accepted digests are appended
-/// to a journal file and ``complete(_:accepted:)`` returns only once the entry is `fsync`ed (entries
-/// of concurrent requests share one `fsync`), so a restart remembers them. Times are wall-clock
+/// to a journal file; ``complete(_:accepted:)`` returns once the entry is written (a crash or kill
+/// of the bridge keeps it) and the journal `fsync`s within about 20 ms (a crash of the machine keeps
+/// it from then on), so a restart remembers them. Times are wall-clock
 /// milliseconds since the epoch, so they mean the same after a restart. The journal's file I/O runs
 /// on its own serial queue, never on Swift's cooperative pool.
 ///
@@ -179,12 +180,12 @@ public final class DedupWindow: Sendable {
     }
 
     /// Ends a ``Claim/new`` claim. `accepted`: the body was answered 2xx and is remembered; with a
-    /// journal this returns once the entry is durable (or its write failed: that is logged and
+    /// journal this returns once the entry is written (or its write failed: that is logged and
     /// counted, and the entry is still remembered in memory). Waiters resume after that.
     public func complete(_ digest: BodyDigest, accepted: Bool) async {
         if accepted {
             let at = memory.remember(digest)
-            if let journal, case .failure(let error) = await journal.append(DedupEntry(digest: digest, at: at)) {
+            if let journal, case .failure(let error) = journal.append(DedupEntry(digest: digest, at: at)) {
                 Counter(label: "tcbridge_dedup_journal_errors_total").increment()
                 logger?.error("dedup journal write failed; this body is remembered in memory only", metadata: ["error": "\(error)"])
             }

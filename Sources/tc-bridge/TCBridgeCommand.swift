@@ -1,6 +1,5 @@
 import ArgumentParser
 
-@main
 struct TCBridgeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tc-bridge",
@@ -8,4 +7,12 @@ struct TCBridgeCommand: AsyncParsableCommand {
         subcommands: [ServeCommand.self, SignCommand.self],
         defaultSubcommand: nil
     )
+}
+
+extension TCBridgeCommand {
+    /// What `@main` would call: parse, then run the chosen command's async `run()`. (Top-level code
+    /// in `main.swift` would pick `ParsableCommand`'s synchronous `main()`, which only prints help.)
+    static func asyncMain() async {
+        await main(nil)
+    }
 }

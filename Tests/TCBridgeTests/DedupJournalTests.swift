@@ -139,12 +139,13 @@ import TutorCruncher
         let window = try open()
         let journal = try #require(window.journal)
         await accept(window, ["warm-up"])
+        await journal.idle()
         let before = journal.syncCount
-        // Hold the journal's queue while a flush runs (as a slow fsync would) and let completions pile up.
-        let flushRunning = DispatchSemaphore(value: 0)
-        journal.queue.async { flushRunning.wait() }
+        // Hold the journal's queue (as a slow fsync would): completions still return, written.
+        let queueHeld = DispatchSemaphore(value: 0)
+        journal.queue.async { queueHeld.wait() }
         let count = 200
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        await withTaskGroup(of: Void.self) { group in
             for index in 0..<count {
                 group.addTask {
                     let digest = DedupWindowTests.digest("concurrent-\(index)")
@@ -152,12 +153,13 @@ import TutorCruncher
                     await window.complete(digest, accepted: true)
                 }
             }
-            try await waitUntil("all completions queued") { journal.pendingCount == count }
-            flushRunning.signal()
-            try await group.waitForAll()
         }
+        #expect(journal.unsyncedCount == count, "every completion wrote its record before returning")
+        #expect(try open().count == count + 1, "written records are read back before any fsync")
+        queueHeld.signal()
+        await journal.idle()
         #expect(journal.syncCount == before + 1)
-        #expect(try open().count == count + 1)
+        #expect(journal.unsyncedCount == 0)
     }
 
     @Test func throughputWithManyConcurrentRequests() async throws {
@@ -180,14 +182,15 @@ import TutorCruncher
         }
         let elapsed = ContinuousClock.now - start
         let count = workers * perWorker
+        await window.journal?.idle()
         let syncs = try #require(window.journalSyncs)
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        print("dedup journal: \(count) durable completions from \(workers) concurrent tasks in \(elapsed), \(syncs) fsyncs, \(Int(Double(count) / seconds))/s")
+        print("dedup journal: \(count) completions from \(workers) concurrent tasks in \(elapsed), \(syncs) fsyncs, \(Int(Double(count) / seconds))/s")
         #expect(syncs < count)
         #expect(try open().count == count)
     }
 
-    @Test func anIdenticalRequestIsNotAnsweredBeforeTheEntryIsDurable() async throws {
+    @Test func anIdenticalRequestIsNotAnsweredBeforeTheEntryIsWritten() async throws {
         let window = try open()
         let digest = DedupWindowTests.digest("x")
         #expect(await window.claim(digest) == .new)

@@ -1,4 +1,5 @@
 import CRabbitMQ
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -51,6 +52,9 @@ enum OwnerThread {
 final class Wakeup: Sendable {
     private let fileDescriptor: Int32
     private let writeDescriptor: Int32
+    /// A byte is in the pipe (or about to be) that the owner has not drained yet: further signals
+    /// need not write another. Saves a `write(2)` per call while the owner is awake anyway.
+    private let pending = Atomic<Bool>(false)
 
     init() {
         var fds: [Int32] = [-1, -1]
@@ -69,27 +73,38 @@ final class Wakeup: Sendable {
         close(writeDescriptor)
     }
 
-    /// Wakes the owner. A full pipe already guarantees a wake-up, so a failed write is harmless.
+    /// Wakes the owner. Call after publishing the work the owner should see (under a lock): the
+    /// owner clears `pending` before it looks for work again, so either it sees the work, or this
+    /// call sees `pending` cleared and writes. A full pipe already guarantees a wake-up, so a failed
+    /// write is harmless.
     func signal() {
+        guard !pending.exchange(true, ordering: .acquiringAndReleasing) else { return }
         var byte: UInt8 = 1
         _ = write(writeDescriptor, &byte, 1)
     }
 
     private func drain() {
-        var buffer = [UInt8](repeating: 0, count: 256)
-        while read(fileDescriptor, &buffer, buffer.count) > 0 {}
+        var buffer: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        let size = MemoryLayout.size(ofValue: buffer)
+        while withUnsafeMutableBytes(of: &buffer, { read(fileDescriptor, $0.baseAddress, size) }) > 0 {}
     }
 
     /// Blocks the owner thread until `socket` is readable, `signal()` was called, or `timeout` passes.
-    /// Pass `socket: -1` to wait on the wake-up alone.
+    /// Pass `socket: -1` to wait on the wake-up alone. The owner looks for work after it returns.
     func wait(socket: Int32, timeout: Duration) {
-        var fds = [
+        var fds = (
             pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0),
-            pollfd(fd: socket, events: Int16(POLLIN), revents: 0),
-        ]
+            pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+        )
         let milliseconds = Int32(clamping: max(0, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
-        _ = poll(&fds, socket >= 0 ? 2 : 1, milliseconds)
-        if fds[0].revents != 0 { drain() }
+        let count: nfds_t = socket >= 0 ? 2 : 1
+        _ = withUnsafeMutableBytes(of: &fds) { raw in
+            poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), count, milliseconds)
+        }
+        if fds.0.revents != 0 {
+            drain()
+            pending.store(false, ordering: .releasing)
+        }
     }
 }
 
