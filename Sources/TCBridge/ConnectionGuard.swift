@@ -180,7 +180,15 @@ final class GuardState {
     let logger: Logger
     var phase = Phase.fresh
     var client: String?
-    var timer: Scheduled<Void>?
+    /// When the current phase's time is up, and what closing then is counted as.
+    var deadline = NIODeadline.distantFuture
+    var reason = ""
+    /// Checks `deadline` every ``tick``: entering a phase only stores a deadline, where scheduling
+    /// and cancelling a timer per phase cost about a twentieth of a request's CPU.
+    var ticker: Scheduled<Void>?
+    /// How often the ticker looks: a quarter of the shortest timeout, between 50 ms and 500 ms (the
+    /// most a timeout can overrun).
+    let tick: TimeAmount
     var closeAfterResponse = false
     /// After a `CONNECT` or `Upgrade` request: the decoder stops parsing, so later bytes would
     /// pile up in its buffer. They are dropped and the connection ends after the response.
@@ -192,14 +200,13 @@ final class GuardState {
         self.limits = limits
         self.connections = connections
         self.logger = logger
+        let shortest = [limits.headerTimeout, limits.bodyTimeout, limits.idleTimeout, Self.closingTimeout].min() ?? .seconds(2)
+        self.tick = TimeAmount(min(max(shortest / 4, .milliseconds(50)), .milliseconds(500)))
     }
 
     func enter(_ phase: Phase, context: ChannelHandlerContext, timeout override: Duration? = nil) {
         self.phase = phase
-        timer?.cancel()
-        timer = nil
         let timeout: Duration
-        let reason: String
         switch phase {
         case .fresh: (timeout, reason) = (limits.idleTimeout, "first_byte_timeout")
         case .idle: (timeout, reason) = (limits.idleTimeout, "idle_timeout")
@@ -208,10 +215,20 @@ final class GuardState {
         case .handling: (timeout, reason) = (Self.handlingTimeout, "handling_timeout")
         case .closing: (timeout, reason) = (Self.closingTimeout, "closing_timeout")
         }
-        let channel = context.channel
-        let logger = logger
-        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: TimeAmount(timeout)) {
-            Self.close(channel, reason: reason, logger: logger)
+        deadline = .now() + TimeAmount(timeout)
+        if ticker == nil { scheduleCheck(on: context.eventLoop.assumeIsolatedUnsafeUnchecked(), channel: context.channel) }
+    }
+
+    private func scheduleCheck(on loop: NIOIsolatedEventLoop, channel: any Channel) {
+        ticker = loop.scheduleTask(in: tick) { [weak self] in
+            guard let self else { return }
+            self.ticker = nil
+            if NIODeadline.now() >= self.deadline {
+                self.deadline = .distantFuture
+                Self.close(channel, reason: self.reason, logger: self.logger)
+            } else {
+                self.scheduleCheck(on: loop, channel: channel)
+            }
         }
     }
 
@@ -222,8 +239,8 @@ final class GuardState {
     }
 
     func stop() {
-        timer?.cancel()
-        timer = nil
+        ticker?.cancel()
+        ticker = nil
         if let client {
             self.client = nil
             connections.leave(client: client)

@@ -97,6 +97,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "trace, debug, info, notice, warning, error or critical (env: TC_BRIDGE_LOG_LEVEL; default info).")
     var logLevel: String?
 
+    @Option(help: "text or json: one JSON object per log line, for log shippers (env: TC_BRIDGE_LOG_FORMAT; default text).")
+    var logFormat: String?
+
     @Flag(help: "Accept a private key file (re-read on SIGHUP) that group or others may access (env: TC_BRIDGE_ALLOW_INSECURE_KEY_FILE=1).")
     var allowInsecureKeyFile = false
 
@@ -106,6 +109,15 @@ struct ServeCommand: AsyncParsableCommand {
         let levelName = Environment.resolve(logLevel, env: "TC_BRIDGE_LOG_LEVEL", default: "info")
         guard let level = Logger.Level(rawValue: levelName) else {
             throw ValidationError("unknown log level \"\(levelName)\"")
+        }
+        let formatName = Environment.resolve(logFormat, env: "TC_BRIDGE_LOG_FORMAT", default: "text")
+        guard let format = BridgeLogHandler.Format(rawValue: formatName) else {
+            throw ValidationError("unknown log format \"\(formatName)\" (text or json)")
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = BridgeLogHandler(label: label, format: format)
+            handler.logLevel = level
+            return handler
         }
         var logger = Logger(label: "tc-bridge")
         logger.logLevel = level
