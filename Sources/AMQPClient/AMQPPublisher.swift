@@ -353,6 +353,11 @@ private final class PublisherLoop: @unchecked Sendable {
     /// When the broker last confirmed anything on this connection.
     private var windowProgress: ContinuousClock.Instant
     private var stopDeadline: ContinuousClock.Instant?
+    /// When the in-flight calls are next checked against their deadlines, and the earliest
+    /// deadline the last check found (progress only moves deadlines later).
+    private var nextSweep: ContinuousClock.Instant = .now
+    private var earliestDeadline: ContinuousClock.Instant?
+    static let sweepInterval: Duration = .milliseconds(100)
 
     init(configuration: AMQPPublisherConfiguration, logger: Logger, publisher: AMQPPublisher) {
         self.configuration = configuration
@@ -427,7 +432,9 @@ private final class PublisherLoop: @unchecked Sendable {
             // Write while the window allows, a bounded step at a time so confirms are read between
             // steps, and taking turns between calls so a huge batch cannot hold up small ones.
             var written = 0
-            let corked = !blocked && !writing.isEmpty && unconfirmed < configuration.maxUnconfirmed
+            // Corking costs two system calls: worth it only when several messages go out in a row.
+            let corked = !blocked && unconfirmed + 1 < configuration.maxUnconfirmed
+                && (writing.count > 1 || writing.first.map { $0.messages.count - $0.nextIndex > 1 } == true)
             if corked { connection.setCorked(true) }
             while !blocked, unconfirmed < configuration.maxUnconfirmed, written < 256, let batch = writing.first {
                 if batch.isSettled || batch.isFullyWritten {
@@ -497,24 +504,28 @@ private final class PublisherLoop: @unchecked Sendable {
             }
 
             let now = clock.now
-            var earliestDeadline: ContinuousClock.Instant?
             var stalled = false
-            var index = inFlight.startIndex
-            while index < inFlight.endIndex {
-                let batch = inFlight[index]
-                let deadline = max(batch.lastProgress, windowProgress).advanced(by: configuration.confirmTimeout)
-                if !batch.isSettled, deadline <= now {
-                    batch.settle(.failure(AMQPError(.confirmTimeout, "no confirm within \(configuration.confirmTimeout)")))
-                    // Written messages the broker has not confirmed for that long: the channel is
-                    // stuck, and their slots in the window would never come back. Start afresh.
-                    if batch.nextIndex > 0 { stalled = true }
+            // Deadlines are seconds long: sweeping the in-flight calls ten times a second is enough
+            // (every loop iteration cost a pass over them, per confirm).
+            if stopDeadline != nil || now >= nextSweep {
+                nextSweep = now.advanced(by: Self.sweepInterval)
+                earliestDeadline = nil
+                var kept: Deque<PendingBatch> = []
+                kept.reserveCapacity(inFlight.count)
+                for batch in inFlight {
+                    let deadline = max(batch.lastProgress, windowProgress).advanced(by: configuration.confirmTimeout)
+                    if !batch.isSettled, deadline <= now {
+                        batch.settle(.failure(AMQPError(.confirmTimeout, "no confirm within \(configuration.confirmTimeout)")))
+                        // Written messages the broker has not confirmed for that long: the channel is
+                        // stuck, and their slots in the window would never come back. Start afresh.
+                        if batch.nextIndex > 0 { stalled = true }
+                    }
+                    if !batch.isSettled {
+                        earliestDeadline = min(earliestDeadline ?? deadline, deadline)
+                        kept.append(batch)
+                    }
                 }
-                if batch.isSettled {
-                    inFlight.remove(at: index)
-                } else {
-                    earliestDeadline = min(earliestDeadline ?? deadline, deadline)
-                    index += 1
-                }
+                inFlight = kept
             }
             if stalled {
                 return .lost(AMQPError(.confirmTimeout, "the broker stopped confirming for \(configuration.confirmTimeout); reconnecting"))
@@ -532,7 +543,7 @@ private final class PublisherLoop: @unchecked Sendable {
                 continue
             }
             var timeout = Duration.seconds(1)
-            if let earliestDeadline { timeout = min(timeout, earliestDeadline - now) }
+            if let earliestDeadline { timeout = min(timeout, max(earliestDeadline, nextSweep) - now) }
             if let stopDeadline { timeout = min(timeout, stopDeadline - now) }
             publisher.wakeupHandle.wait(socket: connection.fileDescriptor, timeout: max(timeout, .zero))
         }
@@ -541,6 +552,7 @@ private final class PublisherLoop: @unchecked Sendable {
     private func resetTags() {
         _ = ledger.reset()
         windowProgress = clock.now
+        earliestDeadline = nil
         inFlight.removeAll()
         writing.removeAll()
         unconfirmed = 0
