@@ -1,3 +1,5 @@
+import HexCoding
+
 /// Where and how to connect to a RabbitMQ broker.
 ///
 /// Build it from an AMQP URI (`amqp://user:pass@host:port/vhost`, `amqps://` for TLS) with
@@ -169,7 +171,7 @@ private func percentDecoded(_ text: Substring) -> String? {
     var iterator = text.utf8.makeIterator()
     while let byte = iterator.next() {
         if byte == UInt8(ascii: "%") {
-            guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else {
+            guard let high = iterator.next().flatMap(Hex.value(of:)), let low = iterator.next().flatMap(Hex.value(of:)) else {
                 return nil
             }
             bytes.append(high << 4 | low)
@@ -178,15 +180,6 @@ private func percentDecoded(_ text: Substring) -> String? {
         }
     }
     return String(validating: bytes, as: UTF8.self)
-}
-
-private func hexValue(_ byte: UInt8) -> UInt8? {
-    switch byte {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-    case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-    default: nil
-    }
 }
 
 private func percentEncoded(_ text: String) -> String {

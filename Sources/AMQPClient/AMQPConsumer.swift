@@ -127,18 +127,8 @@ public final class AMQPConsumer: Service, Sendable {
     private let streamContinuation: AsyncStream<AMQPDelivery>.Continuation
     let hooks: AMQPConsumerHooks
 
-    enum Settlement: Sendable {
-        case ack
-        case nack(requeue: Bool)
-        case republishThenAck(AMQPOutboundMessage)
-    }
-
-    struct SettleCommand: Sendable {
-        let settlement: Settlement
-        let deliveryTag: UInt64
-        let generation: UInt64
-        let result: SettleResult
-    }
+    typealias SettleCommand = ConsumerStateMachine<SettleResult>.Command
+    typealias Settlement = SettleCommand.Settlement
 
     private struct SharedState {
         var commands: Deque<SettleCommand> = []
@@ -198,7 +188,7 @@ public final class AMQPConsumer: Service, Sendable {
             result.install(continuation)
             let rejected = shared.withLock { state in
                 if lifecycle.isFinished { return true }
-                state.commands.append(SettleCommand(settlement: settlement, deliveryTag: deliveryTag, generation: generation, result: result))
+                state.commands.append(SettleCommand(settlement: settlement, deliveryTag: deliveryTag, generation: generation, waiter: result))
                 return false
             }
             if rejected {
@@ -247,7 +237,7 @@ public final class AMQPConsumer: Service, Sendable {
             return state.commands
         }
         for command in leftovers {
-            command.result.resume(.failure(AMQPError(.connectionLost, "consumer closed; the message will be redelivered")))
+            command.waiter.resume(.failure(AMQPError(.connectionLost, "consumer closed; the message will be redelivered")))
         }
     }
 }
@@ -285,33 +275,28 @@ final class SettleResult: Sendable {
     }
 }
 
-/// The consumer's owner-thread loop.
+extension SettleResult: SettleWaiter {
+    func answer(_ result: Result<Void, AMQPError>) { resume(result) }
+}
+
+/// The consumer's owner-thread loop: connect, declare, subscribe, then drive the
+/// ``ConsumerStateMachine`` with deliveries, settle calls and confirms, doing the writes it asks for.
 private final class ConsumerLoop: @unchecked Sendable {
     // @unchecked: after `spawn`, only the owner thread touches this object.
     private let configuration: AMQPConsumerConfiguration
     private var logger: Logger
-    private unowned(unsafe) let consumer: AMQPConsumer
+    private let consumer: AMQPConsumer
     private let clock = ContinuousClock()
-    private var generation: UInt64 = 0
-    /// Deliveries handed out on the current connection and not yet settled.
-    private var unsettled: Set<UInt64> = []
-    /// Republished messages waiting for their confirm: publish tag -> (delivery to ack, caller).
-    private var pendingRepublish = ConfirmLedger<(deliveryTag: UInt64, result: SettleResult)>()
-    /// Confirm deadlines of the republishes in `pendingRepublish` (entries already confirmed are
-    /// dropped when their deadline is checked).
-    private var republishDeadlines: [(tag: UInt64, deadline: ContinuousClock.Instant)] = []
-    /// Republishes taken while the broker blocks publishing, with their deadlines.
-    private var heldRepublishes: Deque<(command: AMQPConsumer.SettleCommand, deadline: ContinuousClock.Instant)> = []
-    /// The broker sent `connection.blocked` on this connection and no `connection.unblocked` yet.
-    private var blocked = false
-    private var stopDeadline: ContinuousClock.Instant?
-    private var cancelled = false
+    private var machine: ConsumerStateMachine<SettleResult>
+    /// Republishes the broker held while blocked, to be taken again first after the unblock.
+    private var retake: Deque<AMQPConsumer.SettleCommand> = []
     private let consumerTag = "tc-consumer-\(UInt64.random(in: 0...UInt64.max))"
 
     init(configuration: AMQPConsumerConfiguration, logger: Logger, consumer: AMQPConsumer) {
         self.configuration = configuration
         self.logger = logger
         self.consumer = consumer
+        self.machine = ConsumerStateMachine(confirmTimeout: configuration.confirmTimeout, shutdownTimeout: configuration.shutdownTimeout)
         self.logger[metadataKey: "amqp.queue"] = "\(configuration.queue)"
     }
 
@@ -326,28 +311,19 @@ private final class ConsumerLoop: @unchecked Sendable {
                 return stopRequested
             },
             prepare: { (connection: AMQPConnection) throws(AMQPError) in
-                for exchange in configuration.exchanges {
-                    if case .usedExisting(let reason) = try connection.declare(exchange) {
-                        logger.debug("using the existing exchange as it is", metadata: ["exchange": "\(exchange.name)", "reason": "\(reason)"])
-                    }
-                }
-                for queue in configuration.queues {
-                    if case .usedExisting(let reason) = try connection.declare(queue) {
-                        logger.warning("using the existing queue as it is", metadata: ["queue": "\(queue.name)", "reason": "\(reason)"])
-                    }
-                }
+                try connection.declareTopology(exchanges: configuration.exchanges, queues: configuration.queues, logger: logger)
                 try connection.enablePublisherConfirms()
                 try connection.setPrefetch(configuration.prefetch)
                 try connection.consume(queue: configuration.queue, consumerTag: consumerTag)
             },
-            connected: {
-                generation += 1
-                unsettled.removeAll()
-                blocked = false
-            },
+            connected: { machine.connected() },
             serve: { serve($0) },
-            lost: { failOutstanding($0) })
-        failOutstanding(AMQPError(.shutdown, "consumer stopped before the broker confirmed the republish; the message will be redelivered"))
+            lost: { error in
+                machine.failOutstanding(error)
+                fail(retake, error)
+                retake.removeAll()
+            })
+        machine.failOutstanding(AMQPError(.shutdown, "consumer stopped before the broker confirmed the republish; the message will be redelivered"))
         logger.info("consumer stopped")
         consumer.markFinished()
     }
@@ -356,17 +332,13 @@ private final class ConsumerLoop: @unchecked Sendable {
         while true {
             consumer.hooks.beforeTakingCommands?()
             let (commands, stopRequested) = consumer.takeCommands()
-            var remaining = commands
-            // Republishes held while blocked go first once the broker unblocks.
-            if !blocked, !heldRepublishes.isEmpty {
-                remaining = Deque(heldRepublishes.map { $0.command }) + remaining
-                heldRepublishes.removeAll()
-            }
+            var remaining = retake + commands
+            retake.removeAll()
             while let command = remaining.popFirst() {
                 do {
                     try apply(command, on: connection)
                 } catch {
-                    // `apply` resumed `command`; the rest were taken with it and must not be dropped.
+                    // `apply` answered `command`; the rest were taken with it and must not be dropped.
                     fail(
                         remaining,
                         AMQPError(.connectionLost, "connection broke (\(error.message)); the message will be redelivered", replyCode: error.replyCode))
@@ -374,9 +346,7 @@ private final class ConsumerLoop: @unchecked Sendable {
                 }
             }
             do {
-                if stopRequested, !cancelled {
-                    cancelled = true
-                    stopDeadline = clock.now.advanced(by: configuration.shutdownTimeout)
+                if stopRequested, machine.requestStop(now: clock.now) {
                     // No new deliveries; any already on the wire are not handed out and are requeued
                     // by the broker when the connection closes.
                     consumer.finishDeliveries()
@@ -385,22 +355,20 @@ private final class ConsumerLoop: @unchecked Sendable {
                 while let event = try connection.nextEvent(timeout: .zero) {
                     switch event {
                     case .delivery(let tag, let message):
-                        if cancelled { continue }  // not handed out: requeued on close
-                        unsettled.insert(tag)
-                        consumer.yield(
-                            AMQPDelivery(message: message, deliveryTag: tag, generation: generation, consumer: consumer))
+                        guard machine.delivered(deliveryTag: tag) else { continue }
+                        consumer.yield(AMQPDelivery(message: message, deliveryTag: tag, generation: machine.generation, consumer: consumer))
                     case .ack(let tag, let multiple):
-                        try confirmRepublish(upTo: tag, multiple: multiple, success: true, on: connection)
+                        try acknowledgeRepublished(machine.confirmed(upTo: tag, multiple: multiple, success: true), on: connection)
                     case .nack(let tag, let multiple):
-                        try confirmRepublish(upTo: tag, multiple: multiple, success: false, on: connection)
+                        _ = machine.confirmed(upTo: tag, multiple: multiple, success: false)
                     case .consumerCancelled:
                         return .lost(AMQPError(.channelClosed, "broker cancelled the subscription (queue deleted?)"))
                     case .blocked(let reason):
-                        blocked = true
+                        _ = machine.setBlocked(true)
                         consumer.setState(.blocked(reason: reason))
                         logger.warning("broker blocked publishing; republishes wait", metadata: ["reason": "\(reason)"])
                     case .unblocked:
-                        blocked = false
+                        retake.append(contentsOf: machine.setBlocked(false))
                         consumer.setState(.connected)
                         logger.info("broker unblocked publishing")
                     case .returned:
@@ -410,133 +378,61 @@ private final class ConsumerLoop: @unchecked Sendable {
             } catch {
                 return .lost(error)
             }
-            let now = clock.now
-            let earliestDeadline = expireRepublishes(now: now)
-            if blocked == false, !heldRepublishes.isEmpty { continue }  // unblocked just now: write them
-            if cancelled {
-                if unsettled.isEmpty && pendingRepublish.isEmpty && heldRepublishes.isEmpty { return .stopped }
-                if let stopDeadline, now >= stopDeadline {
-                    logger.warning("shutdown deadline passed; unsettled deliveries will be redelivered", metadata: ["unsettled": "\(unsettled.count)"])
-                    return .stopped
+            if !retake.isEmpty { continue }  // unblocked just now: write the held republishes
+            switch machine.tick(now: clock.now) {
+            case .stopped(let unsettled):
+                if unsettled > 0 {
+                    logger.warning("shutdown deadline passed; unsettled deliveries will be redelivered", metadata: ["unsettled": "\(unsettled)"])
                 }
+                return .stopped
+            case .wait(let timeout):
+                if connection.hasBufferedInput { continue }
+                consumer.wakeupHandle.wait(socket: connection.fileDescriptor, timeout: timeout)
             }
-            if connection.hasBufferedInput { continue }
-            var timeout = Duration.seconds(1)
-            if let earliestDeadline { timeout = min(timeout, earliestDeadline - now) }
-            if let stopDeadline { timeout = min(timeout, stopDeadline - now) }
-            consumer.wakeupHandle.wait(socket: connection.fileDescriptor, timeout: max(.zero, timeout))
         }
     }
 
-    /// Applies one command. On a write failure it resumes the command's caller with the error and
+    /// Applies one command. On a write failure it answers the command's caller with the error and
     /// rethrows (the connection is then unusable).
     private func apply(_ command: AMQPConsumer.SettleCommand, on connection: AMQPConnection) throws(AMQPError) {
-        guard command.generation == generation, unsettled.contains(command.deliveryTag) else {
-            command.result.resume(
-                .failure(AMQPError(.connectionLost, "delivery belongs to a broken connection or was already settled; it will be redelivered")))
-            return
-        }
-        switch command.settlement {
-        case .ack:
-            unsettled.remove(command.deliveryTag)
-            try write(on: connection, for: command.result) { () throws(AMQPError) in try connection.ack(command.deliveryTag) }
-            command.result.resume(.success(()))
-        case .nack(let requeue):
-            unsettled.remove(command.deliveryTag)
-            try write(on: connection, for: command.result) { () throws(AMQPError) in
-                try connection.nack(command.deliveryTag, requeue: requeue)
-            }
-            command.result.resume(.success(()))
-        case .republishThenAck(let message):
-            if let problem = message.encodingProblem(frameSize: connection.frameSize) {
-                command.result.resume(.failure(AMQPError(.unencodable, problem)))
-                return
-            }
-            let deadline = clock.now.advanced(by: configuration.confirmTimeout)
-            if blocked {
-                heldRepublishes.append((command, deadline))
-                return
-            }
-            try write(on: connection, for: command.result) { () throws(AMQPError) in try connection.publish(message) }
-            let tag = pendingRepublish.register((command.deliveryTag, command.result))
-            republishDeadlines.append((tag, deadline))
-        }
-    }
-
-    /// Runs one socket write under the stall watchdog; on failure resumes `result` and rethrows.
-    private func write(on connection: AMQPConnection, for result: SettleResult, _ body: () throws(AMQPError) -> Void) throws(AMQPError) {
+        guard let write = machine.take(command, frameSize: connection.frameSize, now: clock.now) else { return }
         consumer.writes.begin(socket: connection.fileDescriptor)
         defer { consumer.writes.end() }
         do {
-            try body()
+            switch write {
+            case .ack(let tag): try connection.ack(tag)
+            case .nack(let tag, let requeue): try connection.nack(tag, requeue: requeue)
+            case .publish(let message): try connection.publish(message)
+            }
         } catch {
-            result.resume(.failure(AMQPError(error.kind, "\(error.message); the message will be redelivered", replyCode: error.replyCode)))
+            command.waiter.resume(.failure(AMQPError(error.kind, "\(error.message); the message will be redelivered", replyCode: error.replyCode)))
             throw error
         }
+        machine.wrote(command, now: clock.now)
     }
 
-    private func confirmRepublish(upTo tag: UInt64, multiple: Bool, success: Bool, on connection: AMQPConnection) throws(AMQPError) {
-        let settled = pendingRepublish.settle(upTo: tag, multiple: multiple)
-        if success, !settled.isEmpty { consumer.hooks.beforeAckingRepublished?() }
-        for (index, pending) in settled.enumerated() {
-            guard success else {
-                pending.result.resume(.failure(AMQPError(.nacked, "broker rejected the republished message")))
-                continue
-            }
-            unsettled.remove(pending.deliveryTag)
+    /// Acknowledges the originals of confirmed republishes, answering each caller once its ack is
+    /// written. If a write fails, this one and the rest confirmed with it were republished, but the
+    /// originals cannot be acknowledged any more: the broker redelivers them (at least once).
+    private func acknowledgeRepublished(_ confirmed: [(deliveryTag: UInt64, waiter: SettleResult)], on connection: AMQPConnection) throws(AMQPError) {
+        if !confirmed.isEmpty { consumer.hooks.beforeAckingRepublished?() }
+        for (index, pending) in confirmed.enumerated() {
             consumer.writes.begin(socket: connection.fileDescriptor)
             defer { consumer.writes.end() }
             do {
                 try connection.ack(pending.deliveryTag)
             } catch {
-                // This one and the rest confirmed with it: republished, but the original cannot be
-                // acknowledged any more, so the broker redelivers it (at least once).
                 let failure = AMQPError(
                     error.kind, "republished, but acknowledging the original failed (\(error.message)); it will be redelivered",
                     replyCode: error.replyCode)
-                for rest in settled[index...] { rest.result.resume(.failure(failure)) }
+                for rest in confirmed[index...] { rest.waiter.resume(.failure(failure)) }
                 throw error
             }
-            pending.result.resume(.success(()))
+            pending.waiter.resume(.success(()))
         }
     }
 
-    /// Fails republishes past their deadline; returns the earliest deadline still pending.
-    private func expireRepublishes(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
-        var earliest: ContinuousClock.Instant?
-        while let first = heldRepublishes.first, first.deadline <= now {
-            heldRepublishes.removeFirst()
-            first.command.result.resume(
-                .failure(AMQPError(.blocked, "broker kept publishing blocked for \(configuration.confirmTimeout); nothing was republished")))
-        }
-        if let first = heldRepublishes.first { earliest = first.deadline }
-        republishDeadlines.removeAll { entry in
-            if entry.deadline > now { return false }
-            for pending in pendingRepublish.settle(upTo: entry.tag, multiple: false) {
-                pending.result.resume(
-                    .failure(AMQPError(.confirmTimeout, "no confirm for the republished message within \(configuration.confirmTimeout)")))
-            }
-            return true
-        }
-        if pendingRepublish.isEmpty {
-            republishDeadlines.removeAll()
-        } else if let soonest = republishDeadlines.map(\.deadline).min() {
-            earliest = min(earliest ?? soonest, soonest)
-        }
-        return earliest
-    }
-
-    /// The connection broke or the consumer stopped: fail everything waiting on it.
-    private func failOutstanding(_ error: AMQPError) {
-        for pending in pendingRepublish.reset() { pending.result.resume(.failure(error)) }
-        for held in heldRepublishes { held.command.result.resume(.failure(error)) }
-        heldRepublishes.removeAll()
-        republishDeadlines.removeAll()
-        unsettled.removeAll()
-        blocked = false
-    }
-
-    private func fail(_ commands: Deque<AMQPConsumer.SettleCommand>, _ error: AMQPError) {
-        for command in commands { command.result.resume(.failure(error)) }
+    private func fail(_ commands: some Sequence<AMQPConsumer.SettleCommand>, _ error: AMQPError) {
+        for command in commands { command.waiter.resume(.failure(error)) }
     }
 }

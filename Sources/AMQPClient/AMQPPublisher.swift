@@ -295,75 +295,30 @@ final class ResultBox: Sendable {
     }
 }
 
-/// A publish call being written and confirmed. Owner-thread only.
-private final class PendingBatch {
-    private var box: ResultBox?
-    private var unconfirmed: Int
-    let messages: [AMQPOutboundMessage]
-    /// Index of the next message to write.
-    var nextIndex = 0
-    /// The last time a message of this batch was written or confirmed.
-    private(set) var lastProgress: ContinuousClock.Instant
-
-    init(_ command: PublishCommand, now: ContinuousClock.Instant) {
-        self.box = command.result
-        self.messages = command.messages
-        self.unconfirmed = command.messages.count
-        self.lastProgress = now
-    }
-
-    var isSettled: Bool { box?.isResolved ?? true }
-    var isFullyWritten: Bool { nextIndex >= messages.count }
-
-    func progressed(at now: ContinuousClock.Instant) {
-        lastProgress = now
-        box?.noteProgress()
-    }
-
-    func confirmOne(at now: ContinuousClock.Instant) {
-        unconfirmed -= 1
-        progressed(at: now)
-        if unconfirmed <= 0 { settle(.success(())) }
-    }
-
-    func settle(_ result: Result<Void, AMQPError>) {
-        box?.resume(result)
-        box = nil
-    }
+extension ResultBox: PublishWaiter {
+    var hasAnswer: Bool { isResolved }
+    func answer(_ result: Result<Void, AMQPError>) { resume(result) }
 }
 
-/// The owner thread's loop: connect, declare, publish, read confirms, reconnect.
+/// The owner thread's loop: connect, declare, then drive the ``PublisherStateMachine`` with what
+/// the connection and the callers bring, doing the writes and waits it asks for; reconnect.
 private final class PublisherLoop: @unchecked Sendable {
     // @unchecked: after `spawn`, only the owner thread touches this object.
     private let configuration: AMQPPublisherConfiguration
     private var logger: Logger
-    private unowned(unsafe) let publisher: AMQPPublisher
+    private let publisher: AMQPPublisher
     private let clock = ContinuousClock()
-
-    /// Batches of at most this many messages are written before larger ones.
-    static let smallBatch = 100
-
-    private var ledger = ConfirmLedger<PendingBatch>()
-    /// Every unsettled batch, oldest first.
-    private var inFlight: Deque<PendingBatch> = []
-    /// Batches with messages still to write, in order.
-    private var writing: Deque<PendingBatch> = []
-    /// Messages written and not yet confirmed.
-    private var unconfirmed = 0
-    /// When the broker last confirmed anything on this connection.
-    private var windowProgress: ContinuousClock.Instant
-    private var stopDeadline: ContinuousClock.Instant?
-    /// When the in-flight calls are next checked against their deadlines, and the earliest
-    /// deadline the last check found (progress only moves deadlines later).
-    private var nextSweep: ContinuousClock.Instant = .now
-    private var earliestDeadline: ContinuousClock.Instant?
-    static let sweepInterval: Duration = .milliseconds(100)
+    private var machine: PublisherStateMachine<ResultBox>
 
     init(configuration: AMQPPublisherConfiguration, logger: Logger, publisher: AMQPPublisher) {
         self.configuration = configuration
         self.logger = logger
         self.publisher = publisher
-        self.windowProgress = .now
+        self.machine = PublisherStateMachine(
+            configuration: .init(
+                maxUnconfirmed: configuration.maxUnconfirmed, confirmTimeout: configuration.confirmTimeout,
+                shutdownTimeout: configuration.shutdownTimeout),
+            now: .now)
         self.logger[metadataKey: "amqp.url"] = "\(configuration.connection.redactedURL)"
     }
 
@@ -374,125 +329,72 @@ private final class PublisherLoop: @unchecked Sendable {
         supervisor.run(
             shouldStop: {
                 let (queued, stopRequested) = publisher.takeCommands()
-                fail(queued, stopRequested ? AMQPError(.shutdown, "publisher is shutting down") : AMQPError(.notConnected, "connecting to the broker"))
+                let error = stopRequested ? AMQPError(.shutdown, "publisher is shutting down") : AMQPError(.notConnected, "connecting to the broker")
+                for command in queued { command.result.resume(.failure(error)) }
                 return stopRequested
             },
             prepare: { (connection: AMQPConnection) throws(AMQPError) in
-                for exchange in configuration.exchanges {
-                    if case .usedExisting(let reason) = try connection.declare(exchange) {
-                        logger.warning("using the existing exchange as it is", metadata: ["exchange": "\(exchange.name)", "reason": "\(reason)"])
-                    }
-                }
-                for queue in configuration.queues {
-                    if case .usedExisting(let reason) = try connection.declare(queue) {
-                        logger.warning("using the existing queue as it is", metadata: ["queue": "\(queue.name)", "reason": "\(reason)"])
-                    }
-                }
+                try connection.declareTopology(exchanges: configuration.exchanges, queues: configuration.queues, logger: logger)
                 try connection.enablePublisherConfirms()
             },
-            connected: { resetTags() },
+            connected: { machine.connected(now: clock.now) },
             serve: { serve($0) },
-            lost: { failOutstanding($0) })
+            lost: { machine.failOutstanding($0, now: clock.now) })
         logger.info("publisher stopped")
         publisher.markFinished()
     }
 
     private func serve(_ connection: AMQPConnection) -> ServeOutcome {
-        var blocked = false
         while true {
             let (commands, stopRequested) = publisher.takeCommands()
-            if stopRequested, stopDeadline == nil {
-                stopDeadline = clock.now.advanced(by: configuration.shutdownTimeout)
-            }
+            var now = clock.now
+            if stopRequested { machine.requestStop(now: now) }
             let frameSize = connection.frameSize
             for command in commands {
-                if blocked {
-                    command.result.resume(.failure(AMQPError(.blocked, "broker blocked publishing")))
-                    continue
-                }
-                if command.messages.isEmpty {
-                    command.result.resume(.success(()))
-                    continue
-                }
-                // Checked before anything of the call is written: a message rabbitmq-c cannot
-                // encode would otherwise break the connection half-way through its frames.
-                if let (index, problem) = command.messages.enumerated().lazy
-                    .compactMap({ index, message in message.encodingProblem(frameSize: frameSize).map { (index, $0) } }).first
-                {
-                    command.result.resume(.failure(AMQPError(.unencodable, "message \(index): \(problem)")))
-                    continue
-                }
-                let batch = PendingBatch(command, now: clock.now)
-                inFlight.append(batch)
-                // A request's few messages go ahead of bulk (spool forwarding), so a drain does not
-                // push webhook latency past the confirm timeout.
-                if batch.messages.count <= Self.smallBatch { writing.prepend(batch) } else { writing.append(batch) }
+                machine.submit(command.messages, waiter: command.result, frameSize: frameSize, now: now)
             }
 
-            // Write while the window allows, a bounded step at a time so confirms are read between
-            // steps, and taking turns between calls so a huge batch cannot hold up small ones.
-            var written = 0
-            // Corking costs two system calls: worth it only when several messages go out in a row.
-            let corked = !blocked && unconfirmed + 1 < configuration.maxUnconfirmed
-                && (writing.count > 1 || writing.first.map { $0.messages.count - $0.nextIndex > 1 } == true)
+            // One round of writes; corked when several messages go out in a row, so they leave
+            // in full segments.
+            let corked = machine.nextRoundWritesSeveral
             if corked { connection.setCorked(true) }
-            while !blocked, unconfirmed < configuration.maxUnconfirmed, written < 256, let batch = writing.first {
-                if batch.isSettled || batch.isFullyWritten {
-                    writing.removeFirst()  // timed out or failed: its remaining messages are not sent
-                    continue
+            while let message = machine.nextMessage(now: now) {
+                publisher.writes.begin(socket: connection.fileDescriptor)
+                defer { publisher.writes.end() }
+                do {
+                    try connection.publish(message)
+                } catch {
+                    return .lost(error)  // the connection is gone; `lost` answers the waiters
                 }
-                var turn = 0
-                while turn < 64, !batch.isFullyWritten, unconfirmed < configuration.maxUnconfirmed {
-                    publisher.writes.begin(socket: connection.fileDescriptor)
-                    do {
-                        try connection.publish(batch.messages[batch.nextIndex])
-                    } catch {
-                        publisher.writes.end()
-                        return .lost(error)
-                    }
-                    publisher.writes.end()
-                    ledger.register(batch)
-                    batch.nextIndex += 1
-                    unconfirmed += 1
-                    turn += 1
-                }
-                batch.progressed(at: clock.now)
-                written += turn
-                writing.removeFirst()
-                if !batch.isFullyWritten { writing.append(batch) }
+                machine.wrote()
             }
-            if corked { connection.setCorked(false) }  // (a failed write above returned: that connection is gone)
+            if corked { connection.setCorked(false) }
+            now = clock.now
+            machine.endRound(now: now)
 
             do {
                 while let event = try connection.nextEvent(timeout: .zero) {
                     switch event {
                     case .ack(let tag, let multiple):
-                        let now = clock.now
-                        ledger.settle(upTo: tag, multiple: multiple) { batch in
-                            unconfirmed -= 1
-                            batch.confirmOne(at: now)
-                        }
-                        // The broker is working through the window: every batch waiting behind it
-                        // is making progress too (confirms arrive in order).
-                        windowProgress = now
+                        machine.confirmed(upTo: tag, multiple: multiple, now: clock.now)
                         publisher.windowProgress.note()
                     case .nack(let tag, let multiple):
-                        ledger.settle(upTo: tag, multiple: multiple) { batch in
-                            unconfirmed -= 1
-                            batch.settle(.failure(AMQPError(.nacked, "broker rejected the message (basic.nack)")))
-                        }
+                        machine.rejected(upTo: tag, multiple: multiple)
                     case .returned(let code, let text, let message):
                         // The confirm that follows settles it; the message itself reached no queue.
                         publisher.countReturned()
                         logger.warning(
                             "broker returned an unroutable message",
-                            metadata: ["code": "\(code)", "reason": "\(text)", "routing_key": "\(message.routingKey)", "message_id": "\(message.properties.messageID ?? "")"])
+                            metadata: [
+                                "code": "\(code)", "reason": "\(text)", "routing_key": "\(message.routingKey)",
+                                "message_id": "\(message.properties.messageID ?? "")",
+                            ])
                     case .blocked(let reason):
-                        blocked = true
+                        machine.setBlocked(true)
                         publisher.setState(.blocked(reason: reason))
                         logger.warning("broker blocked publishing", metadata: ["reason": "\(reason)"])
                     case .unblocked:
-                        blocked = false
+                        machine.setBlocked(false)
                         publisher.setState(.connected)
                         logger.info("broker unblocked publishing")
                     case .delivery, .consumerCancelled:
@@ -503,67 +405,17 @@ private final class PublisherLoop: @unchecked Sendable {
                 return .lost(error)
             }
 
-            let now = clock.now
-            var stalled = false
-            // Deadlines are seconds long: sweeping the in-flight calls ten times a second is enough
-            // (every loop iteration cost a pass over them, per confirm).
-            if stopDeadline != nil || now >= nextSweep {
-                nextSweep = now.advanced(by: Self.sweepInterval)
-                earliestDeadline = nil
-                var kept: Deque<PendingBatch> = []
-                kept.reserveCapacity(inFlight.count)
-                for batch in inFlight {
-                    let deadline = max(batch.lastProgress, windowProgress).advanced(by: configuration.confirmTimeout)
-                    if !batch.isSettled, deadline <= now {
-                        batch.settle(.failure(AMQPError(.confirmTimeout, "no confirm within \(configuration.confirmTimeout)")))
-                        // Written messages the broker has not confirmed for that long: the channel is
-                        // stuck, and their slots in the window would never come back. Start afresh.
-                        if batch.nextIndex > 0 { stalled = true }
-                    }
-                    if !batch.isSettled {
-                        earliestDeadline = min(earliestDeadline ?? deadline, deadline)
-                        kept.append(batch)
-                    }
-                }
-                inFlight = kept
-            }
-            if stalled {
-                return .lost(AMQPError(.confirmTimeout, "the broker stopped confirming for \(configuration.confirmTimeout); reconnecting"))
-            }
-            if let stopDeadline {
-                if inFlight.isEmpty { return .stopped }
-                if now >= stopDeadline {
-                    failOutstanding(AMQPError(.shutdown, "shut down before the broker confirmed"))
-                    return .stopped
-                }
-            }
-            if connection.hasBufferedInput { continue }
-            // More to write and room in the window: go on without waiting.
-            if !blocked, unconfirmed < configuration.maxUnconfirmed, writing.contains(where: { !$0.isSettled && !$0.isFullyWritten }) {
+            switch machine.tick(now: clock.now) {
+            case .stopped:
+                return .stopped
+            case .reconnect(let error):
+                return .lost(error)
+            case .writeMore:
                 continue
+            case .wait(let timeout):
+                if connection.hasBufferedInput { continue }
+                publisher.wakeupHandle.wait(socket: connection.fileDescriptor, timeout: timeout)
             }
-            var timeout = Duration.seconds(1)
-            if let earliestDeadline { timeout = min(timeout, max(earliestDeadline, nextSweep) - now) }
-            if let stopDeadline { timeout = min(timeout, stopDeadline - now) }
-            publisher.wakeupHandle.wait(socket: connection.fileDescriptor, timeout: max(timeout, .zero))
         }
-    }
-
-    private func resetTags() {
-        _ = ledger.reset()
-        windowProgress = clock.now
-        earliestDeadline = nil
-        inFlight.removeAll()
-        writing.removeAll()
-        unconfirmed = 0
-    }
-
-    private func failOutstanding(_ error: AMQPError) {
-        for batch in inFlight { batch.settle(.failure(error)) }
-        resetTags()
-    }
-
-    private func fail(_ commands: Deque<PublishCommand>, _ error: AMQPError) {
-        for command in commands { command.result.resume(.failure(error)) }
     }
 }

@@ -72,3 +72,20 @@ extension AMQPError {
         return [403, 404, 406, 530].contains(replyCode)
     }
 }
+
+extension AMQPConnection {
+    /// Declares `exchanges`, then `queues` with their bindings, on a new connection; logs each one
+    /// used as it exists rather than as declared (see the declarations' modes).
+    func declareTopology(exchanges: [AMQPExchangeDeclaration], queues: [AMQPQueueDeclaration], logger: Logger) throws(AMQPError) {
+        for exchange in exchanges {
+            if case .usedExisting(let reason) = try declare(exchange) {
+                logger.warning("using the existing exchange as it is", metadata: ["exchange": "\(exchange.name)", "reason": "\(reason)"])
+            }
+        }
+        for queue in queues {
+            if case .usedExisting(let reason) = try declare(queue) {
+                logger.warning("using the existing queue as it is", metadata: ["queue": "\(queue.name)", "reason": "\(reason)"])
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+import DequeModule
+
+/// A caller waiting for the outcome of one settle call (ack, nack, republish-then-ack).
+protocol SettleWaiter: AnyObject {
+    /// Answers the caller; later answers are ignored.
+    func answer(_ result: Result<Void, AMQPError>)
+}
+
+/// The consumer's bookkeeping for one connection, without the connection: which deliveries are
+/// handed out and unsettled, which settle calls are valid, which republished copies wait for their
+/// confirm (and until when), which wait for the broker to unblock, and when shutdown is done.
+///
+/// The owner thread feeds it what happened and performs the writes it asks for (``Write``);
+/// answers go straight to the waiters. No system calls, no clock of its own: unit-tested without a
+/// broker.
+struct ConsumerStateMachine<Waiter: SettleWaiter> {
+    /// A settle call as queued by a caller.
+    struct Command {
+        enum Settlement {
+            case ack
+            case nack(requeue: Bool)
+            case republishThenAck(AMQPOutboundMessage)
+        }
+
+        var settlement: Settlement
+        var deliveryTag: UInt64
+        /// The connection the delivery came on (see ``ConsumerStateMachine/generation``).
+        var generation: UInt64
+        var waiter: Waiter
+    }
+
+    /// What the owner thread must write for a command; answer the waiter with ``wrote(_:)`` once
+    /// written, or with the write's error (the connection is then gone).
+    enum Write {
+        case ack(deliveryTag: UInt64)
+        case nack(deliveryTag: UInt64, requeue: Bool)
+        case publish(AMQPOutboundMessage)
+    }
+
+    let confirmTimeout: Duration
+    let shutdownTimeout: Duration
+    /// Counts connections; a delivery's settle call is valid only on the connection it came on.
+    private(set) var generation: UInt64 = 0
+    /// Deliveries handed out on this connection and not yet settled.
+    private(set) var unsettled: Set<UInt64> = []
+    /// Republished copies waiting for their confirm: publish tag -> (delivery to ack, caller).
+    private var pendingRepublish = ConfirmLedger<(deliveryTag: UInt64, waiter: Waiter)>()
+    private var republishDeadlines: [(tag: UInt64, deadline: ContinuousClock.Instant)] = []
+    /// Republishes taken while the broker blocks publishing, with their deadlines.
+    private var held: Deque<(command: Command, deadline: ContinuousClock.Instant)> = []
+    /// The broker sent `connection.blocked` on this connection and no `connection.unblocked` yet.
+    private(set) var isBlocked = false
+    /// Shutdown began: the subscription is cancelled and no delivery is handed out any more.
+    private(set) var isCancelled = false
+    private var stopDeadline: ContinuousClock.Instant?
+
+    init(confirmTimeout: Duration, shutdownTimeout: Duration) {
+        self.confirmTimeout = confirmTimeout
+        self.shutdownTimeout = shutdownTimeout
+    }
+
+    // MARK: Connection
+
+    /// A new connection: deliveries of the last one are void (the broker redelivers them).
+    mutating func connected() {
+        generation += 1
+        unsettled.removeAll()
+        isBlocked = false
+    }
+
+    /// The connection broke, or the consumer stops: every caller still waiting gets `error`.
+    mutating func failOutstanding(_ error: AMQPError) {
+        for pending in pendingRepublish.reset() { pending.waiter.answer(.failure(error)) }
+        for entry in held { entry.command.waiter.answer(.failure(error)) }
+        held.removeAll()
+        republishDeadlines.removeAll()
+        unsettled.removeAll()
+        isBlocked = false
+    }
+
+    // MARK: Deliveries
+
+    /// A delivery arrived: `true` when it is to be handed out (not after shutdown began; the
+    /// broker requeues it when the connection closes).
+    mutating func delivered(deliveryTag: UInt64) -> Bool {
+        guard !isCancelled else { return false }
+        unsettled.insert(deliveryTag)
+        return true
+    }
+
+    /// A settle call: what to write for it, or `nil` when it needs no write now (answered at once:
+    /// wrong connection, already settled, unencodable; or held while the broker blocks publishing).
+    mutating func take(_ command: Command, frameSize: Int, now: ContinuousClock.Instant) -> Write? {
+        guard command.generation == generation, unsettled.contains(command.deliveryTag) else {
+            command.waiter.answer(
+                .failure(AMQPError(.connectionLost, "delivery belongs to a broken connection or was already settled; it will be redelivered")))
+            return nil
+        }
+        switch command.settlement {
+        case .ack:
+            unsettled.remove(command.deliveryTag)
+            return .ack(deliveryTag: command.deliveryTag)
+        case .nack(let requeue):
+            unsettled.remove(command.deliveryTag)
+            return .nack(deliveryTag: command.deliveryTag, requeue: requeue)
+        case .republishThenAck(let message):
+            if let problem = message.encodingProblem(frameSize: frameSize) {
+                command.waiter.answer(.failure(AMQPError(.unencodable, problem)))
+                return nil
+            }
+            if isBlocked {
+                held.append((command, now.advanced(by: confirmTimeout)))
+                return nil
+            }
+            return .publish(message)
+        }
+    }
+
+    /// The write ``take(_:frameSize:now:)`` asked for is done: an ack or nack is answered; a
+    /// republished copy now waits for its confirm (for `confirmTimeout`).
+    mutating func wrote(_ command: Command, now: ContinuousClock.Instant) {
+        switch command.settlement {
+        case .ack, .nack:
+            command.waiter.answer(.success(()))
+        case .republishThenAck:
+            let tag = pendingRepublish.register((command.deliveryTag, command.waiter))
+            republishDeadlines.append((tag, now.advanced(by: confirmTimeout)))
+        }
+    }
+
+    /// A confirm for republished copies. On `success` it returns the originals to acknowledge now,
+    /// in order (answer each waiter once its ack is written); on a nack their callers fail with
+    /// `.nacked` and the originals stay unacknowledged.
+    mutating func confirmed(upTo tag: UInt64, multiple: Bool, success: Bool) -> [(deliveryTag: UInt64, waiter: Waiter)] {
+        let settled = pendingRepublish.settle(upTo: tag, multiple: multiple)
+        guard success else {
+            for pending in settled { pending.waiter.answer(.failure(AMQPError(.nacked, "broker rejected the republished message"))) }
+            return []
+        }
+        for pending in settled { unsettled.remove(pending.deliveryTag) }
+        return settled
+    }
+
+    /// `connection.blocked` / `connection.unblocked`. Unblocking returns the held republishes, to
+    /// be taken again first.
+    mutating func setBlocked(_ blocked: Bool) -> [Command] {
+        isBlocked = blocked
+        guard !blocked, !held.isEmpty else { return [] }
+        defer { held.removeAll() }
+        return held.map(\.command)
+    }
+
+    // MARK: Time and shutdown
+
+    /// Shutdown was requested: `true` the first time (cancel the subscription and finish the
+    /// deliveries sequence then); outstanding work gets `shutdownTimeout`.
+    mutating func requestStop(now: ContinuousClock.Instant) -> Bool {
+        guard !isCancelled else { return false }
+        isCancelled = true
+        stopDeadline = now.advanced(by: shutdownTimeout)
+        return true
+    }
+
+    enum TickOutcome: Equatable {
+        /// Wait for the socket or a wake-up, at most this long.
+        case wait(Duration)
+        /// Shutdown is complete, or its deadline passed with deliveries unsettled (`unsettled`
+        /// of them: the broker requeues them when the connection closes).
+        case stopped(unsettled: Int)
+    }
+
+    /// Fails republishes past their deadline and says whether to stop or how long to wait.
+    mutating func tick(now: ContinuousClock.Instant) -> TickOutcome {
+        while let first = held.first, first.deadline <= now {
+            held.removeFirst()
+            first.command.waiter.answer(
+                .failure(AMQPError(.blocked, "broker kept publishing blocked for \(confirmTimeout); nothing was republished")))
+        }
+        var expired: [UInt64] = []
+        republishDeadlines.removeAll { entry in
+            guard entry.deadline <= now else { return false }
+            expired.append(entry.tag)
+            return true
+        }
+        for tag in expired {
+            for pending in pendingRepublish.settle(upTo: tag, multiple: false) {
+                pending.waiter.answer(.failure(AMQPError(.confirmTimeout, "no confirm for the republished message within \(confirmTimeout)")))
+            }
+        }
+        if pendingRepublish.isEmpty { republishDeadlines.removeAll() }
+        if isCancelled {
+            if unsettled.isEmpty && pendingRepublish.isEmpty && held.isEmpty { return .stopped(unsettled: 0) }
+            if let stopDeadline, now >= stopDeadline { return .stopped(unsettled: unsettled.count) }
+        }
+        var earliest = held.first?.deadline
+        if let soonest = republishDeadlines.map(\.deadline).min() { earliest = min(earliest ?? soonest, soonest) }
+        if let stopDeadline { earliest = min(earliest ?? stopDeadline, stopDeadline) }
+        var timeout = Duration.seconds(1)
+        if let earliest { timeout = min(timeout, earliest - now) }
+        return .wait(max(timeout, .zero))
+    }
+
+    /// Nothing in flight: no unsettled delivery, no copy waiting for a confirm, nothing held.
+    var isIdle: Bool { unsettled.isEmpty && pendingRepublish.isEmpty && held.isEmpty }
+}
+
+extension ConsumerStateMachine.Command: Sendable where Waiter: Sendable {}
+extension ConsumerStateMachine.Command.Settlement: Sendable where Waiter: Sendable {}

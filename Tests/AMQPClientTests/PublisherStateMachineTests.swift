@@ -1,0 +1,202 @@
+import Synchronization
+import Testing
+
+@testable import AMQPClient
+
+/// The publisher's bookkeeping without a broker: what it writes, in which order, what confirms
+/// answer, and when deadlines fail calls or ask for a reconnect.
+@Suite struct PublisherStateMachineTests {
+    typealias Machine = PublisherStateMachine<FakeWaiter>
+
+    let start = ContinuousClock.now
+
+    func machine(maxUnconfirmed: Int = 1024, confirmTimeout: Duration = .seconds(5)) -> Machine {
+        Machine(configuration: .init(maxUnconfirmed: maxUnconfirmed, confirmTimeout: confirmTimeout, shutdownTimeout: .seconds(2)), now: start)
+    }
+
+    func messages(_ count: Int, _ prefix: String = "m") -> [AMQPOutboundMessage] {
+        (0..<count).map { AMQPOutboundMessage(exchange: "x", routingKey: "\(prefix)\($0)", properties: AMQPProperties(), body: []) }
+    }
+
+    /// Writes one round; returns the routing keys written.
+    func writeRound(_ machine: inout Machine, at now: ContinuousClock.Instant? = nil) -> [String] {
+        var written: [String] = []
+        while let message = machine.nextMessage(now: now ?? start) {
+            written.append(message.routingKey)
+            machine.wrote()
+        }
+        machine.endRound(now: now ?? start)
+        return written
+    }
+
+    @Test func aCallIsAnsweredOnceEveryMessageIsConfirmed() {
+        var machine = machine()
+        let waiter = FakeWaiter()
+        machine.submit(messages(3), waiter: waiter, frameSize: 4096, now: start)
+        #expect(writeRound(&machine) == ["m0", "m1", "m2"])
+        machine.confirmed(upTo: 2, multiple: true, now: start)
+        #expect(waiter.answers.isEmpty)
+        machine.confirmed(upTo: 3, multiple: false, now: start)
+        #expect(waiter.answers == [.success])
+        #expect(machine.unconfirmed == 0)
+    }
+
+    @Test func emptyBlockedAndUnencodableCallsAreAnsweredAtOnceWithNothingWritten() {
+        var machine = machine()
+        let empty = FakeWaiter()
+        machine.submit([], waiter: empty, frameSize: 4096, now: start)
+        let unencodable = FakeWaiter()
+        var bad = messages(2)
+        bad[1].routingKey = String(repeating: "k", count: 300)
+        machine.submit(bad, waiter: unencodable, frameSize: 4096, now: start)
+        machine.setBlocked(true)
+        let blocked = FakeWaiter()
+        machine.submit(messages(1), waiter: blocked, frameSize: 4096, now: start)
+        #expect(empty.answers == [.success])
+        #expect(unencodable.answers == [.failure(.unencodable)])
+        #expect(blocked.answers == [.failure(.blocked)])
+        #expect(writeRound(&machine).isEmpty)
+    }
+
+    @Test func smallCallsGoAheadOfBulkAndBulkTakesTurns() {
+        var machine = machine()
+        machine.submit(messages(150, "bulk"), waiter: FakeWaiter(), frameSize: 4096, now: start)
+        machine.submit(messages(2, "hook"), waiter: FakeWaiter(), frameSize: 4096, now: start)
+        let written = writeRound(&machine)
+        #expect(Array(written.prefix(2)) == ["hook0", "hook1"])
+        #expect(written.count == 152, "one round writes up to 256 messages")
+        #expect(written[2] == "bulk0")
+    }
+
+    @Test func theWindowCapsUnconfirmedMessagesAndConfirmsReopenIt() {
+        var machine = machine(maxUnconfirmed: 4)
+        machine.submit(messages(10), waiter: FakeWaiter(), frameSize: 4096, now: start)
+        #expect(writeRound(&machine).count == 4)
+        #expect(machine.tick(now: start) != .writeMore)
+        machine.confirmed(upTo: 2, multiple: true, now: start)
+        #expect(machine.tick(now: start) == .writeMore)
+        #expect(writeRound(&machine) == ["m4", "m5"])
+    }
+
+    @Test func aNackFailsTheCall() {
+        var machine = machine()
+        let waiter = FakeWaiter()
+        machine.submit(messages(2), waiter: waiter, frameSize: 4096, now: start)
+        _ = writeRound(&machine)
+        machine.rejected(upTo: 1, multiple: false)
+        #expect(waiter.answers == [.failure(.nacked)])
+        machine.confirmed(upTo: 2, multiple: false, now: start)
+        #expect(waiter.answers.count == 1, "answered once")
+    }
+
+    @Test func aCallWithoutProgressTimesOutAndAStuckChannelAsksForAReconnect() {
+        var machine = machine(confirmTimeout: .seconds(5))
+        let waiter = FakeWaiter()
+        machine.submit(messages(1), waiter: waiter, frameSize: 4096, now: start)
+        _ = writeRound(&machine)
+        #expect(machine.tick(now: start + .seconds(4)) != .reconnect(AMQPError(.confirmTimeout, "")))
+        #expect(waiter.answers.isEmpty)
+        let outcome = machine.tick(now: start + .seconds(6))
+        #expect(waiter.answers == [.failure(.confirmTimeout)])
+        guard case .reconnect = outcome else {
+            Issue.record("expected a reconnect, got \(outcome)")
+            return
+        }
+    }
+
+    @Test func confirmsForOthersCountAsProgressForCallsWaitingBehindThem() {
+        var machine = machine(maxUnconfirmed: 1, confirmTimeout: .seconds(5))
+        let first = FakeWaiter()
+        let second = FakeWaiter()
+        machine.submit(messages(1, "a"), waiter: first, frameSize: 4096, now: start)
+        #expect(writeRound(&machine) == ["a0"])
+        machine.submit(messages(1, "b"), waiter: second, frameSize: 4096, now: start)
+        #expect(writeRound(&machine).isEmpty, "the window is full")
+        // Four seconds later the first is confirmed; the second, never written yet, waited behind it.
+        machine.confirmed(upTo: 1, multiple: false, now: start + .seconds(4))
+        #expect(machine.tick(now: start + .seconds(6)) == .writeMore)
+        #expect(second.answers.isEmpty, "the window made progress at 4 s: its deadline is 9 s")
+        #expect(writeRound(&machine, at: start + .seconds(6)) == ["b0"])
+        machine.confirmed(upTo: 2, multiple: false, now: start + .seconds(7))
+        #expect(first.answers == [.success])
+        #expect(second.answers == [.success])
+    }
+
+    @Test func aCallWhoseWaiterGaveUpIsNotWrittenFurther() {
+        var machine = machine()
+        let waiter = FakeWaiter()
+        machine.submit(messages(200), waiter: waiter, frameSize: 4096, now: start)
+        #expect(writeRound(&machine).count == 200)
+        let abandoned = FakeWaiter()
+        machine.submit(messages(300, "late"), waiter: abandoned, frameSize: 4096, now: start)
+        abandoned.answer(.failure(AMQPError(.confirmTimeout, "the caller's backstop")))
+        #expect(writeRound(&machine).isEmpty)
+    }
+
+    @Test func losingTheConnectionAnswersEveryWaiterAndTagsRestart() {
+        var machine = machine()
+        let waiters = (0..<3).map { _ in FakeWaiter() }
+        for waiter in waiters { machine.submit(messages(2), waiter: waiter, frameSize: 4096, now: start) }
+        _ = writeRound(&machine)
+        machine.failOutstanding(AMQPError(.connectionLost, "socket closed"), now: start)
+        #expect(waiters.allSatisfy { $0.answers == [.failure(.connectionLost)] })
+        machine.connected(now: start)
+        let next = FakeWaiter()
+        machine.submit(messages(1), waiter: next, frameSize: 4096, now: start)
+        _ = writeRound(&machine)
+        machine.confirmed(upTo: 1, multiple: false, now: start)
+        #expect(next.answers == [.success], "the new channel's first tag is 1")
+    }
+
+    @Test func shutdownWaitsForOutstandingConfirmsThenFailsTheRestAtItsDeadline() {
+        var machine = machine()
+        let waiter = FakeWaiter()
+        machine.submit(messages(1), waiter: waiter, frameSize: 4096, now: start)
+        _ = writeRound(&machine)
+        machine.requestStop(now: start)
+        guard case .wait = machine.tick(now: start + .seconds(1)) else {
+            Issue.record("should wait for the confirm")
+            return
+        }
+        #expect(machine.tick(now: start + .seconds(3)) == .stopped)
+        #expect(waiter.answers == [.failure(.shutdown)])
+
+        var quick = self.machine()
+        quick.requestStop(now: start)
+        #expect(quick.tick(now: start) == .stopped, "nothing outstanding: stops at once")
+    }
+}
+
+extension PublisherStateMachine.TickOutcome: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .writeMore: "writeMore"
+        case .wait(let duration): "wait(\(duration))"
+        case .reconnect(let error): "reconnect(\(error))"
+        case .stopped: "stopped"
+        }
+    }
+}
+
+/// Records its answers. Thread-safe.
+final class FakeWaiter: PublishWaiter, Sendable {
+    enum Answer: Equatable {
+        case success
+        case failure(AMQPError.Kind)
+    }
+
+    private let state = Mutex<[Answer]>([])
+
+    var answers: [Answer] { state.withLock { $0 } }
+    var hasAnswer: Bool { !answers.isEmpty }
+    func noteProgress() {}
+    func answer(_ result: Result<Void, AMQPError>) {
+        state.withLock { answers in
+            guard answers.isEmpty else { return }
+            switch result {
+            case .success: answers.append(.success)
+            case .failure(let error): answers.append(.failure(error.kind))
+            }
+        }
+    }
+}
