@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "TutorCruncherEvents", targets: ["TutorCruncherEvents"]),
         .library(name: "TutorCruncher", targets: ["TutorCruncher"]),
         .library(name: "AMQPClient", targets: ["AMQPClient"]),
+        .library(name: "TCBridgeContract", targets: ["TCBridgeContract"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
@@ -35,11 +36,17 @@ let package = Package(
             pkgConfig: "librabbitmq",
             providers: [.apt(["librabbitmq-dev"])]
         ),
+        // Hex digits, once for every module. No dependencies.
+        .target(name: "HexCoding", swiftSettings: swiftSettings),
+        // The message contract between tc-bridge and its consumers: exchange names, routing keys,
+        // header names. No dependencies, so the consumer library shares it without the receiver.
+        .target(name: "TCBridgeContract", swiftSettings: swiftSettings),
         // Swift AMQP client: owns every rabbitmq-c handle on a dedicated thread; exposes no C type.
         .target(
             name: "AMQPClient",
             dependencies: [
                 "CRabbitMQ",
+                "HexCoding",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -59,6 +66,8 @@ let package = Package(
         .target(
             name: "TutorCruncher",
             dependencies: [
+                "HexCoding",
+                "TCBridgeContract",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -88,6 +97,7 @@ let package = Package(
             name: "TutorCruncherConsumer",
             dependencies: [
                 "AMQPClient",
+                "TCBridgeContract",
                 "TutorCruncher",
                 "TutorCruncherEvents",
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -133,6 +143,8 @@ let package = Package(
             dependencies: [
                 "AMQPClient",
                 "DurableSpool",
+                "HexCoding",
+                "TCBridgeContract",
                 "TutorCruncher",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -149,6 +161,7 @@ let package = Package(
             name: "tc-bridge",
             dependencies: [
                 "TCBridge",
+                "TCBridgeContract",
                 "DurableSpool",
                 "TutorCruncher",
                 "AMQPClient",
@@ -195,6 +208,7 @@ let package = Package(
             name: "TCBridgeTests",
             dependencies: [
                 "TCBridge",
+                "TCBridgeContract",
                 "TestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -1,3 +1,4 @@
+import TCBridgeContract
 import TutorCruncher
 
 /// Everything the receiver needs besides the broker connection itself.
@@ -36,7 +37,7 @@ public struct BridgeConfiguration: Sendable {
     public init(
         host: String = "127.0.0.1",
         port: Int = 8080,
-        exchange: String = "tutorcruncher",
+        exchange: String = BridgeContract.defaultExchange,
         maxBodyBytes: Int = 16 * 1024 * 1024,
         verifier: WebhookVerifier,
         appID: String = "tc-bridge",

@@ -1,4 +1,5 @@
 import AMQPClient
+import TCBridgeContract
 
 /// What the bridge declares on every connect: its topic exchange and, unless turned off, an
 /// alternate exchange feeding a bounded durable queue that keeps events no service has bound to yet.
@@ -20,7 +21,7 @@ public struct BridgeTopology: Sendable {
     }
 
     /// Default alternate exchange name for `exchange`.
-    public static func defaultAlternateExchange(for exchange: String) -> String { "\(exchange).unroutable" }
+    public static func defaultAlternateExchange(for exchange: String) -> String { BridgeContract.alternateExchange(for: exchange) }
 
     public var exchanges: [AMQPExchangeDeclaration] {
         var main = AMQPExchangeDeclaration(name: exchange, kind: .topic, durable: true, mode: .declareOrUseExisting)

@@ -1,26 +1,14 @@
 import AMQPClient
+import TCBridgeContract
 import TutorCruncher
 
-/// Names of the AMQP headers the bridge sets. Part of the documented message format.
-public enum BridgeHeader {
-    /// `subject.model` of the event (string), absent when the event has no subject.
-    public static let subjectModel = "tc-subject-model"
-    /// `subject.id` (integer, or string when the sender sends a string).
-    public static let subjectID = "tc-subject-id"
-    /// The event's `branch` (integer), absent when the event has none.
-    public static let branch = "tc-branch"
-    /// ``EventEnvelope/formatVersion`` (integer).
-    public static let envelopeVersion = "tc-envelope-version"
-    /// On `unrecognised` messages: the HTTP request path the body was posted to.
-    public static let requestPath = "tc-request-path"
-    /// On `unrecognised` messages: why the body is not an event batch.
-    public static let unrecognisedReason = "tc-unrecognised-reason"
-}
+/// Names of the AMQP headers the bridge sets (the shared ``BridgeContract/Header``).
+public typealias BridgeHeader = BridgeContract.Header
 
 /// Turns envelopes and unrecognised bodies into AMQP messages. Pure; thread-safe.
 public struct MessageFactory: Sendable {
     /// Routing key of bodies that are not an event batch.
-    public static let unrecognisedRoutingKey = "unrecognised"
+    public static let unrecognisedRoutingKey = BridgeContract.unrecognisedRoutingKey
 
     public var exchange: String
     public var appID: String

@@ -1,3 +1,5 @@
+import HexCoding
+
 /// The sender's `request_time` as found in a body's root object, read without building a JSON tree.
 ///
 /// Follows the payload rules: `request_time` wins over the older `_request_time` whenever it is
@@ -202,7 +204,7 @@ private struct RootScanner {
                 guard position + 4 <= raw.count else { return nil }
                 var code: UInt32 = 0
                 for offset in 0..<4 {
-                    guard let nibble = hexValue(raw[position + offset]) else { return nil }
+                    guard let nibble = Hex.value(of: raw[position + offset]) else { return nil }
                     code = code << 4 | UInt32(nibble)
                 }
                 position += 4
@@ -216,15 +218,6 @@ private struct RootScanner {
             }
         }
         return out
-    }
-
-    static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 
     /// Reads the value of a time key: a number, or any other value (`.notANumber`). `nil` on damage.

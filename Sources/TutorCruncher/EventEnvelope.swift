@@ -1,3 +1,5 @@
+import TCBridgeContract
+
 /// The normalised message body the bridge publishes for one event (envelope format version 1).
 ///
 /// It is the event object exactly as received (every member's bytes as sent, in order: numbers
@@ -8,7 +10,7 @@
 public struct EventEnvelope: Sendable, Equatable {
     /// Bumped on any incompatible change to the body layout; published in the
     /// `tc-envelope-version` header.
-    public static let formatVersion: Int64 = 1
+    public static let formatVersion: Int64 = BridgeContract.envelopeFormatVersion
 
     /// Keys made explicit (`null`) when the event lacks them.
     public static let optionalEventKeys = ["branch", "actor", "subject", "extra_msg"]

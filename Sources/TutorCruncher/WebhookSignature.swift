@@ -1,4 +1,5 @@
 import Crypto
+import HexCoding
 
 // Crypto's APIs take `DataProtocol`; FoundationEssentials provides it without the rest of Foundation.
 #if canImport(FoundationEssentials)
@@ -83,32 +84,15 @@ public struct WebhookVerifier: Sendable {
         bytes.reserveCapacity(32)
         var iterator = utf8.makeIterator()
         while let high = iterator.next(), let low = iterator.next() {
-            guard let h = hexNibble(high), let l = hexNibble(low) else { return nil }
+            guard let h = Hex.value(of: high), let l = Hex.value(of: low) else { return nil }
             bytes.append(h << 4 | l)
         }
         return bytes
     }
 }
 
-private func hexNibble(_ byte: UInt8) -> UInt8? {
-    switch byte {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-    case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-    default: nil
-    }
-}
-
 /// Lower-case hex of any byte sequence.
-public func hexString(_ bytes: some Sequence<UInt8>) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var out: [UInt8] = []
-    for byte in bytes {
-        out.append(digits[Int(byte >> 4)])
-        out.append(digits[Int(byte & 0xF)])
-    }
-    return String(decoding: out, as: UTF8.self)
-}
+public func hexString(_ bytes: some Sequence<UInt8>) -> String { Hex.encode(bytes) }
 
 /// Lower-case hex SHA-256 of `bytes`.
 public func sha256Hex(_ bytes: [UInt8]) -> String {

@@ -1,3 +1,4 @@
+import TCBridgeContract
 import AMQPClient
 import TutorCruncher
 
@@ -68,7 +69,7 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
 
     public init(
         connection: AMQPConnectionConfiguration = AMQPConnectionConfiguration(),
-        exchange: String = "tutorcruncher",
+        exchange: String = BridgeContract.defaultExchange,
         queue: String,
         actions: [TutorCruncherAction] = [],
         prefetch: UInt16 = 20,
@@ -82,7 +83,7 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         precondition(prefetch > 0, "prefetch must be positive")
         self.connection = connection
         self.exchange = exchange
-        self.alternateExchange = "\(exchange).unroutable"
+        self.alternateExchange = BridgeContract.alternateExchange(for: exchange)
         self.queue = queue
         self.actions = actions
         self.prefetch = prefetch
@@ -97,7 +98,7 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     /// The same, with the connection from an AMQP URL (`amqp://` or `amqps://`).
     public init(
         url: String,
-        exchange: String = "tutorcruncher",
+        exchange: String = BridgeContract.defaultExchange,
         queue: String,
         actions: [TutorCruncherAction] = [],
         prefetch: UInt16 = 20

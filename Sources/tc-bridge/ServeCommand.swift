@@ -1,3 +1,4 @@
+import TCBridgeContract
 import AMQPClient
 import ArgumentParser
 import DurableSpool
@@ -178,7 +179,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard spoolLimit > 0 else { throw ValidationError("spool max bytes must be positive") }
         let unroutableLimit = try Environment.resolveInt(unroutableMaxLength, env: "TC_BRIDGE_UNROUTABLE_MAX_LENGTH", default: 100_000)
         guard unroutableLimit > 0 else { throw ValidationError("unroutable max length must be positive") }
-        let exchangeName = Environment.resolve(exchange, env: "TC_BRIDGE_EXCHANGE", default: "tutorcruncher")
+        let exchangeName = Environment.resolve(exchange, env: "TC_BRIDGE_EXCHANGE", default: BridgeContract.defaultExchange)
         let alternate = Environment.resolve(
             alternateExchange, env: "TC_BRIDGE_ALTERNATE_EXCHANGE", default: BridgeTopology.defaultAlternateExchange(for: exchangeName))
         let topology = BridgeTopology(

@@ -7,6 +7,7 @@ import Logging
 import NIOCore
 import TCBridge
 import TestSupport
+import TCBridgeContract
 import Testing
 import TutorCruncher
 

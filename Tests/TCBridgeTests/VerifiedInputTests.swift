@@ -8,6 +8,7 @@ import Logging
 import NIOCore
 @testable import TCBridge
 import TestSupport
+import TCBridgeContract
 import Testing
 import TutorCruncher
 
