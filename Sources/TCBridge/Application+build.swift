@@ -90,60 +90,19 @@ public func buildRouter(
             router.on(RouterPath(path), method: method, use: methodNotAllowed)
         }
     }
-    router.get("health") { _, _ -> Response in
-        let state = publisher.state
-        var body = JSONObject()
-        let healthy: Bool
-        switch state {
-        case .connected:
-            healthy = true
-            body["broker"] = .string("connected")
-        case .blocked(let reason):
-            healthy = true
-            body["broker"] = .string("blocked")
-            body["reason"] = .string(reason)
-        case .connecting:
-            healthy = false
-            body["broker"] = .string("connecting")
-        case .disconnected:
-            healthy = false
-            body["broker"] = .string("disconnected")
-        case .misconfigured(let reason):
-            healthy = false
-            body["broker"] = .string("misconfigured")
-            body["reason"] = .string(reason)
-        case .closed:
-            healthy = false
-            body["broker"] = .string("closed")
-        }
-        body["status"] = .string(healthy ? "ok" : "unavailable")
-        if let spool {
-            let depth = spool.depth
-            var spoolState = JSONObject(["records": .number(String(depth.records)), "bytes": .number(String(depth.bytes))])
-            if spool.corruptSpans > 0 { spoolState["corrupt_records_set_aside"] = .number(String(spool.corruptSpans)) }
-            body["spool"] = .object(spoolState)
-        }
-        return jsonResponse(IngestResponse(status: healthy ? 200 : 503, body: body))
+    let health: @Sendable () -> BridgeHealth = {
+        BridgeHealth(
+            broker: publisher.state,
+            spool: spool.map { spool in
+                let depth = spool.depth
+                return BridgeHealth.SpoolState(
+                    records: depth.records, bytes: depth.bytes, maxBytes: spool.configuration.maxBytes,
+                    corruptRecordsSetAside: spool.corruptSpans, unavailableReason: spool.unavailableReason)
+            })
     }
-    // Readiness for load balancers: can a webhook be accepted durably right now (broker or spool),
-    // and will what is accepted be published? Not while the broker refuses the bridge's
-    // configuration: that does not clear by itself, so spooling would only fill the spool.
-    router.get("ready") { _, _ -> Response in
-        let state = publisher.state
-        let brokerUp = state == .connected
-        let spoolUp: Bool
-        if let spool {
-            spoolUp = spool.unavailableReason == nil && spool.depth.bytes < spool.configuration.maxBytes
-        } else {
-            spoolUp = false
-        }
-        var refusal: String?
-        if case .misconfigured(let reason) = state { refusal = reason }
-        let ready = (brokerUp || spoolUp) && refusal == nil
-        var body = JSONObject(["ready": .bool(ready), "broker": .bool(brokerUp), "spool": .bool(spoolUp)])
-        if let refusal { body["reason"] = .string("the broker refuses the bridge's configuration: \(refusal)") }
-        return jsonResponse(IngestResponse(status: ready ? 200 : 503, body: body))
-    }
+    router.get("health") { _, _ -> Response in jsonResponse(health().healthAnswer) }
+    // Readiness for load balancers (see ``BridgeHealth``).
+    router.get("ready") { _, _ -> Response in jsonResponse(health().readinessAnswer) }
     return router
 }
 
