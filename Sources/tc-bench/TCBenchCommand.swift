@@ -58,13 +58,13 @@ extension TCBenchCommand {
     struct Template: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Write a body template with one \(marker) per event.")
 
-        @Option(help: "A TutorCruncher example body with one event.") var example: String
+        @Option(help: "A TutorCruncher example body with one event, or 'minimal' (a 330-byte event).") var example: String
         @Option(help: "Events per body.") var events = 1
         @Option(help: "Pad each event with a string field to about this many bytes (0: as in the example).") var eventBytes = 0
         @Option(help: "Output file.") var out: String
 
         func run() throws {
-            let text = try String(contentsOfFile: example, encoding: .utf8)
+            let text = example == "minimal" ? Self.minimalBody : try String(contentsOfFile: example, encoding: .utf8)
             guard let open = text.range(of: "\"events\""), let start = text[open.upperBound...].firstIndex(of: "["),
                 let end = text.range(of: "]", options: .backwards, range: start..<text.endIndex)?.lowerBound
             else { throw ValidationError("\(example): no events array") }
@@ -81,6 +81,13 @@ extension TCBenchCommand {
             let body = "{\"events\": [" + Array(repeating: event, count: max(1, events)).joined(separator: ", ") + "], \"request_time\": \(now)}"
             try body.write(toFile: out, atomically: true, encoding: .utf8)
         }
+
+        static let minimalBody = """
+            {"events": [{"action": "CHANGED_CONTRACTOR_STATUS", "verb": "Changed a Tutor's status", \
+            "timestamp": "2026-11-30T12:00:00.000000Z", "branch": 3, "actor": {"name": "Billy Holiday", "id": 59, \
+            "user_id": 58, "url": ""}, "subject": {"model": "Tutor", "url": "https://secure.tutorcruncher.com/api/contractors/54/", \
+            "id": 54, "status": "approved"}}]}
+            """
     }
 
     /// Writes the signatures of bodies `from..<from+count` of a template, one hex line each. The key
@@ -121,17 +128,28 @@ extension TCBenchCommand {
         @Option var count: Int
         @Option var inFlight: Int
         @Option(help: "First body index (distinct bodies across rounds).") var from = 0
+        @Flag(help: "Properties and headers shaped like the bridge's messages (type, timestamp, app id, tc-* headers).")
+        var bridgeShaped = false
 
         func run() throws {
             guard count >= 1, inFlight >= 1 else { throw ValidationError("count and in-flight must be at least 1") }
             let template = BodyTemplate(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: template))))
             let connection = try AMQPConnectionConfiguration(url: url)
-            let (exchange, routingKey, from) = (exchange, routingKey, from)
+            let (exchange, routingKey, from, bridgeShaped) = (exchange, routingKey, from, bridgeShaped)
+            let timestamp = Int64(Date().timeIntervalSince1970)
             let outcome = try BarePublisher.run(connection: connection, count: count, inFlight: inFlight) { index in
-                AMQPOutboundMessage(
-                    exchange: exchange, routingKey: routingKey,
-                    properties: AMQPProperties(contentType: "application/json", messageID: "bare-\(from + index)"),
-                    body: template.body(from + index), mandatory: true)
+                var properties = AMQPProperties(contentType: "application/json", messageID: "bare-\(from + index)")
+                if bridgeShaped {
+                    properties.type = routingKey
+                    properties.timestamp = timestamp
+                    properties.appID = "tc-bridge"
+                    properties.headers = [
+                        ("tc-envelope-version", .int(1)), ("tc-subject-model", .string("Tutor")), ("tc-subject-id", .int(54)),
+                        ("tc-branch", .int(3)),
+                    ]
+                }
+                return AMQPOutboundMessage(
+                    exchange: exchange, routingKey: routingKey, properties: properties, body: template.body(from + index), mandatory: true)
             }
             let seconds = Double(outcome.elapsed.components.seconds) + Double(outcome.elapsed.components.attoseconds) / 1e18
             print("confirmed=\(outcome.confirmed) seconds=\(seconds) rate=\(Int(Double(outcome.confirmed) / seconds))")
