@@ -303,7 +303,7 @@ private final class ConsumerLoop: @unchecked Sendable {
     func run() {
         let supervisor = ConnectionSupervisor(
             connection: configuration.connection, backoff: configuration.reconnectBackoff, wakeup: consumer.wakeupHandle,
-            logger: logger, setState: consumer.setState)
+            logger: logger, setState: consumer.setState, client: "consumer")
         supervisor.run(
             shouldStop: {
                 let (commands, stopRequested) = consumer.takeCommands()

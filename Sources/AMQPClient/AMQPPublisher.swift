@@ -1,5 +1,6 @@
 import DequeModule
 import Logging
+import Metrics
 import ServiceLifecycle
 import Synchronization
 
@@ -383,6 +384,7 @@ private final class PublisherLoop: @unchecked Sendable {
                     case .returned(let code, let text, let message):
                         // The confirm that follows settles it; the message itself reached no queue.
                         publisher.countReturned()
+                        Counter(label: "amqp_messages_returned_total").increment()
                         logger.warning(
                             "broker returned an unroutable message",
                             metadata: [

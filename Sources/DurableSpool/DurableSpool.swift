@@ -97,6 +97,7 @@ public final class DurableSpool: Sendable {
         var syncs = 0
         var unavailable: String?
         var lockedElsewhere = false
+        var oldestSince: ContinuousClock.Instant?
     }
 
     private struct Inbox {
@@ -122,6 +123,11 @@ public final class DurableSpool: Sendable {
 
     /// Records waiting or in flight, and bytes on disk.
     public var depth: SpoolDepth { published.withLock { $0.depth } }
+    /// How long the oldest record still in the spool has been there (for records recovered from an
+    /// earlier run: since this process recovered them); `nil` when the spool is empty.
+    public var oldestRecordAge: Duration? {
+        published.withLock { $0.oldestSince }.map { ContinuousClock.now - $0 }
+    }
     /// Damaged spans found during recovery (each reported and kept aside).
     public var corruptSpans: Int { published.withLock { $0.corruptSpans } }
     /// `fsync` calls made for appends so far (concurrent appends share one).
@@ -260,9 +266,11 @@ public final class DurableSpool: Sendable {
 
     private func publishStatus() {
         let store = store.value
+        var oldest = store.available.first?.since
+        for entry in store.leased.values where oldest.map({ entry.since < $0 }) ?? true { oldest = entry.since }
         let status = Status(
             depth: SpoolDepth(records: store.outstandingCount, bytes: store.totalBytes), corruptSpans: store.corruptSpans,
-            syncs: store.syncs, unavailable: store.unavailable, lockedElsewhere: store.lockedElsewhere)
+            syncs: store.syncs, unavailable: store.unavailable, lockedElsewhere: store.lockedElsewhere, oldestSince: oldest)
         published.withLock { $0 = status }
     }
 }
@@ -289,6 +297,8 @@ private final class Store {
     struct Entry {
         let id: SpoolRecord.ID
         let length: Int
+        /// When this process appended or recovered the record.
+        var since = ContinuousClock.now
     }
 
     let configuration: DurableSpoolConfiguration

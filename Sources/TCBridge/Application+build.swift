@@ -10,8 +10,12 @@ import TutorCruncher
 
 /// Builds the receiver's router: `POST /webhook[/...]`, `GET /health`, `GET /ready`; 405 for other
 /// methods on the webhook paths, 404 elsewhere. Router-level tests use this directly.
+///
+/// `metrics`, when given, serves `GET /metrics`: it returns the exposition (Prometheus text format)
+/// after the point-in-time gauges (broker state, spool depth, dedup entries) are set.
 public func buildRouter(
-    configuration: BridgeConfiguration, publisher: any EventPublishing, spool: DurableSpool? = nil, logger: Logger
+    configuration: BridgeConfiguration, publisher: any EventPublishing, spool: DurableSpool? = nil, logger: Logger,
+    connections: ConnectionCount? = nil, metrics: (@Sendable () -> [UInt8])? = nil
 ) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
     let dedup = configuration.dedup ?? configuration.dedupWindow.flatMap { $0 > .zero ? DedupWindow(window: $0, maxEntries: configuration.dedupMaxEntries) : nil }
@@ -22,21 +26,50 @@ public func buildRouter(
     let bodyBudget = ByteBudget(limit: configuration.limits.unverifiedBodyBudget)
     let smallBody = 64 << 10
 
-    /// Reads nothing before the signature header is known to be well-formed, and never holds more
-    /// unverified body bytes than the global budget allows.
+    /// One webhook request: handled, counted, and logged in one line at info (request id,
+    /// outcome, status, events, actions, bytes, milliseconds; never the body or a key).
     @Sendable func receive(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let started = ContinuousClock.now
+        let (result, bytes) = try await handleWebhook(request)
+        let elapsed = ContinuousClock.now - started
+        BridgeMetrics.requestDuration.record(elapsed)
+        BridgeMetrics.webhooks(result.outcome).increment()
+        logger.info(
+            "webhook",
+            metadata: [
+                "request_id": "\(context.id)", "outcome": "\(result.outcome.rawValue)", "status": "\(result.status)",
+                "events": "\(result.eventCount)", "actions": "\(result.actions.joined(separator: ","))", "bytes": "\(bytes)",
+                "ms": "\(elapsed.milliseconds)",
+            ])
+        var response = jsonResponse(result)
+        switch result.outcome {
+        case .unverifiedBudgetExhausted:
+            response.headers[.retryAfter] = "1"
+            response = closing(response)
+        // A client that cannot sign, or whose body was not read, gets no keep-alive.
+        case .signatureMissing, .signatureMalformed, .signatureMismatch, .bodyTooLarge, .lengthRequired:
+            response = closing(response)
+        default:
+            if result.status == 403 { response = closing(response) }
+        }
+        return response
+    }
+
+    /// Reads nothing before the signature header is known to be well-formed, and never holds more
+    /// unverified body bytes than the global budget allows. Returns the answer and the bytes read.
+    @Sendable func handleWebhook(_ request: Request) async throws -> (IngestResponse, Int) {
         let signature = request.headers[signatureHeader]
         if let rejection = WebhookVerifier.precheck(signatureHeader: signature) {
-            return closing(jsonResponse(ingest.rejected(rejection, path: request.uri.path, bodyBytes: nil)))
+            return (ingest.rejected(rejection, path: request.uri.path, bodyBytes: nil), 0)
         }
         let declaredLength = request.headers[.contentLength].flatMap { Int($0) }
         // TutorCruncher always sends Content-Length; a chunked body of tiny chunks would cost a
         // request part per few bytes.
         if declaredLength == nil, request.headers[.transferEncoding] != nil {
-            return closing(jsonResponse(.error(411, "Content-Length required")))
+            return (.error(411, "Content-Length required", .lengthRequired), 0)
         }
         if let declaredLength, declaredLength > maxBodyBytes {
-            return closing(jsonResponse(.error(413, "body larger than \(maxBodyBytes) bytes")))
+            return (.error(413, "body larger than \(maxBodyBytes) bytes", .bodyTooLarge), 0)
         }
         // Bytes are taken from the budget as they arrive, so a client that announces much and
         // sends little holds little. Bodies that announce at most `smallBody` bytes (every genuine
@@ -52,9 +85,12 @@ public func buildRouter(
         for try await chunk in request.body {
             let count = chunk.readableBytes
             guard body.count + count <= maxBodyBytes else {
-                return closing(jsonResponse(.error(413, "body larger than \(maxBodyBytes) bytes")))
+                return (.error(413, "body larger than \(maxBodyBytes) bytes", .bodyTooLarge), body.count)
             }
-            guard bodyBudget.reserve(count, ceiling: ceiling) else { return overBudget() }
+            guard bodyBudget.reserve(count, ceiling: ceiling) else {
+                logger.warning("unverified body budget exhausted; answering 503", metadata: ["budget_bytes": "\(bodyBudget.limit)"])
+                return (.error(503, "too many bodies in flight, retry later", .unverifiedBudgetExhausted), body.count)
+            }
             reserved += count
             if let declaredLength, body.count + count > body.capacity { body.reserveCapacity(declaredLength) }
             body.append(contentsOf: chunk.readableBytesView)
@@ -66,20 +102,11 @@ public func buildRouter(
                 bodyBudget.release(reserved)
                 reserved = 0
             })
-        // A client that cannot sign gets no keep-alive.
-        return result.status == 403 ? closing(jsonResponse(result)) : jsonResponse(result)
-    }
-
-    @Sendable func overBudget() -> Response {
-        Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "unverified_budget_exhausted")]).increment()
-        logger.warning("unverified body budget exhausted; answering 503", metadata: ["budget_bytes": "\(bodyBudget.limit)"])
-        var response = closing(jsonResponse(.error(503, "too many bodies in flight, retry later")))
-        response.headers[.retryAfter] = "1"
-        return response
+        return (result, body.count)
     }
 
     @Sendable func methodNotAllowed(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        var response = jsonResponse(.error(405, "method not allowed; use POST"))
+        var response = jsonResponse(JSONAnswer(status: 405, body: JSONObject(["error": .string("method not allowed; use POST")])))
         response.headers[.allow] = "POST"
         return response
     }
@@ -97,10 +124,19 @@ public func buildRouter(
                 let depth = spool.depth
                 return BridgeHealth.SpoolState(
                     records: depth.records, bytes: depth.bytes, maxBytes: spool.configuration.maxBytes,
-                    corruptRecordsSetAside: spool.corruptSpans, unavailableReason: spool.unavailableReason)
+                    corruptRecordsSetAside: spool.corruptSpans, unavailableReason: spool.unavailableReason,
+                    oldestRecordAge: spool.oldestRecordAge)
             })
     }
     router.get("health") { _, _ -> Response in jsonResponse(health().healthAnswer) }
+    if let metrics {
+        router.get("metrics") { _, _ -> Response in
+            BridgeMetrics.recordState(health(), dedupEntries: dedup?.count, openConnections: connections?.current ?? 0)
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics())))
+        }
+    }
     // Readiness for load balancers (see ``BridgeHealth``).
     router.get("ready") { _, _ -> Response in jsonResponse(health().readinessAnswer) }
     return router
@@ -115,12 +151,15 @@ public func buildApplication(
     spool: DurableSpool? = nil,
     services: [any Service] = [],
     logger: Logger,
+    metrics: (@Sendable () -> [UInt8])? = nil,
     onListening: @escaping @Sendable (_ port: Int) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
-    let router = buildRouter(configuration: configuration, publisher: publisher, spool: spool, logger: logger)
+    let connections = ConnectionCount()
+    let router = buildRouter(
+        configuration: configuration, publisher: publisher, spool: spool, logger: logger, connections: connections, metrics: metrics)
     return Application(
         router: router,
-        server: .guardedHTTP1(limits: configuration.limits, connections: ConnectionCount(), logger: logger),
+        server: .guardedHTTP1(limits: configuration.limits, connections: connections, logger: logger),
         configuration: ApplicationConfiguration(
             address: .hostname(configuration.host, port: configuration.port),
             serverName: nil),
@@ -138,6 +177,10 @@ private func closing(_ response: Response) -> Response {
 }
 
 private func jsonResponse(_ result: IngestResponse) -> Response {
+    jsonResponse(JSONAnswer(status: result.status, body: result.body))
+}
+
+private func jsonResponse(_ result: JSONAnswer) -> Response {
     var bytes = JSONWriter.bytes(.object(result.body))
     bytes.append(UInt8(ascii: "\n"))
     return Response(

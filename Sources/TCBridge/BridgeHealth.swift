@@ -17,13 +17,19 @@ public struct BridgeHealth: Sendable, Equatable {
         public var corruptRecordsSetAside: Int
         /// Why the spool takes no appends (disk full, unwritable), if it does not.
         public var unavailableReason: String?
+        /// How long the oldest record has waited; `nil` when empty.
+        public var oldestRecordAge: Duration?
 
-        public init(records: Int, bytes: Int64, maxBytes: Int64, corruptRecordsSetAside: Int = 0, unavailableReason: String? = nil) {
+        public init(
+            records: Int, bytes: Int64, maxBytes: Int64, corruptRecordsSetAside: Int = 0, unavailableReason: String? = nil,
+            oldestRecordAge: Duration? = nil
+        ) {
             self.records = records
             self.bytes = bytes
             self.maxBytes = maxBytes
             self.corruptRecordsSetAside = corruptRecordsSetAside
             self.unavailableReason = unavailableReason
+            self.oldestRecordAge = oldestRecordAge
         }
 
         public var acceptsAppends: Bool { unavailableReason == nil && bytes < maxBytes }
@@ -55,7 +61,7 @@ public struct BridgeHealth: Sendable, Equatable {
     }
 
     /// `/health`: 200 when healthy, else 503; the broker's state and the spool's depth.
-    public var healthAnswer: IngestResponse {
+    public var healthAnswer: JSONAnswer {
         var body = JSONObject()
         switch broker {
         case .connected: body["broker"] = .string("connected")
@@ -75,15 +81,26 @@ public struct BridgeHealth: Sendable, Equatable {
             if spool.corruptRecordsSetAside > 0 { state["corrupt_records_set_aside"] = .number(String(spool.corruptRecordsSetAside)) }
             body["spool"] = .object(state)
         }
-        return IngestResponse(status: isHealthy ? 200 : 503, body: body)
+        return JSONAnswer(status: isHealthy ? 200 : 503, body: body)
     }
 
     /// `/ready`: 200 when ready, else 503; whether the broker and the spool can take events.
-    public var readinessAnswer: IngestResponse {
+    public var readinessAnswer: JSONAnswer {
         var body = JSONObject([
             "ready": .bool(isReady), "broker": .bool(broker == .connected), "spool": .bool(spool?.acceptsAppends == true),
         ])
         if let refusal { body["reason"] = .string("the broker refuses the bridge's configuration: \(refusal)") }
-        return IngestResponse(status: isReady ? 200 : 503, body: body)
+        return JSONAnswer(status: isReady ? 200 : 503, body: body)
+    }
+}
+
+/// An HTTP status with a small JSON body.
+public struct JSONAnswer: Sendable, Equatable {
+    public var status: Int
+    public var body: JSONObject
+
+    public init(status: Int, body: JSONObject) {
+        self.status = status
+        self.body = body
     }
 }

@@ -41,14 +41,17 @@ public struct ConnectionLimits: Sendable, Equatable {
 }
 
 /// Open connections, in all and per client address, shared by every connection; thread-safe.
-final class ConnectionCount: Sendable {
+public final class ConnectionCount: Sendable {
     private struct State {
         var total = 0
         var perClient: [String: Int] = [:]
     }
     private let state = Mutex(State())
 
-    var current: Int { state.withLock { $0.total } }
+    public init() {}
+
+    /// Connections open now.
+    public var current: Int { state.withLock { $0.total } }
 
     enum Refusal { case total, client }
 

@@ -26,23 +26,21 @@ extension WebhookIngest {
             logger.info("webhook request_time is not a number; replay window not applied", metadata: ["path": "\(path)"])
             return nil
         case .tooOld(let age):
-            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "request_time_too_old")]).increment()
             logger.notice(
                 "rejected webhook: request_time older than the replay window",
                 metadata: [
                     "path": "\(path)", "age_seconds": "\(Self.rounded(age))", "max_age": "\(replayWindow.maxAge)",
                     "body_sha256": "\(sha256Hex(body))",
                 ])
-            return .error(403, "request_time too old")
+            return .error(403, "request_time too old", .requestTimeTooOld)
         case .inFuture(let ahead):
-            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "request_time_in_future")]).increment()
             logger.notice(
                 "rejected webhook: request_time too far in the future",
                 metadata: [
                     "path": "\(path)", "ahead_seconds": "\(Self.rounded(ahead))", "max_future_skew": "\(replayWindow.maxFutureSkew)",
                     "body_sha256": "\(sha256Hex(body))",
                 ])
-            return .error(403, "request_time in the future")
+            return .error(403, "request_time in the future", .requestTimeInFuture)
         }
     }
 

@@ -9,10 +9,38 @@ public struct IngestResponse: Sendable, Equatable {
     public var status: Int
     /// A small JSON object for the sender's log: never secrets, never the payload.
     public var body: JSONObject
+    /// What became of the request, for the metrics and the request's log line.
+    public var outcome: WebhookOutcome
+    /// Events in the body, and their distinct actions (at most ten), for the request's log line.
+    public var eventCount = 0
+    public var actions: [String] = []
 
-    static func error(_ status: Int, _ message: String) -> IngestResponse {
-        IngestResponse(status: status, body: JSONObject(["error": .string(message)]))
+    public init(status: Int, body: JSONObject, outcome: WebhookOutcome) {
+        self.status = status
+        self.body = body
+        self.outcome = outcome
     }
+
+    static func error(_ status: Int, _ message: String, _ outcome: WebhookOutcome) -> IngestResponse {
+        IngestResponse(status: status, body: JSONObject(["error": .string(message)]), outcome: outcome)
+    }
+}
+
+/// What became of one webhook request: the `outcome` label of `tcbridge_webhooks_total`.
+public enum WebhookOutcome: String, Sendable, CaseIterable {
+    case published
+    case spooled
+    case duplicate
+    case signatureMissing = "signature_missing"
+    case signatureMalformed = "signature_malformed"
+    case signatureMismatch = "signature_mismatch"
+    case requestTimeTooOld = "request_time_too_old"
+    case requestTimeInFuture = "request_time_in_future"
+    case bodyTooLarge = "body_too_large"
+    case lengthRequired = "length_required"
+    case unverifiedBudgetExhausted = "unverified_budget_exhausted"
+    case brokerUnavailable = "broker_unavailable"
+    case spoolRefused = "spool_refused"
 }
 
 /// Verifies, classifies, normalises and publishes one webhook request.
@@ -63,9 +91,8 @@ public struct WebhookIngest: Sendable {
         if let dedup {
             switch await dedup.claim(digest) {
             case .duplicate:
-                Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "duplicate")]).increment()
-                logger.info("identical body within the dedup window; not published again", metadata: ["body_sha256": "\(digest)"])
-                return IngestResponse(status: 200, body: JSONObject(["duplicate": .bool(true)]))
+                logger.debug("identical body within the dedup window; not published again", metadata: ["body_sha256": "\(digest)"])
+                return IngestResponse(status: 200, body: JSONObject(["duplicate": .bool(true)]), outcome: .duplicate)
             case .new:
                 break
             }
@@ -78,18 +105,17 @@ public struct WebhookIngest: Sendable {
     /// The answer to a request whose signature is not valid: 403, counted and logged (never the
     /// body or the header's value). `bodyBytes` is `nil` when the body was not read.
     public func rejected(_ verification: SignatureVerification, path: String, bodyBytes: Int?) -> IngestResponse {
-        let outcome: String
+        let outcome: WebhookOutcome
         let message: String
         switch verification {
-        case .missing: (outcome, message) = ("signature_missing", "missing webhook-signature header")
-        case .malformed: (outcome, message) = ("signature_malformed", "malformed webhook-signature header")
-        case .mismatch, .valid: (outcome, message) = ("signature_mismatch", "invalid webhook-signature")
+        case .missing: (outcome, message) = (.signatureMissing, "missing webhook-signature header")
+        case .malformed: (outcome, message) = (.signatureMalformed, "malformed webhook-signature header")
+        case .mismatch, .valid: (outcome, message) = (.signatureMismatch, "invalid webhook-signature")
         }
-        Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", outcome)]).increment()
         logger.notice(
             "rejected webhook: \(message)",
             metadata: ["path": "\(path.prefix(256))", "bytes": "\(bodyBytes.map(String.init) ?? "unread")"])
-        return .error(403, message)
+        return .error(403, message, outcome)
     }
 
     /// Bodies with more events than this go to the spool in chunks rather than straight to the
@@ -100,7 +126,7 @@ public struct WebhookIngest: Sendable {
     static let spoolChunkEvents = 1000
 
     private func spoolInChunks(_ batch: EventBatch, digest: String, path: String, receivedAt: UTCTimestamp) async -> IngestResponse {
-        guard let spool else { return .error(503, "temporarily unable to accept events, retry later") }
+        guard let spool else { return .error(503, "temporarily unable to accept events, retry later", .spoolRefused) }
         let count = batch.events.count
         let chunks = stride(from: 0, to: count, by: Self.spoolChunkEvents).map { $0..<min($0 + Self.spoolChunkEvents, count) }
         let factory = factory
@@ -136,17 +162,18 @@ public struct WebhookIngest: Sendable {
             return failure
         }
         if let failure {
-            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "spool_refused")]).increment()
             logger.error(
                 "spool refused part of a large body; answering 503",
                 metadata: ["path": "\(path)", "events": "\(count)", "error": "\(failure)", "body_sha256": "\(digest)"])
-            return .error(503, "temporarily unable to accept events, retry later")
+            return .error(503, "temporarily unable to accept events, retry later", .spoolRefused)
         }
-        Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "spooled")]).increment()
         logger.info(
             "large body spooled for forwarding",
             metadata: ["path": "\(path)", "events": "\(count)", "records": "\(chunks.count)", "body_sha256": "\(digest)"])
-        return IngestResponse(status: 200, body: JSONObject(["events": .number(String(count)), "spooled": .bool(true)]))
+        var response = IngestResponse(status: 200, body: JSONObject(["events": .number(String(count)), "spooled": .bool(true)]), outcome: .spooled)
+        response.eventCount = count
+        response.actions = Self.distinctActions(batch.events.lazy.map { $0["action"]?.stringValue ?? "" })
+        return response
     }
 
     private func deliver(body: [UInt8], digest: String, path: String, receivedAt: UTCTimestamp) async -> IngestResponse {
@@ -169,35 +196,50 @@ public struct WebhookIngest: Sendable {
         if eventCount == 0, messages.first?.routingKey == MessageFactory.unrecognisedRoutingKey {
             answer["unrecognised"] = .bool(true)
         }
+        let actions = Self.distinctActions(messages.lazy.map(\.routingKey))
+        func answered(_ status: Int, _ body: JSONObject, _ outcome: WebhookOutcome) -> IngestResponse {
+            var response = IngestResponse(status: status, body: body, outcome: outcome)
+            response.eventCount = eventCount
+            response.actions = actions
+            return response
+        }
+        let confirmStarted = ContinuousClock.now
         do {
             try await publisher.publish(messages)
-            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "published")]).increment()
-            Counter(label: "tcbridge_messages_published_total").increment(by: messages.count)
-            logger.debug("published", metadata: ["path": "\(path)", "messages": "\(messages.count)", "body_sha256": "\(digest)"])
-            return IngestResponse(status: 200, body: answer)
+            BridgeMetrics.confirmDuration.record(ContinuousClock.now - confirmStarted)
+            BridgeMetrics.messagesPublished.increment(by: messages.count)
+            for action in messages.lazy.map(\.routingKey) { BridgeMetrics.events(action: action).increment() }
+            return answered(200, answer, .published)
         } catch {
             guard let spool else {
-                Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "broker_unavailable")]).increment()
                 logger.warning(
                     "broker did not confirm; answering 503",
                     metadata: ["path": "\(path)", "messages": "\(messages.count)", "error": "\(error)", "body_sha256": "\(digest)"])
-                return .error(503, "broker unavailable, retry later")
+                return answered(503, JSONObject(["error": .string("broker unavailable, retry later")]), .brokerUnavailable)
             }
             do {
                 try await spool.append(SpooledMessages.encode(messages))
             } catch {
-                Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "spool_refused")]).increment()
                 logger.error(
                     "broker unavailable and spool refused the events; answering 503",
                     metadata: ["path": "\(path)", "error": "\(error)", "body_sha256": "\(digest)"])
-                return .error(503, "temporarily unable to accept events, retry later")
+                return answered(503, JSONObject(["error": .string("temporarily unable to accept events, retry later")]), .spoolRefused)
             }
-            Counter(label: "tcbridge_webhooks_total", dimensions: [("outcome", "spooled")]).increment()
-            logger.info(
+            logger.debug(
                 "broker unavailable; events spooled",
                 metadata: ["path": "\(path)", "messages": "\(messages.count)", "reason": "\(error)", "body_sha256": "\(digest)"])
             answer["spooled"] = .bool(true)
-            return IngestResponse(status: 200, body: answer)
+            return answered(200, answer, .spooled)
         }
+    }
+
+    /// The distinct actions among `actions`, in first-seen order, at most ten (for log lines).
+    static func distinctActions(_ actions: some Sequence<String>) -> [String] {
+        var seen: [String] = []
+        for action in actions where !seen.contains(action) {
+            seen.append(action)
+            if seen.count == 10 { break }
+        }
+        return seen
     }
 }

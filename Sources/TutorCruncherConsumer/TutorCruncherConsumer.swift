@@ -91,6 +91,7 @@ public final class TutorCruncherConsumer: Service, Sendable {
     /// the broker dead-letters it through the queue's dead-letter exchange without the error header;
     /// if the connection broke, the broker redelivers it. Never lost, never left unsettled.
     func deadLetter(_ delivery: AMQPDelivery, reason: String) async {
+        ConsumerMetrics.deadLettered(reason: reason.hasPrefix("undecodable") ? "undecodable" : reason.hasPrefix("failed") ? "handler_failed" : "other")
         var headers = delivery.message.properties.headers.filter {
             ![ConsumerHeader.error, ConsumerHeader.originalQueue, ConsumerHeader.originalRoutingKey].contains($0.0)
         }
@@ -228,6 +229,7 @@ public struct TutorCruncherDelivery: Sendable {
         if attempt >= consumer.configuration.retryPolicy.maxAttempts {
             await consumer.deadLetter(delivery, reason: "failed \(attempt) times; last error: \(error)")
         } else {
+            ConsumerMetrics.retried()
             do {
                 try await consumer.requeueForRetry(delivery, attempt: attempt)
             } catch {

@@ -40,9 +40,14 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
     }
 
     private func process(_ delivery: TutorCruncherDelivery) async {
+        ConsumerMetrics.handlerStarted()
+        let started = ContinuousClock.now
         do {
             try await handler(delivery.event)
+            ConsumerMetrics.handlerEnded(after: ContinuousClock.now - started)
         } catch {
+            ConsumerMetrics.handlerEnded(after: nil)
+            ConsumerMetrics.delivered(action: delivery.event.action.rawValue, outcome: .retried)
             logger.warning(
                 "handler failed",
                 metadata: [
@@ -58,6 +63,7 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
         }
         do {
             try await delivery.ack()
+            ConsumerMetrics.delivered(action: delivery.event.action.rawValue, outcome: .acknowledged)
         } catch {
             // The connection broke after handling: the broker redelivers (at-least-once).
             logger.notice("acknowledgement lost; the event will be redelivered", metadata: ["event_id": "\(delivery.event.eventID)", "error": "\(error)"])

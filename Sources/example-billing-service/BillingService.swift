@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import ServiceLifecycle
 import TutorCruncherConsumer
@@ -6,8 +7,9 @@ import TutorCruncherConsumer
 struct BillingService {
     static func main() async throws {
         let logger = Logger(label: "billing")
+        let url = ProcessInfo.processInfo.environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
         let configuration = try TutorCruncherConsumerConfiguration(
-            url: "amqp://guest:guest@127.0.0.1:5672/%2F", queue: "billing",
+            url: url, queue: "billing",
             actions: [.raisedInvoice, .clientPaidInvoice], prefetch: 20)
         let processor = TutorCruncherEventProcessor(configuration: configuration, logger: logger) { event in
             guard let invoice = event.subject?.invoice else { return }

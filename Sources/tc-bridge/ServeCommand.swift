@@ -1,3 +1,5 @@
+import Metrics
+import Prometheus
 import TCBridgeContract
 import AMQPClient
 import ArgumentParser
@@ -120,6 +122,18 @@ struct ServeCommand: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
+        // Metrics go to a Prometheus registry served at GET /metrics.
+        let registry = PrometheusCollectorRegistry()
+        var metricsFactory = PrometheusMetricsFactory(registry: registry)
+        let latencyBuckets: [Duration] = [
+            .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+            .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5),
+            .seconds(5), .seconds(8),
+        ]
+        metricsFactory.durationHistogramBuckets = [
+            "tcbridge_request_duration_seconds": latencyBuckets, "tcbridge_publish_confirm_duration_seconds": latencyBuckets,
+        ]
+        MetricsSystem.bootstrap(metricsFactory)
         var logger = Logger(label: "tc-bridge")
         logger.logLevel = level
         let keyring = SigningKeyring(WebhookVerifier(keys: keys))
@@ -251,6 +265,7 @@ struct ServeCommand: AsyncParsableCommand {
         // forwarder stops, then the publisher waits for its last confirms and closes.
         let app = buildApplication(
             configuration: receiver, publisher: publisher, spool: spool, services: [publisher, forwarder], logger: logger,
+            metrics: { registry.emitToBuffer() },
             onListening: { port in
                 // Unbuffered, so scripts and tests waiting for this line see it at once.
                 let line = Array("tc-bridge listening on http://\(bridge.host):\(port)\n".utf8)

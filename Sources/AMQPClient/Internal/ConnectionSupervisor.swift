@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 
 /// How one connection's serving ended.
 enum ServeOutcome {
@@ -16,6 +17,8 @@ struct ConnectionSupervisor {
     let wakeup: Wakeup
     let logger: Logger
     let setState: (AMQPConnectionState) -> Void
+    /// `client` label of `amqp_reconnects_total` (`publisher`, `consumer`).
+    var client = "publisher"
 
     /// Returns when `shouldStop` says so before an attempt, or when `serve` reports `.stopped`.
     /// - Parameters:
@@ -32,6 +35,7 @@ struct ConnectionSupervisor {
         lost: (AMQPError) -> Void
     ) {
         var attempt = 0
+        var hasConnected = false
         while !shouldStop() {
             let current: AMQPConnection
             do {
@@ -46,6 +50,8 @@ struct ConnectionSupervisor {
                 continue
             }
             attempt = 0
+            if hasConnected { Counter(label: "amqp_reconnects_total", dimensions: [("client", client)]).increment() }
+            hasConnected = true
             connected()
             setState(.connected)
             logger.info("connected to broker")
