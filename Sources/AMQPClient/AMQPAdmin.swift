@@ -37,6 +37,47 @@ public struct AMQPAdmin: Sendable {
         try await perform { (connection: AMQPConnection) throws(AMQPError) -> Int in Int(try connection.deleteQueue(name)) }
     }
 
+    /// Up to `limit` messages of `queue`, oldest first, left in the queue (read with `basic.get`,
+    /// then requeued in order when the connection closes). Safe beside live consumers, which may
+    /// receive them meanwhile.
+    public func peek(queue: String, limit: Int) async throws(AMQPError) -> [AMQPInboundMessage] {
+        try await perform { (connection: AMQPConnection) throws(AMQPError) -> [AMQPInboundMessage] in
+            var messages: [AMQPInboundMessage] = []
+            while messages.count < limit, let (_, message) = try connection.get(queue: queue) { messages.append(message) }
+            return messages
+        }
+    }
+
+    /// Moves the messages `queue` holds now (at most `limit`) by publishing what `transform` makes of
+    /// each, with a broker confirm, then acknowledging the original: a message is never lost, and is
+    /// duplicated only if the connection breaks between the confirm and the ack. `transform`
+    /// returning `nil` leaves a message where it is. Returns how many were moved.
+    public func move(
+        queue: String, limit: Int, _ transform: @escaping @Sendable (AMQPInboundMessage) -> AMQPOutboundMessage?
+    ) async throws(AMQPError) -> Int {
+        try await perform { (connection: AMQPConnection) throws(AMQPError) -> Int in
+            try connection.enablePublisherConfirms()
+            let waiting = Int(try connection.declarePassive(queue: queue).messageCount)
+            var moved = 0
+            var skipped: [UInt64] = []
+            // Only what was there at the start: a moved message that comes back (say, still
+            // unroutable) is not taken again.
+            for _ in 0..<min(waiting, limit) {
+                guard let (tag, message) = try connection.get(queue: queue) else { break }
+                guard let copy = transform(message) else {
+                    skipped.append(tag)
+                    continue
+                }
+                try connection.publish(copy)
+                try connection.awaitConfirm()
+                try connection.ack(tag)
+                moved += 1
+            }
+            for tag in skipped { try connection.nack(tag, requeue: true) }
+            return moved
+        }
+    }
+
     private func perform<R: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws(AMQPError) -> R) async throws(AMQPError) -> R {
         let configuration = connection
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<R, AMQPError>, Never>) in

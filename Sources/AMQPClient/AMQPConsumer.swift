@@ -5,7 +5,11 @@ import Synchronization
 
 /// Configuration of an ``AMQPConsumer``.
 public struct AMQPConsumerConfiguration: Sendable {
+    /// The preferred broker.
     public var connection: AMQPConnectionConfiguration
+    /// Further brokers (a cluster's other nodes, or independent brokers), tried in order when
+    /// `connection` cannot be reached; every reconnect starts again from `connection`.
+    public var failoverConnections: [AMQPConnectionConfiguration] = []
     /// Exchanges declared (idempotently) on every connect, before the queues.
     public var exchanges: [AMQPExchangeDeclaration]
     /// Queues declared on every connect, in order, with their bindings (dead-letter queues first).
@@ -302,7 +306,7 @@ private final class ConsumerLoop: @unchecked Sendable {
 
     func run() {
         let supervisor = ConnectionSupervisor(
-            connection: configuration.connection, backoff: configuration.reconnectBackoff, wakeup: consumer.wakeupHandle,
+            connections: [configuration.connection] + configuration.failoverConnections, backoff: configuration.reconnectBackoff, wakeup: consumer.wakeupHandle,
             logger: logger, setState: consumer.setState, client: "consumer")
         supervisor.run(
             shouldStop: {

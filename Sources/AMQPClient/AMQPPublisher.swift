@@ -12,7 +12,11 @@ import Darwin
 
 /// Configuration of an ``AMQPPublisher``.
 public struct AMQPPublisherConfiguration: Sendable {
+    /// The preferred broker.
     public var connection: AMQPConnectionConfiguration
+    /// Further brokers (a cluster's other nodes, or independent brokers), tried in order when
+    /// `connection` cannot be reached; every reconnect starts again from `connection`.
+    public var failoverConnections: [AMQPConnectionConfiguration] = []
     /// Exchanges declared (idempotently) on every connect, before anything is published.
     public var exchanges: [AMQPExchangeDeclaration]
     /// Queues (with bindings) declared on every connect after the exchanges, e.g. the queue behind an
@@ -325,7 +329,7 @@ private final class PublisherLoop: @unchecked Sendable {
 
     func run() {
         let supervisor = ConnectionSupervisor(
-            connection: configuration.connection, backoff: configuration.reconnectBackoff, wakeup: publisher.wakeupHandle,
+            connections: [configuration.connection] + configuration.failoverConnections, backoff: configuration.reconnectBackoff, wakeup: publisher.wakeupHandle,
             logger: logger, setState: publisher.setState)
         supervisor.run(
             shouldStop: {

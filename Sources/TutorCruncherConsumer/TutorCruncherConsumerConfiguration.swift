@@ -39,6 +39,9 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     public var alternateExchange: String?
     /// Broker connection (default `amqp://guest:guest@127.0.0.1:5672/%2F`).
     public var connection: AMQPConnectionConfiguration
+    /// Further brokers (a cluster's other nodes), tried in order when `connection` cannot be
+    /// reached; every reconnect starts again from `connection`.
+    public var failoverConnections: [AMQPConnectionConfiguration] = []
     /// The bridge's topic exchange (default `tutorcruncher`). Created if missing; never redeclared
     /// with different arguments.
     public var exchange: String
@@ -95,7 +98,8 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         self.shutdownTimeout = shutdownTimeout
     }
 
-    /// The same, with the connection from an AMQP URL (`amqp://` or `amqps://`).
+    /// The same, with the connection from an AMQP URL (`amqp://` or `amqps://`), or several separated
+    /// by commas (a cluster's nodes, preferred first; as `tc-bridge` reads `AMQP_URL`).
     public init(
         url: String,
         exchange: String = BridgeContract.defaultExchange,
@@ -103,16 +107,22 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         actions: [TutorCruncherAction] = [],
         prefetch: UInt16 = 20
     ) throws(AMQPConfigurationError) {
-        var connection = try AMQPConnectionConfiguration(url: url)
-        connection.connectionName = "tc-consumer \(queue)"
-        self.init(connection: connection, exchange: exchange, queue: queue, actions: actions, prefetch: prefetch)
+        var connections: [AMQPConnectionConfiguration] = []
+        for part in url.split(separator: ",") where !part.allSatisfy(\.isWhitespace) {
+            var connection = try AMQPConnectionConfiguration(url: String(part.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed()))
+            connection.connectionName = "tc-consumer \(queue)"
+            connections.append(connection)
+        }
+        guard let first = connections.first else { throw .invalidURL("no URL given") }
+        self.init(connection: first, exchange: exchange, queue: queue, actions: actions, prefetch: prefetch)
+        self.failoverConnections = Array(connections.dropFirst())
     }
 
     /// The queues, bindings and exchange this configuration declares.
     var amqpConfiguration: AMQPConsumerConfiguration {
         let typeArgument: [String: AMQPHeaderValue] = ["x-queue-type": .string(queueType.rawValue)]
         let keys = actions.isEmpty ? ["#"] : actions.map(\.rawValue)
-        return AMQPConsumerConfiguration(
+        var configuration = AMQPConsumerConfiguration(
             connection: connection,
             exchanges: [
                 AMQPExchangeDeclaration(
@@ -135,5 +145,7 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
             reconnectBackoff: reconnectBackoff,
             shutdownTimeout: shutdownTimeout,
             confirmTimeout: confirmTimeout)
+        configuration.failoverConnections = failoverConnections
+        return configuration
     }
 }

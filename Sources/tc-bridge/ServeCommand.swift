@@ -34,8 +34,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on (env: TC_BRIDGE_PORT; default 8080).")
     var port: Int?
 
-    @Option(help: "Broker URL, amqp:// or amqps:// (env: AMQP_URL; default amqp://guest:guest@127.0.0.1:5672/%2F). Prefer the environment variable when the URL holds a password.")
-    var amqpURL: String?
+    @Option(help: "Broker URL, amqp:// or amqps://; repeat it for a cluster's nodes or standby brokers, preferred first (env: AMQP_URL, comma-separated; default amqp://guest:guest@127.0.0.1:5672/%2F). Prefer the environment variable when a URL holds a password.")
+    var amqpURL: [String] = []
 
     @Option(help: "CA certificates (PEM) that sign the broker's certificate, for amqps:// (env: AMQP_CA_FILE).")
     var amqpCAFile: String?
@@ -144,27 +144,38 @@ struct ServeCommand: AsyncParsableCommand {
         }
         defer { reloader.cancel() }
 
-        let url = Environment.resolve(amqpURL, env: "AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F")
-        var connection: AMQPConnectionConfiguration
-        do {
-            connection = try AMQPConnectionConfiguration(url: url)
-        } catch {
-            throw ValidationError("\(error)")
-        }
-        if let ca = amqpCAFile ?? Environment.value("AMQP_CA_FILE") {
-            guard connection.tls != nil else { throw ValidationError("--amqp-ca-file needs an amqps:// URL") }
-            connection.tls?.caCertificatePath = ca
-        }
+        let urls = amqpURL.isEmpty
+            ? (Environment.value("AMQP_URL") ?? "amqp://guest:guest@127.0.0.1:5672/%2F").split(separator: ",").map {
+                String($0.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+            }.filter { !$0.isEmpty }
+            : amqpURL
+        let caFile = amqpCAFile ?? Environment.value("AMQP_CA_FILE")
         let clientCert = amqpClientCert ?? Environment.value("AMQP_CLIENT_CERT_FILE")
         let clientKey = amqpClientKey ?? Environment.value("AMQP_CLIENT_KEY_FILE")
-        if clientCert != nil || clientKey != nil {
-            guard clientCert != nil, clientKey != nil else {
-                throw ValidationError("--amqp-client-cert and --amqp-client-key go together")
-            }
-            guard connection.tls != nil else { throw ValidationError("--amqp-client-cert needs an amqps:// URL") }
-            connection.tls?.clientCertificatePath = clientCert
-            connection.tls?.clientKeyPath = clientKey
+        guard (clientCert == nil) == (clientKey == nil) else {
+            throw ValidationError("--amqp-client-cert and --amqp-client-key go together")
         }
+        var connections: [AMQPConnectionConfiguration] = []
+        for url in urls {
+            var connection: AMQPConnectionConfiguration
+            do {
+                connection = try AMQPConnectionConfiguration(url: url)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            // TLS settings apply to every amqps:// broker.
+            if let caFile {
+                guard connection.tls != nil else { throw ValidationError("--amqp-ca-file needs amqps:// URLs") }
+                connection.tls?.caCertificatePath = caFile
+            }
+            if let clientCert, let clientKey {
+                guard connection.tls != nil else { throw ValidationError("--amqp-client-cert needs amqps:// URLs") }
+                connection.tls?.clientCertificatePath = clientCert
+                connection.tls?.clientKeyPath = clientKey
+            }
+            connections.append(connection)
+        }
+        guard let connection = connections.first else { throw ValidationError("no broker URL given") }
         let port = try Environment.resolveInt(port, env: "TC_BRIDGE_PORT", default: 8080)
         guard (0...65535).contains(port) else { throw ValidationError("port must be 0-65535") }
         let maxBody = try Environment.resolveInt(maxBodyBytes, env: "TC_BRIDGE_MAX_BODY_BYTES", default: 16 * 1024 * 1024)
@@ -223,11 +234,15 @@ struct ServeCommand: AsyncParsableCommand {
             dedupWindow: dedupSeconds > 0 ? .milliseconds(Int64(dedupSeconds * 1000)) : nil,
             limits: limits)
         let publisher = AMQPPublisher(
-            configuration: AMQPPublisherConfiguration(
-                connection: connection,
-                exchanges: topology.exchanges,
-                queues: topology.queues,
-                confirmTimeout: .milliseconds(Int64(confirmSeconds * 1000))),
+            configuration: {
+                var configuration = AMQPPublisherConfiguration(
+                    connection: connection,
+                    exchanges: topology.exchanges,
+                    queues: topology.queues,
+                    confirmTimeout: .milliseconds(Int64(confirmSeconds * 1000)))
+                configuration.failoverConnections = Array(connections.dropFirst())
+                return configuration
+            }(),
             logger: logger)
         let spool = DurableSpool(
             configuration: DurableSpoolConfiguration(
@@ -257,7 +272,7 @@ struct ServeCommand: AsyncParsableCommand {
         logger.info(
             "starting tc-bridge",
             metadata: [
-                "broker": "\(connection.redactedURL)", "exchange": "\(bridge.exchange)", "keys": "\(keys.count)",
+                "broker": "\(connections.map(\.redactedURL).joined(separator: ","))", "exchange": "\(bridge.exchange)", "keys": "\(keys.count)",
                 "max_age": "\(maxAgeSeconds)", "dedup_window": "\(dedupSeconds)", "dedup_entries": "\(receiver.dedup?.count ?? 0)",
                 "spool": "\(spool.configuration.directory)", "spooled_records": "\(spool.depth.records)",
             ])

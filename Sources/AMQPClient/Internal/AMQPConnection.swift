@@ -267,6 +267,39 @@ final class AMQPConnection {
         guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "nack: \(errorString(status))") }
     }
 
+    /// `basic.get` with manual acknowledgement: the next message of `queue` and its delivery tag, or
+    /// `nil` when the queue is empty. Settle it with ``ack(_:multiple:)`` or ``nack(_:requeue:)``;
+    /// closing the channel requeues whatever is unsettled.
+    func get(queue: String) throws(AMQPError) -> (deliveryTag: UInt64, message: AMQPInboundMessage)? {
+        let reply = withBytes(queue) { amqp_basic_get(state, Self.channel, $0, 0) }
+        try check(reply, kind: .channelClosed, "basic.get \(queue)")
+        guard reply.reply.id == AMQP_BASIC_GET_OK_METHOD, let decoded = reply.reply.decoded else { return nil }
+        let ok = decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee
+        let (properties, body) = try readContent(channel: Self.channel)
+        return (
+            ok.delivery_tag,
+            AMQPInboundMessage(
+                exchange: String(amqpBytes: ok.exchange), routingKey: String(amqpBytes: ok.routing_key), properties: properties, body: body,
+                redelivered: ok.redelivered != 0)
+        )
+    }
+
+    /// Waits (up to the RPC timeout) for the broker's confirm of the last publish; a nack, a
+    /// return or silence throws. For one-off tools, not the publisher's pipeline.
+    func awaitConfirm() throws(AMQPError) {
+        while true {
+            guard let event = try nextEvent(timeout: configuration.rpcTimeout) else {
+                throw AMQPError(.confirmTimeout, "no confirm within \(configuration.rpcTimeout)")
+            }
+            switch event {
+            case .ack: return
+            case .nack: throw AMQPError(.nacked, "broker rejected the message (basic.nack)")
+            case .returned(let code, let text, _): throw AMQPError(.nacked, "broker returned the message as unroutable: \(code) \(text)")
+            default: continue
+            }
+        }
+    }
+
     // MARK: Reading
 
     /// Reads the next frame that matters, waiting at most `timeout` (zero: only what is buffered or
@@ -356,8 +389,6 @@ final class AMQPConnection {
         destroy()
     }
 
-    /// Shuts the socket down from any thread, so a call blocked on it returns with an error.
-    /// The only method that may be called off the owner thread.
     /// Holds back partial TCP segments (`TCP_CORK`) while `true`: the frames of several publishes
     /// written in a row then leave in full segments, and the broker reads them in fewer, larger
     /// chunks. Turning it off sends what is queued at once. Harmless where unsupported.
@@ -368,6 +399,8 @@ final class AMQPConnection {
         #endif
     }
 
+    /// Shuts the socket down from any thread, so a call blocked on it returns with an error.
+    /// The only method that may be called off the owner thread.
     static func abortSocket(fileDescriptor: Int32) {
         if fileDescriptor >= 0 { _ = shutdown(fileDescriptor, Int32(SHUT_RDWR)) }
     }

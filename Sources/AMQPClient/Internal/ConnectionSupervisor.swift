@@ -12,7 +12,9 @@ enum ServeOutcome {
 /// The loop every owner thread runs: connect (retrying with backoff), prepare the connection, serve
 /// it until shutdown or loss, and start again after a loss. Owner-thread only; the hooks run on it.
 struct ConnectionSupervisor {
-    let connection: AMQPConnectionConfiguration
+    /// Brokers in order of preference: each attempt tries them from the first, so after a loss the
+    /// client fails over to the next that answers and returns to the preferred one when it can.
+    let connections: [AMQPConnectionConfiguration]
     let backoff: AMQPBackoff
     let wakeup: Wakeup
     let logger: Logger
@@ -37,11 +39,29 @@ struct ConnectionSupervisor {
         var attempt = 0
         var hasConnected = false
         while !shouldStop() {
-            let current: AMQPConnection
-            do {
-                current = try AMQPConnection(configuration: connection)
-                try prepare(current)
-            } catch {
+            var current: AMQPConnection?
+            var failures: [AMQPError] = []
+            for candidate in connections {
+                do throws(AMQPError) {
+                    let connection = try AMQPConnection(configuration: candidate)
+                    do throws(AMQPError) {
+                        try prepare(connection)
+                    } catch {
+                        connection.close()
+                        throw error
+                    }
+                    current = connection
+                    break
+                } catch {
+                    failures.append(error)
+                    if connections.count > 1 {
+                        logger.warning("broker unavailable; trying the next", metadata: ["broker": "\(candidate.redactedURL)", "error": "\(error)"])
+                    }
+                }
+            }
+            guard let current else {
+                // The refusal that does not clear by itself wins: someone must act on it.
+                let error = failures.first(where: \.isConfigurationRefusal) ?? failures.last ?? AMQPError(.connectionFailed, "no broker configured")
                 setState(error.isConfigurationRefusal ? .misconfigured(reason: error.message) : .disconnected(reason: error.message))
                 let delay = backoff.delay(attempt: attempt)
                 logger.warning("broker connection failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
@@ -54,7 +74,7 @@ struct ConnectionSupervisor {
             hasConnected = true
             connected()
             setState(.connected)
-            logger.info("connected to broker")
+            logger.info("connected to broker", metadata: ["broker": "\(current.configuration.redactedURL)"])
             switch serve(current) {
             case .stopped:
                 current.close()
