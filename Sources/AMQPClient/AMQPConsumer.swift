@@ -55,8 +55,8 @@ public struct AMQPConsumerConfiguration: Sendable {
 /// Every settle call returns or throws, always: when the connection breaks while the call is
 /// queued or being written, it throws `.connectionLost` (the broker requeues the message and
 /// delivers it again with `redelivered` set); after shutdown it throws `.connectionLost` too; and
-/// should the connection's owner thread not answer within the consumer's `confirmTimeout` plus one
-/// second (a socket write stuck on a broker that stopped reading), it throws `.confirmTimeout`
+/// should the connection's owner thread not answer within twice the consumer's `confirmTimeout` plus
+/// one second (a socket write stuck on a broker that stopped reading), it throws `.confirmTimeout`
 /// (outcome unknown). Safe to call from any task.
 public struct AMQPDelivery: Sendable {
     public let message: AMQPInboundMessage
@@ -175,12 +175,13 @@ public final class AMQPConsumer: Service, Sendable {
         wakeup.signal()
     }
 
-    /// Queues a settle command for the owner thread and waits for its outcome, at most
-    /// `confirmTimeout` plus one second (the owner enforces `confirmTimeout` itself; this is the
+    /// Queues a settle command for the owner thread and waits for its outcome, at most twice
+    /// `confirmTimeout` plus one second (the owner enforces its deadlines itself; this is the
     /// backstop for an owner stuck in a socket write until the watchdog aborts it).
     func settle(_ settlement: Settlement, deliveryTag: UInt64, generation: UInt64) async throws(AMQPError) {
         let result = SettleResult()
-        let limit = configuration.confirmTimeout + .seconds(1)
+        // A republish may wait `confirmTimeout` for the broker to unblock, then as long for its confirm.
+        let limit = configuration.confirmTimeout * 2 + .seconds(1)
         let timer = Task {
             try? await Task.sleep(for: limit)
             if !Task.isCancelled {

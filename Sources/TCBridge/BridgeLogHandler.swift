@@ -1,3 +1,5 @@
+import Dispatch
+import Foundation
 import Logging
 import Synchronization
 
@@ -56,15 +58,18 @@ public struct BridgeLogHandler: LogHandler {
         output.write(line)
     }
 
+    /// Waits (briefly) until the lines logged so far are handed to standard error; call before exiting.
+    public static func flush() { LogOutput.standardError.flush() }
+
     /// One line, newline included. Internal for tests.
     func render(level: Logger.Level, message: String, metadata: Logger.Metadata, source: String, time: String) -> String {
         switch format {
         case .text:
             var line = "\(time) \(level) \(label):"
             for (key, value) in metadata.sorted(by: { $0.key < $1.key }) {
-                line += " \(key)=\(Self.text(value))"
+                line += " \(key)=\(Self.oneLine(Self.text(value)))"
             }
-            line += " [\(source)] \(message)\n"
+            line += " [\(source)] \(Self.oneLine(message))\n"
             return line
         case .json:
             var line = "{\"time\":\(Self.quoted(time)),\"level\":\(Self.quoted(level.rawValue)),\"logger\":\(Self.quoted(label))"
@@ -75,6 +80,23 @@ public struct BridgeLogHandler: LogHandler {
             line += "}\n"
             return line
         }
+    }
+
+    /// `text` with line breaks and other control characters escaped, so a value from a request can
+    /// never start a forged log line.
+    static func oneLine(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F: out += "\\u{\(String(scalar.value, radix: 16))}"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 
     /// Keys the JSON line writes itself; metadata of the same name is left out rather than doubled.
@@ -133,36 +155,95 @@ public struct BridgeLogHandler: LogHandler {
     }
 }
 
-/// Where log lines go: standard error, or a capture for tests. Thread-safe.
+/// Where log lines go: standard error through a writer thread of its own, or a capture for tests.
+///
+/// A line is handed over under a lock and written by the writer thread, so a logging thread (an
+/// event loop) never blocks on a slow or stuck standard error (a full pipe, a log driver that
+/// stopped reading). At most ``maximumQueuedBytes`` wait; beyond that lines are dropped and their
+/// number is written once the writer catches up. Thread-safe.
 final class LogOutput: Sendable {
-    private let lock = Mutex<[String]?>(nil)
+    private struct Queue {
+        var lines: [String] = []
+        var bytes = 0
+        var dropped = 0
+        var captured: [String]?
+    }
+
+    private let queue = Mutex(Queue())
+    private let ready = DispatchSemaphore(value: 0)
+    /// Lines waiting for the writer, at most this many bytes.
+    static let maximumQueuedBytes = 4 << 20
 
     static let standardError = LogOutput(capturing: false)
 
     init(capturing: Bool) {
-        if capturing { lock.withLock { $0 = [] } }
+        if capturing {
+            queue.withLock { $0.captured = [] }
+        } else {
+            let thread = Thread { [self] in self.writeForever() }
+            thread.name = "tc-bridge-log"
+            thread.start()
+        }
     }
 
-    var captured: [String] { lock.withLock { $0 ?? [] } }
+    var captured: [String] { queue.withLock { $0.captured ?? [] } }
+
+    /// Waits (at most `timeout`) until the writer has taken every queued line; for exit paths.
+    func flush(timeout: Duration = .seconds(1)) {
+        let deadline = ContinuousClock.now + timeout
+        while queue.withLock({ !$0.lines.isEmpty }), ContinuousClock.now < deadline {
+            usleep(1000)
+        }
+    }
 
     func write(_ line: String) {
-        lock.withLock { captured in
-            if captured != nil {
-                captured?.append(line)
-                return
+        let wake = queue.withLock { queue -> Bool in
+            if queue.captured != nil {
+                queue.captured?.append(line)
+                return false
             }
-            var line = line
-            line.withUTF8 { bytes in
-                guard let base = bytes.baseAddress else { return }
-                var offset = 0
-                while offset < bytes.count {
-                    let written = systemWrite(2, base + offset, bytes.count - offset)
-                    if written <= 0 {
-                        if written < 0, errno == EINTR { continue }
-                        return
+            guard queue.bytes + line.utf8.count <= Self.maximumQueuedBytes else {
+                queue.dropped += 1
+                return false
+            }
+            queue.lines.append(line)
+            queue.bytes += line.utf8.count
+            return queue.lines.count == 1
+        }
+        if wake { ready.signal() }
+    }
+
+    private func writeForever() {
+        while true {
+            ready.wait()
+            while true {
+                let (lines, dropped) = queue.withLock { queue -> ([String], Int) in
+                    defer {
+                        queue.lines.removeAll(keepingCapacity: true)
+                        queue.bytes = 0
+                        queue.dropped = 0
                     }
-                    offset += written
+                    return (queue.lines, queue.dropped)
                 }
+                if lines.isEmpty && dropped == 0 { break }
+                if dropped > 0 { Self.writeToStandardError("tc-bridge: \(dropped) log lines dropped (standard error too slow)\n") }
+                for line in lines { Self.writeToStandardError(line) }
+            }
+        }
+    }
+
+    private static func writeToStandardError(_ line: String) {
+        var line = line
+        line.withUTF8 { bytes in
+            guard let base = bytes.baseAddress else { return }
+            var offset = 0
+            while offset < bytes.count {
+                let written = systemWrite(2, base + offset, bytes.count - offset)
+                if written <= 0 {
+                    if written < 0, errno == EINTR { continue }
+                    return
+                }
+                offset += written
             }
         }
     }

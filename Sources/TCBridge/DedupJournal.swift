@@ -123,6 +123,8 @@ final class DedupJournal: Sendable {
         guard pending > 0, descriptor >= 0 else { return }
         if fsync(descriptor) != 0 {
             let reason = String(cString: strerror(errno))
+            // Counted as unsynced again, so the next sync tries again (and the error is logged again).
+            file.withLock { $0.unsynced += pending }
             Counter(label: "tcbridge_dedup_journal_errors_total").increment()
             logger.error(
                 "dedup journal fsync failed; recent entries may not survive a machine crash",
@@ -130,12 +132,19 @@ final class DedupJournal: Sendable {
             return
         }
         file.withLock { $0.syncs += 1 }
-        if recordCount > 0, file.withLock({ $0.shouldCompact(live: liveCount()) }) {
-            // The snapshot is taken under the lock: every entry already in the file was put in
-            // memory before it was written, so the snapshot holds it, and no append can slip in
-            // between the snapshot and the switch to the new file.
-            file.withLock { $0.compact(live()) }
-        }
+        if file.withLock({ $0.shouldCompact(live: liveCount()) }) { compact() }
+    }
+
+    /// Rewrites the file with the live entries only, holding the lock (which appends on the request
+    /// path take) only for the quick steps: the snapshot, and copying what was appended meanwhile
+    /// before the rename. The bulk write and its `fsync` happen outside it.
+    private func compact() {
+        // Every entry already in the file was put in memory before it was written, so a snapshot
+        // taken with the file's length holds everything up to that length.
+        let (entries, mark, path) = file.withLock { file in (live(), file.length, file.path) }
+        guard let fresh = JournalFile.writeCompacted(entries, path: path, logger: logger) else { return }
+        file.withLock { $0.switchTo(fresh, liveCount: entries.count, copyingFrom: mark) }
+        JournalFile.syncDirectory(of: path)
     }
 }
 
@@ -300,34 +309,69 @@ private final class JournalFile {
         records >= compactionMinimum && records > 2 * live
     }
 
-    /// Rewrites the file with `live` only. On failure the old file stays in use (logged).
+    /// Rewrites the file with `live` only, synchronously (at start-up). On failure the old file stays
+    /// in use (logged).
     func compact(_ live: [DedupEntry]) {
+        guard let fresh = Self.writeCompacted(live, path: path, logger: logger) else { return }
+        switchTo(fresh, liveCount: live.count, copyingFrom: length)
+        syncDirectory()
+    }
+
+    /// Writes `live` to `<path>.tmp` and `fsync`s it; the new file's descriptor and length, or `nil`
+    /// (logged) when that failed. Touches no state: runs outside the journal's lock.
+    static func writeCompacted(_ live: [DedupEntry], path: String, logger: Logger) -> (descriptor: Int32, length: Int64)? {
         let temporary = path + ".tmp"
         var bytes = DedupJournal.header
         bytes.reserveCapacity(bytes.count + live.count * DedupJournal.recordSize)
-        for entry in live { Self.encode(entry, into: &bytes) }
+        for entry in live { encode(entry, into: &bytes) }
         let fresh = open(temporary, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fresh >= 0 else {
-            logger.error("dedup journal compaction failed", metadata: ["journal": "\(path)", "error": "\(failure("open temporary"))"])
-            return
+            logger.error("dedup journal compaction failed", metadata: ["journal": "\(path)", "error": "open temporary: \(String(cString: strerror(errno)))"])
+            return nil
         }
-        guard Self.writeAll(fresh, bytes, at: 0), fsync(fresh) == 0, rename(temporary, path) == 0 else {
-            let error = failure("write temporary")
+        guard writeAll(fresh, bytes, at: 0), fsync(fresh) == 0 else {
+            let reason = String(cString: strerror(errno))
             close(fresh)
+            unlink(temporary)
+            logger.error("dedup journal compaction failed", metadata: ["journal": "\(path)", "error": "write temporary: \(reason)"])
+            return nil
+        }
+        return (fresh, Int64(bytes.count))
+    }
+
+    /// Under the lock: copies the records appended since `mark` into `fresh`, renames it over the
+    /// journal and uses it from now on. On failure the old file stays in use (logged).
+    func switchTo(_ fresh: (descriptor: Int32, length: Int64), liveCount: Int, copyingFrom mark: Int64) {
+        let temporary = path + ".tmp"
+        var tail = [UInt8](repeating: 0, count: Int(max(0, length - mark)))
+        let copied = tail.isEmpty || (tail.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, off_t(mark)) } == tail.count
+            && Self.writeAll(fresh.descriptor, tail, at: off_t(fresh.length)))
+        guard copied, rename(temporary, path) == 0 else {
+            let error = failure("switch to the compacted file")
+            close(fresh.descriptor)
             unlink(temporary)
             logger.error("dedup journal compaction failed", metadata: ["journal": "\(path)", "error": "\(error)"])
             return
         }
-        syncDirectory()
         let before = records
+        let tailRecords = tail.count / DedupJournal.recordSize
         close(descriptor)
-        descriptor = fresh
-        length = Int64(bytes.count)
-        records = live.count
+        descriptor = fresh.descriptor
+        length = fresh.length + Int64(tail.count)
+        records = liveCount + tailRecords
+        unsynced = tailRecords  // the copied tail is synced by the next background sync
         logger.debug("dedup journal compacted", metadata: ["journal": "\(path)", "records_before": "\(before)", "records": "\(records)"])
     }
 
-    private func syncDirectory() {
+    private func syncDirectory() { Self.syncDirectory(of: path) }
+
+    /// `fsync` of the directory holding `path`, so a rename in it survives a crash.
+    static func syncDirectory(of path: String) {
+        var directory = "."
+        if let slash = path.lastIndex(of: "/") {
+            let parent = String(path[..<slash])
+            directory = parent.isEmpty ? "/" : parent
+        }
         let directoryDescriptor = open(directory, O_RDONLY | O_CLOEXEC)
         guard directoryDescriptor >= 0 else { return }
         fsync(directoryDescriptor)

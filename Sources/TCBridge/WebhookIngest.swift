@@ -2,6 +2,7 @@ import AMQPClient
 import DurableSpool
 import Logging
 import Metrics
+import NIOPosix
 import TutorCruncher
 
 /// The receiver's decision for one request, independent of the HTTP framework.
@@ -81,13 +82,15 @@ public struct WebhookIngest: Sendable {
     public func handle(
         body: [UInt8], path: String, signature: String?, onVerified: () -> Void = {}
     ) async -> IngestResponse {
-        let verification = verifier.verify(body: body, signatureHeader: signature)
+        let verification = await offloaded(bodyBytes: body.count) { verifier.verify(body: body, signatureHeader: signature) }
         onVerified()
         guard verification == .valid else { return rejected(verification, path: path, bodyBytes: body.count) }
 
         let receivedAt = UTCTimestamp.now()
-        if let refusal = replayRefusal(body: body, path: path) { return refusal }  // i7-secrets: replay window, before dedup
-        let digest = sha256Hex(body)
+        let (refusal, digest) = await offloaded(bodyBytes: body.count) {
+            (replayRefusal(body: body, path: path), sha256Hex(body))  // i7-secrets: replay window, before dedup
+        }
+        if let refusal { return refusal }
         if let dedup {
             switch await dedup.claim(digest) {
             case .duplicate:
@@ -177,19 +180,26 @@ public struct WebhookIngest: Sendable {
     }
 
     private func deliver(body: [UInt8], digest: String, path: String, receivedAt: UTCTimestamp) async -> IngestResponse {
+        let prepared = await offloaded(bodyBytes: body.count) { () -> Prepared in
+            switch WebhookPayload.parse(body, parser: parser) {
+            case .events(let batch) where spool != nil && batch.events.count > Self.directPublishLimit:
+                return .spoolInChunks(batch)
+            case .events(let batch):
+                let envelopes = EventEnvelope.envelopes(for: batch, bodyDigest: digest, receivedAt: receivedAt)
+                return .publish(envelopes.map { factory.message(for: $0, receivedAt: receivedAt) }, eventCount: envelopes.count)
+            case .unrecognised(let reason):
+                logger.info("publishing unrecognised body", metadata: ["path": "\(path)", "reason": "\(reason)"])
+                return .publish(
+                    [factory.unrecognisedMessage(body: body, bodyDigest: digest, path: path, reason: reason, receivedAt: receivedAt)], eventCount: 0)
+            }
+        }
         let messages: [AMQPOutboundMessage]
         let eventCount: Int
-        switch WebhookPayload.parse(body, parser: parser) {
-        case .events(let batch) where spool != nil && batch.events.count > Self.directPublishLimit:
+        switch prepared {
+        case .spoolInChunks(let batch):
             return await spoolInChunks(batch, digest: digest, path: path, receivedAt: receivedAt)
-        case .events(let batch):
-            let envelopes = EventEnvelope.envelopes(for: batch, bodyDigest: digest, receivedAt: receivedAt)
-            messages = envelopes.map { factory.message(for: $0, receivedAt: receivedAt) }
-            eventCount = envelopes.count
-        case .unrecognised(let reason):
-            logger.info("publishing unrecognised body", metadata: ["path": "\(path)", "reason": "\(reason)"])
-            messages = [factory.unrecognisedMessage(body: body, bodyDigest: digest, path: path, reason: reason, receivedAt: receivedAt)]
-            eventCount = 0
+        case .publish(let prepared, let count):
+            (messages, eventCount) = (prepared, count)
         }
 
         var answer = JSONObject(["events": .number(String(eventCount))])
@@ -230,6 +240,34 @@ public struct WebhookIngest: Sendable {
                 metadata: ["path": "\(path)", "messages": "\(messages.count)", "reason": "\(error)", "body_sha256": "\(digest)"])
             answer["spooled"] = .bool(true)
             return answered(200, answer, .spooled)
+        }
+    }
+
+    /// What a parsed body turns into.
+    private enum Prepared: Sendable {
+        case publish([AMQPOutboundMessage], eventCount: Int)
+        case spoolInChunks(EventBatch)
+    }
+
+    /// Bodies above this size are verified, hashed and parsed on NIO's blocking pool: work of
+    /// milliseconds to seconds must not hold an event loop (and every connection on it).
+    static let offloadThreshold = 256 << 10
+
+    /// Two threads for large bodies' CPU work, the bridge's own (NIO's shared pool also serves
+    /// blocking file I/O, which must not queue a request behind it). Lives as long as the process.
+    private static let heavyWork: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 2)
+        pool.start()
+        return pool
+    }()
+
+    /// Runs `work` here for a small body, on ``heavyWork`` for a large one.
+    private func offloaded<T: Sendable>(bodyBytes: Int, _ work: @escaping @Sendable () -> T) async -> T {
+        guard bodyBytes > Self.offloadThreshold else { return work() }
+        do {
+            return try await Self.heavyWork.runIfActive { work() }
+        } catch {
+            return work()  // the pool is shutting down: do it here rather than fail the request
         }
     }
 

@@ -136,6 +136,7 @@ struct ServeCommand: AsyncParsableCommand {
         MetricsSystem.bootstrap(metricsFactory)
         var logger = Logger(label: "tc-bridge")
         logger.logLevel = level
+        defer { BridgeLogHandler.flush() }
         let keyring = SigningKeyring(WebhookVerifier(keys: keys))
         // Installed first, so a SIGHUP during start-up never hits the default action (exit).
         let hangups = await UnixSignalsSequence(trapping: .sighup)
@@ -165,11 +166,11 @@ struct ServeCommand: AsyncParsableCommand {
             }
             // TLS settings apply to every amqps:// broker.
             if let caFile {
-                guard connection.tls != nil else { throw ValidationError("--amqp-ca-file needs amqps:// URLs") }
+                guard connection.tls != nil else { throw ValidationError("--amqp-ca-file needs an amqps:// URL") }
                 connection.tls?.caCertificatePath = caFile
             }
             if let clientCert, let clientKey {
-                guard connection.tls != nil else { throw ValidationError("--amqp-client-cert needs amqps:// URLs") }
+                guard connection.tls != nil else { throw ValidationError("--amqp-client-cert needs an amqps:// URL") }
                 connection.tls?.clientCertificatePath = clientCert
                 connection.tls?.clientKeyPath = clientKey
             }

@@ -104,6 +104,30 @@ import Testing
         #expect(secondWaiter.answers == [.failure(.blocked)])
     }
 
+    @Test func aConfirmArrivingAfterTheCallerSettledOtherwiseAcknowledgesNothing() {
+        var machine = connectedMachine()
+        let (republish, _) = command(.republishThenAck(copy), 1)
+        _ = machine.take(republish, frameSize: 4096, now: start)
+        machine.wrote(republish, now: start)
+        // The caller's backstop gave up and it nacked the delivery meanwhile.
+        let (nack, _) = command(.nack(requeue: true), 1)
+        _ = machine.take(nack, frameSize: 4096, now: start)
+        machine.wrote(nack, now: start)
+        #expect(machine.confirmed(upTo: 1, multiple: false, success: true).isEmpty, "no ack for a settled delivery tag")
+    }
+
+    @Test func aRepublishHeldAgainByAFlappingBlockKeepsItsFirstDeadline() {
+        var machine = connectedMachine()
+        _ = machine.setBlocked(true)
+        let (republish, waiter) = command(.republishThenAck(copy), 1)
+        _ = machine.take(republish, frameSize: 4096, now: start)
+        let retaken = machine.setBlocked(false)
+        _ = machine.setBlocked(true)  // blocked again before it could be written
+        for command in retaken { #expect(machine.take(command, frameSize: 4096, now: start + .seconds(4)) == nil) }
+        _ = machine.tick(now: start + .seconds(5))
+        #expect(waiter.answers == [.failure(.blocked)], "deadline 5 s from the first hold, not from the second")
+    }
+
     @Test func anUnencodableCopyIsRefusedWithNothingWritten() {
         var machine = connectedMachine()
         var huge = copy

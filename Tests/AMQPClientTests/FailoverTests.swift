@@ -23,9 +23,10 @@ import TestSupport
     }
 
     @Test func publisherAndConsumerFailOverWhenTheirBrokerStopsAndComeBackToThePreferredOne() async throws {
-        let first = try RabbitMQNode.dedicated(name: "failover-a", port: 5682)
+        // Node starts and stops block for seconds: on threads of their own, not the test pool.
+        let first = try await onOwnThread { try RabbitMQNode.dedicated(name: "failover-a", port: 5682) }
         defer { try? first.stop() }
-        let second = try RabbitMQNode.dedicated(name: "failover-b", port: 5684)
+        let second = try await onOwnThread { try RabbitMQNode.dedicated(name: "failover-b", port: 5684) }
         defer { try? second.stop() }
         let queue = "failover-\(UUID().uuidString.prefix(8))"
         let queues = [AMQPQueueDeclaration(name: queue)]
@@ -58,12 +59,14 @@ import TestSupport
             try await send("on-a")
             try await waitUntil(timeout: .seconds(30), "consumed on the first broker") { received.all.contains("\(queue):on-a") }
 
-            try first.stop()  // both fail over to the second broker
+            try await onOwnThread { try first.stop() }  // both fail over to the second broker
             try await waitUntil(timeout: .seconds(60), "published on the second broker") { (try? await send("on-b")) != nil }
             try await waitUntil(timeout: .seconds(60), "consumed on the second broker") { received.all.contains("\(queue):on-b") }
 
-            try first.start()
-            try second.stop()  // the next reconnect starts from the preferred broker again
+            try await onOwnThread {
+                try first.start()
+                try second.stop()  // the next reconnect starts from the preferred broker again
+            }
             try await waitUntil(timeout: .seconds(60), "published on the first broker again") { (try? await send("back-on-a")) != nil }
             try await waitUntil(timeout: .seconds(60), "consumed on the first broker again") { received.all.contains("\(queue):back-on-a") }
         }

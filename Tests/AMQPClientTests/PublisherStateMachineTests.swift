@@ -122,6 +122,30 @@ import Testing
         #expect(second.answers == [.success])
     }
 
+    @Test func aMessageLeftUnconfirmedWhileOthersAreConfirmedEndsInAReconnect() {
+        var machine = machine(confirmTimeout: .seconds(5))
+        let stuck = FakeWaiter()
+        machine.submit(messages(1, "stuck"), waiter: stuck, frameSize: 4096, now: start)
+        _ = writeRound(&machine)
+        // Others keep being written and confirmed (out of order) every second; tag 1 never is.
+        var tag: UInt64 = 2
+        for second in 1...11 {
+            let now = start + .seconds(second)
+            machine.submit(messages(1, "ok\(second)"), waiter: FakeWaiter(), frameSize: 4096, now: now)
+            _ = writeRound(&machine, at: now)
+            machine.confirmed(upTo: tag, multiple: false, now: now)
+            tag += 1
+            let outcome = machine.tick(now: now)
+            if case .reconnect = outcome {
+                #expect(second > 10, "not before twice the confirm timeout")
+                #expect(stuck.answers == [.failure(.confirmTimeout)])
+                return
+            }
+            #expect(stuck.answers.isEmpty, "at \(second) s")
+        }
+        Issue.record("the stuck message never ended in a reconnect")
+    }
+
     @Test func aCallWhoseWaiterGaveUpIsNotWrittenFurther() {
         var machine = machine()
         let waiter = FakeWaiter()

@@ -41,6 +41,16 @@ import Testing
         #expect(object["messages"] as? String == "3")
     }
 
+    @Test func textLinesEscapeLineBreaksSoAValueCannotForgeALine() {
+        let handler = BridgeLogHandler(label: "tc-bridge", format: .text, output: LogOutput(capturing: true))
+        let line = handler.render(
+            level: .info, message: "webhook\n2026-11-30T00:00:00.000Z critical forged", metadata: ["action": "A\r\nB\u{1b}"],
+            source: "TCBridge", time: time)
+        #expect(line.filter { $0 == "\n" || $0 == "\r\n" }.count == 1, "\(line)")
+        #expect(line.contains(#"action=A\r\nB\u{1b}"#))
+        #expect(line.hasSuffix(#"webhook\n2026-11-30T00:00:00.000Z critical forged"# + "\n"))
+    }
+
     @Test func timestampsAreUTCWithMilliseconds() {
         let stamp = BridgeLogHandler.timestamp()
         #expect(stamp.range(of: #"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"#, options: .regularExpression) != nil, "\(stamp)")

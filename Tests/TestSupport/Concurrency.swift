@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 
 /// A gate tasks wait at until it is opened. Thread-safe.
@@ -46,4 +47,19 @@ public final class ConcurrencyMeter: Sendable {
     public func leave() { state.withLock { $0.current -= 1 } }
     public var current: Int { state.withLock { $0.current } }
     public var peak: Int { state.withLock { $0.peak } }
+}
+
+/// Runs blocking `body` (starting or stopping a broker node, which takes seconds) on a thread of its
+/// own, so the test process's two cooperative threads keep serving every other test meanwhile.
+public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        let thread = Thread {
+            do {
+                continuation.resume(returning: try body())
+            } catch {
+                continuation.resume(throwing: error)
+            }
+        }
+        thread.start()
+    }
 }

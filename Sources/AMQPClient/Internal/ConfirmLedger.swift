@@ -14,6 +14,8 @@ struct ConfirmLedger<Owner> {
     private(set) var count = 0
 
     var isEmpty: Bool { count == 0 }
+    /// The lowest tag not yet settled, if any.
+    var oldestOutstanding: UInt64? { count > 0 ? lowestOutstanding : nil }
     /// The tag the next publish gets.
     var nextTag: UInt64 { lowestOutstanding + UInt64(owners.count) }
 

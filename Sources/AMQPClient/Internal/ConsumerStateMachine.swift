@@ -27,6 +27,9 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
         /// The connection the delivery came on (see ``ConsumerStateMachine/generation``).
         var generation: UInt64
         var waiter: Waiter
+        /// Set once a republish has been held while the broker blocked publishing: held again (the
+        /// block came back), it keeps this first deadline, so a flapping block cannot extend it.
+        var heldUntil: ContinuousClock.Instant? = nil
     }
 
     /// What the owner thread must write for a command; answer the waiter with ``wrote(_:)`` once
@@ -109,7 +112,13 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
                 return nil
             }
             if isBlocked {
-                held.append((command, now.advanced(by: confirmTimeout)))
+                let deadline = command.heldUntil ?? now.advanced(by: confirmTimeout)
+                guard deadline > now else {
+                    command.waiter.answer(
+                        .failure(AMQPError(.blocked, "broker kept publishing blocked for \(confirmTimeout); nothing was republished")))
+                    return nil
+                }
+                held.append((command, deadline))
                 return nil
             }
             return .publish(message)
@@ -137,8 +146,9 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
             for pending in settled { pending.waiter.answer(.failure(AMQPError(.nacked, "broker rejected the republished message"))) }
             return []
         }
-        for pending in settled { unsettled.remove(pending.deliveryTag) }
-        return settled
+        // Only originals still unsettled: a caller whose backstop gave up may have settled the
+        // delivery otherwise since (an ack of a settled tag would make the broker close the channel).
+        return settled.filter { unsettled.remove($0.deliveryTag) != nil }
     }
 
     /// `connection.blocked` / `connection.unblocked`. Unblocking returns the held republishes, to
@@ -147,7 +157,11 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
         isBlocked = blocked
         guard !blocked, !held.isEmpty else { return [] }
         defer { held.removeAll() }
-        return held.map(\.command)
+        return held.map { entry in
+            var command = entry.command
+            command.heldUntil = entry.deadline
+            return command
+        }
     }
 
     // MARK: Time and shutdown

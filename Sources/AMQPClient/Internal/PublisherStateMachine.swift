@@ -108,6 +108,9 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
     private var roundWritten = 0
     /// The clock reading the current round of writing started with.
     private var roundTime: ContinuousClock.Instant
+    /// When each round's messages were written (the round's last tag): the oldest unconfirmed
+    /// message's age, whatever the confirms of others say.
+    private var writeTimes: Deque<(lastTag: UInt64, at: ContinuousClock.Instant)> = []
 
     init(configuration: Configuration, now: ContinuousClock.Instant) {
         self.configuration = configuration
@@ -195,6 +198,7 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
     mutating func endRound(now: ContinuousClock.Instant) {
         roundTime = now
         endTurn()
+        if roundWritten > 0 { writeTimes.append((lastTag: ledger.nextTag - 1, at: now)) }
         roundWritten = 0
     }
 
@@ -269,6 +273,18 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
             }
         }
         inFlight = kept
+        // Deadlines follow the window's progress, so a single message the broker never confirms
+        // while it confirms others would wait for ever: bound the oldest one's age.
+        if let oldest = ledger.oldestOutstanding {
+            while let first = writeTimes.first, first.lastTag < oldest { writeTimes.removeFirst() }
+            if let first = writeTimes.first, now - first.at > configuration.confirmTimeout * 2 {
+                failOutstanding(AMQPError(.confirmTimeout, "a message went unconfirmed for \(configuration.confirmTimeout * 2)"), now: now)
+                return .reconnect(
+                    AMQPError(.confirmTimeout, "the broker left a message unconfirmed for \(configuration.confirmTimeout * 2); reconnecting"))
+            }
+        } else {
+            writeTimes.removeAll()
+        }
         if stalled {
             return .reconnect(AMQPError(.confirmTimeout, "the broker stopped confirming for \(configuration.confirmTimeout); reconnecting"))
         }
@@ -297,5 +313,6 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
         current = nil
         turnWritten = 0
         roundWritten = 0
+        writeTimes.removeAll()
     }
 }
