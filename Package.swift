@@ -113,6 +113,7 @@ let package = Package(
         .executableTarget(
             name: "tc-consume",
             dependencies: [
+                "AMQPClient",
                 "TutorCruncherConsumer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

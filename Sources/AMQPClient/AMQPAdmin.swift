@@ -78,6 +78,18 @@ public struct AMQPAdmin: Sendable {
         }
     }
 
+    /// Publishes `messages`, each confirmed by the broker before the next (a tool's pace).
+    public func publishConfirmed(_ messages: [AMQPOutboundMessage]) async throws(AMQPError) {
+        try await perform { (connection: AMQPConnection) throws(AMQPError) in
+            try connection.enablePublisherConfirms()
+            for message in messages {
+                if let problem = message.encodingProblem(frameSize: connection.frameSize) { throw AMQPError(.unencodable, problem) }
+                try connection.publish(message)
+                try connection.awaitConfirm()
+            }
+        }
+    }
+
     private func perform<R: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws(AMQPError) -> R) async throws(AMQPError) -> R {
         let configuration = connection
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<R, AMQPError>, Never>) in

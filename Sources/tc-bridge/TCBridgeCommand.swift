@@ -4,7 +4,7 @@ struct TCBridgeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tc-bridge",
         abstract: "Verified TutorCruncher webhooks in; one confirmed, persistent RabbitMQ message per event out.",
-        subcommands: [ServeCommand.self, SignCommand.self, ProbeCommand.self],
+        subcommands: [ServeCommand.self, SignCommand.self, ProbeCommand.self, SpoolCommand.self, UnroutableCommand.self],
         defaultSubcommand: nil
     )
 }

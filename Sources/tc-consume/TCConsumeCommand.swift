@@ -19,7 +19,9 @@ struct TCConsumeCommand: AsyncParsableCommand {
         discussion: """
             Each line: action, subject model, subject id, event id (tab-separated). Exits 0 on SIGTERM/SIGINT.
             The queue is durable: events published while tc-consume is not running wait for it.
-            """
+            `tc-consume dead-letters QUEUE` lists or re-queues a service's dead-lettered events.
+            """,
+        subcommands: [DeadLettersCommand.self]
     )
 
     @Option(help: "Broker URL (env: AMQP_URL; default amqp://guest:guest@127.0.0.1:5672/%2F).")

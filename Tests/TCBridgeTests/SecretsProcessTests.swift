@@ -26,10 +26,15 @@ func runBridgeCommand(
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe
-    let collected = Mutex(Data())
+    let collected = Mutex((data: Data(), ended: false))
     pipe.fileHandleForReading.readabilityHandler = { handle in
         let data = handle.availableData
-        if data.isEmpty { handle.readabilityHandler = nil } else { collected.withLock { $0.append(data) } }
+        if data.isEmpty {
+            handle.readabilityHandler = nil
+            collected.withLock { $0.ended = true }
+        } else {
+            collected.withLock { $0.data.append(data) }
+        }
     }
     try process.run()
     var timedOut = false
@@ -41,7 +46,9 @@ func runBridgeCommand(
         try await waitUntil("tc-bridge to stop after SIGTERM") { !process.isRunning }
     }
     process.waitUntilExit()
-    let output = String(decoding: collected.withLock { $0 }, as: UTF8.self)
+    // The last bytes may still be on their way to the handler: wait for the end of the output.
+    try? await waitUntil(timeout: .seconds(5), "the end of tc-bridge's output") { collected.withLock { $0.ended } }
+    let output = String(decoding: collected.withLock { $0.data }, as: UTF8.self)
     return (process.terminationStatus, output, timedOut)
 }
 
