@@ -13,11 +13,15 @@ public struct BridgeTopology: Sendable {
     /// Most messages the unroutable queue keeps; the oldest are dropped beyond it. Applies when the
     /// queue is created: an existing queue declared with another length is used as it is.
     public var unroutableMaxLength: Int
+    /// `x-queue-type` of the unroutable queue: `classic` (default) or `quorum` (replicated across a
+    /// cluster's nodes: survives the loss of a minority of them). Applies when the queue is created.
+    public var unroutableQueueType: String
 
-    public init(exchange: String, alternateExchange: String?, unroutableMaxLength: Int = 100_000) {
+    public init(exchange: String, alternateExchange: String?, unroutableMaxLength: Int = 100_000, unroutableQueueType: String = "classic") {
         self.exchange = exchange
         self.alternateExchange = alternateExchange
         self.unroutableMaxLength = unroutableMaxLength
+        self.unroutableQueueType = unroutableQueueType
     }
 
     /// Default alternate exchange name for `exchange`.
@@ -36,7 +40,9 @@ public struct BridgeTopology: Sendable {
         return [
             AMQPQueueDeclaration(
                 name: alternateExchange, durable: true,
-                arguments: ["x-max-length": .int(Int64(unroutableMaxLength)), "x-overflow": .string("drop-head")],
+                arguments: ["x-max-length": .int(Int64(unroutableMaxLength)), "x-overflow": .string("drop-head")]
+                    // Only when asked: a queue declared by earlier versions has no type argument.
+                    .merging(unroutableQueueType == "classic" ? [:] : ["x-queue-type": .string(unroutableQueueType)]) { $1 },
                 bindings: [.init(exchange: alternateExchange, routingKey: "")],
                 // A queue left by an earlier run with another --unroutable-max-length (or a policy's
                 // arguments) is used as it is, with a warning: publishing must never stop over it.

@@ -76,6 +76,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Most messages the unroutable queue keeps, oldest dropped first (env: TC_BRIDGE_UNROUTABLE_MAX_LENGTH; default 100000).")
     var unroutableMaxLength: Int?
 
+    @Option(help: "classic or quorum: the unroutable queue's type; quorum for a cluster, so it survives a node's loss (env: TC_BRIDGE_UNROUTABLE_QUEUE_TYPE; default classic; applies when the queue is created).")
+    var unroutableQueueType: String?
+
     @Option(help: "Seconds from a request's first byte to its complete head (env: TC_BRIDGE_HEADER_TIMEOUT; default 5).")
     var headerTimeout: Double?
 
@@ -204,12 +207,15 @@ struct ServeCommand: AsyncParsableCommand {
         let spoolLimit = try Environment.resolveInt(spoolMaxBytes, env: "TC_BRIDGE_SPOOL_MAX_BYTES", default: 1 << 30)
         guard spoolLimit > 0 else { throw ValidationError("spool max bytes must be positive") }
         let unroutableLimit = try Environment.resolveInt(unroutableMaxLength, env: "TC_BRIDGE_UNROUTABLE_MAX_LENGTH", default: 100_000)
+        let unroutableType = Environment.resolve(unroutableQueueType, env: "TC_BRIDGE_UNROUTABLE_QUEUE_TYPE", default: "classic")
+        guard ["classic", "quorum"].contains(unroutableType) else { throw ValidationError("unroutable queue type must be classic or quorum") }
         guard unroutableLimit > 0 else { throw ValidationError("unroutable max length must be positive") }
         let exchangeName = Environment.resolve(exchange, env: "TC_BRIDGE_EXCHANGE", default: BridgeContract.defaultExchange)
         let alternate = Environment.resolve(
             alternateExchange, env: "TC_BRIDGE_ALTERNATE_EXCHANGE", default: BridgeTopology.defaultAlternateExchange(for: exchangeName))
         let topology = BridgeTopology(
-            exchange: exchangeName, alternateExchange: alternate == "none" ? nil : alternate, unroutableMaxLength: unroutableLimit)
+            exchange: exchangeName, alternateExchange: alternate == "none" ? nil : alternate, unroutableMaxLength: unroutableLimit,
+            unroutableQueueType: unroutableType)
 
         let limits = ConnectionLimits(
             headerTimeout: try Environment.resolveSeconds(headerTimeout, env: "TC_BRIDGE_HEADER_TIMEOUT", default: 5),

@@ -117,6 +117,7 @@ final class OutcomeLog: Sendable {
     var okAfterSignal: Int { state.withLock { $0.okAfterSignal } }
     var acceptedEventIDs: Set<String> { state.withLock { $0.accepted } }
     var nonOKStatuses: [Int] { state.withLock { $0.nonOK } }
+    var connectionFailureCount: Int { state.withLock { $0.connectionFailures } }
     var sentCount: Int { state.withLock { $0.accepted.count + $0.nonOK.count + $0.connectionFailures } }
 }
 
