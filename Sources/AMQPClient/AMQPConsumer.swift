@@ -247,40 +247,10 @@ public final class AMQPConsumer: Service, Sendable {
     }
 }
 
-/// The outcome of one settle call, resumed exactly once by whichever comes first: the owner
-/// thread or the caller's backstop timer. Thread-safe.
-final class SettleResult: Sendable {
-    private let state = Mutex<(continuation: CheckedContinuation<Result<Void, AMQPError>, Never>?, early: Result<Void, AMQPError>?, done: Bool)>((nil, nil, false))
+/// The outcome of one settle call: answered once, by the owner thread or the caller's backstop timer.
+typealias SettleResult = OnceAnswer
 
-    func install(_ continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) {
-        let early: Result<Void, AMQPError>? = state.withLock { state in
-            if let early = state.early {
-                state.early = nil
-                return early
-            }
-            state.continuation = continuation
-            return nil
-        }
-        if let early { continuation.resume(returning: early) }
-    }
-
-    /// Resumes the caller; later calls are ignored.
-    func resume(_ result: Result<Void, AMQPError>) {
-        let continuation: CheckedContinuation<Result<Void, AMQPError>, Never>? = state.withLock { state in
-            guard !state.done else { return nil }
-            state.done = true
-            if let continuation = state.continuation {
-                state.continuation = nil
-                return continuation
-            }
-            state.early = result
-            return nil
-        }
-        continuation?.resume(returning: result)
-    }
-}
-
-extension SettleResult: SettleWaiter {
+extension OnceAnswer: SettleWaiter {
     func answer(_ result: Result<Void, AMQPError>) { resume(result) }
 }
 

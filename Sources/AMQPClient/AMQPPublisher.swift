@@ -248,8 +248,8 @@ struct PublishCommand: Sendable {
     let result: ResultBox
 }
 
-/// A continuation that is resumed exactly once, by whichever comes first: the owner thread's
-/// outcome or the caller's deadline. Thread-safe.
+/// One publish call's answer (given once: the owner thread's outcome or the caller's backstop) and
+/// its progress, which the backstop measures. Thread-safe.
 final class ResultBox: Sendable {
     private let progress = Atomic<Int64>(monotonicNanoseconds())
     private let window: ProgressStamp?
@@ -268,36 +268,14 @@ final class ResultBox: Sendable {
         return .nanoseconds(monotonicNanoseconds() - last)
     }
 
-    private let state = Mutex<(continuation: CheckedContinuation<Result<Void, AMQPError>, Never>?, early: Result<Void, AMQPError>?, done: Bool)>((nil, nil, false))
+    private let outcome = OnceAnswer()
 
-    func install(_ continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) {
-        let early: Result<Void, AMQPError>? = state.withLock { state in
-            if let early = state.early {
-                state.early = nil
-                return early
-            }
-            state.continuation = continuation
-            return nil
-        }
-        if let early { continuation.resume(returning: early) }
-    }
+    func install(_ continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) { outcome.install(continuation) }
 
     /// `true` once the caller has its answer (the owner stops writing a batch nobody waits for).
-    var isResolved: Bool { state.withLock { $0.done } }
+    var isResolved: Bool { outcome.isResolved }
 
-    func resume(_ result: Result<Void, AMQPError>) {
-        let continuation: CheckedContinuation<Result<Void, AMQPError>, Never>? = state.withLock { state in
-            guard !state.done else { return nil }
-            state.done = true
-            if let continuation = state.continuation {
-                state.continuation = nil
-                return continuation
-            }
-            state.early = result
-            return nil
-        }
-        continuation?.resume(returning: result)
-    }
+    func resume(_ result: Result<Void, AMQPError>) { outcome.resume(result) }
 }
 
 extension ResultBox: PublishWaiter {
