@@ -26,8 +26,6 @@ public enum BridgeContract {
         public static let requestPath = "tc-request-path"
         /// On `unrecognised` messages: why the body is not an event batch.
         public static let unrecognisedReason = "tc-unrecognised-reason"
-        /// W3C trace context of the request that carried the event, when tracing is on.
-        public static let traceParent = "traceparent"
     }
 
     /// Bumped on any incompatible change to the envelope's layout.
