@@ -12,9 +12,11 @@ import Synchronization
 /// back to the spool). Records an earlier run left are drained the same way.
 ///
 /// Nothing loops for ever: a record whose messages cannot be encoded is set aside at once, and a
-/// record the broker keeps refusing (a nack, or the channel closed, while it was published alone)
-/// is set aside after `maxAttempts` such refusals. Failures that say nothing about the record (not
-/// connected, blocked, a connection lost, a confirm that did not come) never count. Set-aside records are copied to the
+/// record the broker keeps refusing (the channel closed while it was published alone) is set
+/// aside after `maxAttempts` such refusals. Failures that say nothing about the record never count:
+/// not connected, blocked, a connection lost, a confirm that did not come, and a `basic.nack`
+/// (RabbitMQ nacks for its own reasons: a queue without a leader, a full `reject-publish` queue,
+/// a channel gone stale after a failover; the record waits in the spool until it is taken). Set-aside records are copied to the
 /// spool's `corrupt/` directory, logged at error level and counted
 /// (`tcbridge_spool_records_set_aside_total`).
 public struct SpoolForwarder: Service, Sendable {
@@ -105,7 +107,7 @@ public struct SpoolForwarder: Service, Sendable {
             case .unencodable:
                 logger.error("spooled record cannot be encoded; set aside", metadata: ["error": "\(error)"])
                 rejected.append(record)
-            case .nacked, .channelClosed, .protocolError:
+            case .channelClosed, .protocolError:
                 // The broker refused something. Only a refusal of the record published alone counts.
                 guard alone else {
                     failures.markSuspect(record.id)

@@ -89,6 +89,46 @@ import Testing
         #expect(waiter.answers.count == 1, "answered once")
     }
 
+    @Test func nacksInARowAskForAFreshConnectionAtMostOncePerInterval() {
+        var machine = machine()
+        let waiters = (0..<8).map { _ in FakeWaiter() }
+        for waiter in waiters { machine.submit(messages(1), waiter: waiter, frameSize: 4096, now: start) }
+        _ = writeRound(&machine)
+        machine.rejected(upTo: 1, multiple: false)
+        machine.rejected(upTo: 2, multiple: false)
+        guard case .wait = machine.tick(now: start) else {
+            Issue.record("two nacks are not yet a stuck channel")
+            return
+        }
+        machine.confirmed(upTo: 3, multiple: false, now: start)
+        machine.rejected(upTo: 5, multiple: true)
+        guard case .wait = machine.tick(now: start) else {
+            Issue.record("an ack in between resets the count")
+            return
+        }
+        machine.rejected(upTo: 6, multiple: false)
+        let outcome = machine.tick(now: start)
+        guard case .reconnect(let error) = outcome else {
+            Issue.record("expected a reconnect after three nacks in a row, got \(outcome)")
+            return
+        }
+        #expect(error.kind == .connectionLost, "waiting calls' messages were not refused: their outcome is unknown")
+
+        // On the next connection the broker still refuses: no second reconnect within the interval.
+        machine.connected(now: start)
+        for waiter in (0..<3).map({ _ in FakeWaiter() }) { machine.submit(messages(1), waiter: waiter, frameSize: 4096, now: start) }
+        _ = writeRound(&machine)
+        machine.rejected(upTo: 3, multiple: true)
+        guard case .wait = machine.tick(now: start + .seconds(1)) else {
+            Issue.record("reconnected twice within the interval")
+            return
+        }
+        guard case .reconnect = machine.tick(now: start + .seconds(6)) else {
+            Issue.record("expected a reconnect once the interval passed")
+            return
+        }
+    }
+
     @Test func aCallWithoutProgressTimesOutAndAStuckChannelAsksForAReconnect() {
         var machine = machine(confirmTimeout: .seconds(5))
         let waiter = FakeWaiter()

@@ -107,7 +107,7 @@ final class RefusingPublisher: EventPublishing {
         SpooledMessages.encode([AMQPOutboundMessage(exchange: "ex", routingKey: key, properties: AMQPProperties(messageID: key), body: [1])])
     }
 
-    @Test(arguments: [AMQPError.Kind.nacked, .channelClosed, .unencodable])
+    @Test(arguments: [AMQPError.Kind.channelClosed, .protocolError, .unencodable])
     func aRecordTheBrokerKeepsRefusingIsSetAsideAfterBoundedAttempts(kind: AMQPError.Kind) async throws {
         let (spool, directory) = spool()
         for key in ["good-1", "bad-1", "good-2", "bad-2", "good-3"] { try await spool.append(record(key)) }
@@ -127,7 +127,7 @@ final class RefusingPublisher: EventPublishing {
         #expect(aside.count == 2)
     }
 
-    @Test(arguments: [AMQPError.Kind.notConnected, .blocked, .connectionLost, .confirmTimeout])
+    @Test(arguments: [AMQPError.Kind.notConnected, .blocked, .connectionLost, .confirmTimeout, .nacked])
     func recordsThatFailOnlyBecauseTheBrokerIsAwayOrSlowAreNeverSetAside(kind: AMQPError.Kind) async throws {
         let (spool, directory) = spool()
         try await spool.append(record("good-1"))

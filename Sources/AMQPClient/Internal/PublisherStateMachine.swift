@@ -37,6 +37,14 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
         var roundSize = 256
         /// Deadlines are seconds long; checking them this often is enough.
         var sweepInterval: Duration = .milliseconds(100)
+        /// Nacks in a row (no ack between them) after which the connection is replaced. A channel
+        /// can go on refusing for ever while a fresh one would be accepted: RabbitMQ 3.10 rejects
+        /// every publish of a channel that first used a quorum queue while the record still named
+        /// a leader on a node that had just stopped.
+        var nacksBeforeReconnect = 3
+        /// At most one such reconnect this often (a queue that refuses on purpose, `reject-publish`
+        /// when full, would otherwise have the publisher reconnect every few messages).
+        var nackReconnectInterval: Duration = .seconds(5)
     }
 
     /// What the owner thread should do after a ``tick(now:)``.
@@ -94,6 +102,10 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
     private var writing: Deque<Batch> = []
     /// Messages written and not yet confirmed.
     private(set) var unconfirmed = 0
+    /// Messages nacked since the last ack.
+    private var nacksInARow = 0
+    /// The last time nacks had the connection replaced.
+    private var lastNackReconnect: ContinuousClock.Instant?
     /// The broker asked publishers to pause (`connection.blocked`).
     private(set) var isBlocked = false
     /// When the broker last confirmed anything on this connection.
@@ -209,12 +221,14 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
             batch.confirmOne(at: now)
         }
         windowProgress = now
+        nacksInARow = 0
     }
 
     /// `basic.nack`: the broker refused the messages; their calls fail with `.nacked`.
     mutating func rejected(upTo tag: UInt64, multiple: Bool) {
         ledger.settle(upTo: tag, multiple: multiple) { batch in
             unconfirmed -= 1
+            nacksInARow += 1
             batch.settle(.failure(AMQPError(.nacked, "broker rejected the message (basic.nack)")))
         }
     }
@@ -235,6 +249,15 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
         if stopDeadline != nil || now >= nextSweep {
             nextSweep = now.advanced(by: configuration.sweepInterval)
             if let outcome = sweep(now: now) { return outcome }
+        }
+        if nacksInARow >= configuration.nacksBeforeReconnect,
+            lastNackReconnect.map({ now - $0 >= configuration.nackReconnectInterval }) ?? true
+        {
+            lastNackReconnect = now
+            // Calls still waiting are answered by the owner with this error (`connectionLost`:
+            // their messages' outcome on the old channel is unknown, not refused).
+            return .reconnect(
+                AMQPError(.connectionLost, "the broker refused \(nacksInARow) messages in a row; reconnecting for a fresh channel"))
         }
         if let stopDeadline {
             if inFlight.isEmpty { return .stopped }
@@ -314,5 +337,6 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
         turnWritten = 0
         roundWritten = 0
         writeTimes.removeAll()
+        nacksInARow = 0
     }
 }
