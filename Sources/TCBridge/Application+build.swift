@@ -6,6 +6,7 @@ import Logging
 import Metrics
 import NIOCore
 import ServiceLifecycle
+import Tracing
 import TutorCruncher
 
 /// Builds the receiver's router: `POST /webhook[/...]`, `GET /health`, `GET /ready`; 405 for other
@@ -26,12 +27,30 @@ public func buildRouter(
     let bodyBudget = ByteBudget(limit: configuration.limits.unverifiedBodyBudget)
     let smallBody = 64 << 10
 
+    /// One webhook request, in a server span when tracing is on (its context reaches the
+    /// messages' headers through `ServiceContext.current`).
+    @Sendable func receive(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        guard let tracer = configuration.tracer else { return try await answer(request, context, span: nil) }
+        return try await tracer.withSpan("POST /webhook", ofKind: .server) { span in
+            try await answer(request, context, span: span)
+        }
+    }
+
     /// One webhook request: handled, counted, and logged in one line at info (request id,
     /// outcome, status, events, actions, bytes, milliseconds; never the body or a key).
-    @Sendable func receive(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+    @Sendable func answer(_ request: Request, _ context: BasicRequestContext, span: (any Span)?) async throws -> Response {
         let started = ContinuousClock.now
         let (result, bytes) = try await handleWebhook(request)
         let elapsed = ContinuousClock.now - started
+        if let span {
+            span.attributes["http.request.method"] = "POST"
+            span.attributes["url.path"] = String(request.uri.path.prefix(256))
+            span.attributes["http.response.status_code"] = result.status
+            span.attributes["tcbridge.request_id"] = context.id
+            span.attributes["tcbridge.outcome"] = result.outcome.rawValue
+            span.attributes["tcbridge.events"] = result.eventCount
+            if result.status >= 500 { span.setStatus(SpanStatus(code: .error)) }
+        }
         BridgeMetrics.requestDuration.record(elapsed)
         BridgeMetrics.webhooks(result.outcome).increment()
         logger.info(

@@ -1,3 +1,4 @@
+import Tracing
 import TCBridgeContract
 import TutorCruncher
 
@@ -33,6 +34,10 @@ public struct BridgeConfiguration: Sendable {
     public var dedupMaxEntries: Int
     /// Timeouts, the connection cap and the budget for bodies not yet verified.
     public var limits: ConnectionLimits
+    /// Distributed tracing: a span per webhook request, whose context is written into each of its
+    /// messages' headers (with swift-otel's tracer: W3C `traceparent`, `tracestate`), so consumers
+    /// continue the trace. `nil` (the default): no spans, no trace headers, no cost.
+    public var tracer: (any Tracer)? = nil
 
     public init(
         host: String = "127.0.0.1",

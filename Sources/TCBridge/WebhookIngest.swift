@@ -2,6 +2,7 @@ import AMQPClient
 import DurableSpool
 import Logging
 import Metrics
+import Tracing
 import NIOPosix
 import TutorCruncher
 
@@ -63,6 +64,8 @@ public struct WebhookIngest: Sendable {
     let dedup: DedupWindow?
     let logger: Logger
     let parser = JSONParser()
+    /// Writes the current trace context into messages' headers; `nil` when tracing is off.
+    let tracer: (any Tracer)?
 
     public init(
         configuration: BridgeConfiguration, publisher: any EventPublishing, spool: DurableSpool? = nil,
@@ -75,6 +78,28 @@ public struct WebhookIngest: Sendable {
         self.spool = spool
         self.dedup = dedup
         self.logger = logger
+        self.tracer = configuration.tracer
+    }
+
+    /// The current span's context as message headers (`traceparent`, `tracestate` with swift-otel's
+    /// tracer); empty when tracing is off or no span is current. Must run in the request's task
+    /// (the context is task-local), not on the offload pool.
+    func traceHeaders() -> [(String, AMQPHeaderValue)] {
+        guard let tracer, let context = ServiceContext.current else { return [] }
+        var headers: [(String, AMQPHeaderValue)] = []
+        tracer.inject(context, into: &headers, using: AMQPHeaderInjector())
+        return headers
+    }
+
+    /// `messages` with `trace` appended to their headers; a message the extra headers would make
+    /// untravellable (one already at the frame limit) goes without them.
+    static func adding(_ trace: [(String, AMQPHeaderValue)], to messages: [AMQPOutboundMessage]) -> [AMQPOutboundMessage] {
+        guard !trace.isEmpty else { return messages }
+        return messages.map { message in
+            var traced = message
+            traced.properties.headers += trace
+            return traced.encodingProblem() == nil ? traced : message
+        }
     }
 
     /// Handles one request. `onVerified` runs once the signature has been checked, whatever the
@@ -133,6 +158,7 @@ public struct WebhookIngest: Sendable {
         let count = batch.events.count
         let chunks = stride(from: 0, to: count, by: Self.spoolChunkEvents).map { $0..<min($0 + Self.spoolChunkEvents, count) }
         let factory = factory
+        let trace = traceHeaders()
         // A few chunks in flight at a time: their appends share an fsync, and memory stays bounded.
         let failure: (any Error)? = await withTaskGroup(of: (any Error)?.self) { group in
             var next = chunks.makeIterator()
@@ -146,7 +172,7 @@ public struct WebhookIngest: Sendable {
                             receivedAt: receivedAt, source: batch.sources.isEmpty ? nil : batch.sources[index]),
                         receivedAt: receivedAt)
                 }
-                let record = SpooledMessages.encode(messages)
+                let record = SpooledMessages.encode(Self.adding(trace, to: messages))
                 group.addTask {
                     do throws(SpoolError) {
                         try await spool.append(record)
@@ -199,7 +225,7 @@ public struct WebhookIngest: Sendable {
         case .spoolInChunks(let batch):
             return await spoolInChunks(batch, digest: digest, path: path, receivedAt: receivedAt)
         case .publish(let prepared, let count):
-            (messages, eventCount) = (prepared, count)
+            (messages, eventCount) = (Self.adding(traceHeaders(), to: prepared), count)
         }
 
         var answer = JSONObject(["events": .number(String(eventCount))])

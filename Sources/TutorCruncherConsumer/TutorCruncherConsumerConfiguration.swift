@@ -1,6 +1,7 @@
 import TCBridgeContract
 import AMQPClient
 import TutorCruncher
+import Tracing
 
 /// How a service subscribes to TutorCruncher events. Every field has a documented default except
 /// the queue name, which identifies the service: two services with different queues each get their
@@ -69,6 +70,11 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     /// How long a re-queue or dead-letter publish may take, waiting while the broker blocks
     /// publishing and then for its confirm (default 5 s).
     public var confirmTimeout: Duration = .seconds(5)
+    /// The tracer ``TutorCruncherEventProcessor`` runs each handler in a span of: a `consumer`
+    /// span continuing the trace the bridge's `traceparent` header carries (when the bridge runs
+    /// with tracing on). `nil` (the default): the process's `InstrumentationSystem.tracer`, a no-op
+    /// unless the service bootstraps one (e.g. swift-otel's `OTel.bootstrap()`).
+    public var tracer: (any Tracer)? = nil
 
     public init(
         connection: AMQPConnectionConfiguration = AMQPConnectionConfiguration(),

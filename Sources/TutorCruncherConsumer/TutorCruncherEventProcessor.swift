@@ -1,6 +1,7 @@
 import AMQPClient
 import Logging
 import ServiceLifecycle
+import Tracing
 import TutorCruncherEvents
 
 /// Runs a handler for every event of a subscription: returning acknowledges, throwing retries
@@ -8,6 +9,10 @@ import TutorCruncherEvents
 ///
 /// Up to `prefetch` handlers run concurrently. A `Service`: on graceful shutdown no new events are
 /// taken, handlers in flight finish and are acknowledged, then the connection closes.
+///
+/// Each handler runs in a `consumer` span (configuration's `tracer`) that continues the trace of
+/// the webhook request the event came in (the message's `traceparent` header), so
+/// `ServiceContext.current` inside the handler carries it on to the service's own calls.
 ///
 /// ```swift
 /// let processor = TutorCruncherEventProcessor(configuration: configuration, logger: logger) { event in
@@ -43,7 +48,7 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
         ConsumerMetrics.handlerStarted()
         let started = ContinuousClock.now
         do {
-            try await handler(delivery.event)
+            try await traced(delivery) { try await handler(delivery.event) }
             ConsumerMetrics.handlerEnded(after: ContinuousClock.now - started)
         } catch {
             ConsumerMetrics.handlerEnded(after: nil)
@@ -68,5 +73,33 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
             // The connection broke after handling: the broker redelivers (at-least-once).
             logger.notice("acknowledgement lost; the event will be redelivered", metadata: ["event_id": "\(delivery.event.eventID)", "error": "\(error)"])
         }
+    }
+
+    /// Runs `body` in a span continuing the trace in the delivery's headers (errors are recorded
+    /// on the span and rethrown).
+    private func traced(_ delivery: TutorCruncherDelivery, _ body: () async throws -> Void) async throws {
+        let tracer = consumer.configuration.tracer ?? InstrumentationSystem.tracer
+        var context = ServiceContext.topLevel
+        tracer.extract(delivery.delivery.message.properties.headers, into: &context, using: AMQPHeaderExtractor())
+        let action = delivery.event.action.rawValue
+        try await tracer.withSpan("\(action) process", context: context, ofKind: .consumer) { span in
+            span.attributes["messaging.system"] = "rabbitmq"
+            span.attributes["messaging.operation.type"] = "process"
+            span.attributes["messaging.destination.name"] = consumer.configuration.queue
+            span.attributes["messaging.rabbitmq.destination.routing_key"] = action
+            span.attributes["messaging.message.id"] = delivery.event.eventID
+            span.attributes["tutorcruncher.attempt"] = delivery.attempt
+            try await body()
+        }
+    }
+}
+
+/// Reads trace context (e.g. W3C `traceparent`) from an AMQP message's string headers.
+struct AMQPHeaderExtractor: Extractor {
+    func extract(key: String, from carrier: [(String, AMQPHeaderValue)]) -> String? {
+        for (name, value) in carrier where name == key {
+            if case .string(let text) = value { return text }
+        }
+        return nil
     }
 }

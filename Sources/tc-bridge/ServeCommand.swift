@@ -106,6 +106,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "text or json: one JSON object per log line, for log shippers (env: TC_BRIDGE_LOG_FORMAT; default text).")
     var logFormat: String?
 
+    @Option(help: "off or otlp: a span per webhook request, exported over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318), its context carried to every message as a W3C traceparent header (env: TC_BRIDGE_TRACING; default off). The standard OTEL_* variables apply.")
+    var tracing: String?
+
     @Flag(help: "Accept a private key file (re-read on SIGHUP) that group or others may access (env: TC_BRIDGE_ALLOW_INSECURE_KEY_FILE=1).")
     var allowInsecureKeyFile = false
 
@@ -231,6 +234,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         guard limits.unverifiedBodyBudget > 0 else { throw ValidationError("unverified body budget must be positive") }
         ProcessLimits.prepare(connections: limits.maxConnections, logger: logger)
+        let tracingBackend = try BridgeTracing.make(mode: Environment.resolve(tracing, env: "TC_BRIDGE_TRACING", default: "off"), logger: logger)
 
         let bridge = BridgeConfiguration(
             host: Environment.resolve(host, env: "TC_BRIDGE_HOST", default: "127.0.0.1"),
@@ -267,6 +271,7 @@ struct ServeCommand: AsyncParsableCommand {
         // restart still recognises bodies it already answered 2xx).
         var receiver = bridge
         receiver.keyring = keyring
+        receiver.tracer = tracingBackend?.tracer
         receiver.replayWindow = replay
         if let window = bridge.dedupWindow {
             let journal = spool.configuration.directory + "/dedup.log"
@@ -282,11 +287,13 @@ struct ServeCommand: AsyncParsableCommand {
                 "broker": "\(connections.map(\.redactedURL).joined(separator: ","))", "exchange": "\(bridge.exchange)", "keys": "\(keys.count)",
                 "max_age": "\(maxAgeSeconds)", "dedup_window": "\(dedupSeconds)", "dedup_entries": "\(receiver.dedup?.count ?? 0)",
                 "spool": "\(spool.configuration.directory)", "spooled_records": "\(spool.depth.records)",
+                "tracing": "\(tracingBackend == nil ? "off" : "otlp")",
             ])
         // Shutdown runs in reverse: the HTTP server drains first (failed publishes spool), then the
         // forwarder stops, then the publisher waits for its last confirms and closes.
         let app = buildApplication(
-            configuration: receiver, publisher: publisher, spool: spool, services: [publisher, forwarder], logger: logger,
+            configuration: receiver, publisher: publisher, spool: spool,
+            services: (tracingBackend.map { [$0.service] } ?? []) + [publisher, forwarder], logger: logger,
             metrics: { registry.emitToBuffer() },
             onListening: { port in
                 // Unbuffered, so scripts and tests waiting for this line see it at once.

@@ -23,6 +23,19 @@ import Yams
         return names
     }
 
+    /// The standard `OTEL_*` variables swift-otel reads (`--tracing otlp` applies them), from the
+    /// resolved dependency's source: its literal keys and its OTLP exporter keys (shared and traces).
+    func openTelemetryEnvironment() throws -> Set<String> {
+        let text = try read(".build/checkouts/swift-otel/Sources/OTel/OTelCore/OTel+Configuration+Environment.swift")
+        var names: Set<String> = []
+        for match in text.matches(of: /"(OTEL_[A-Z0-9_]+)"/) { names.insert(String(match.1)) }
+        for match in text.matches(of: /otlpExporterKey\(suffix: "([A-Z_]+)"\)/) {
+            names.insert("OTEL_EXPORTER_OTLP_\(match.1)")
+            names.insert("OTEL_EXPORTER_OTLP_TRACES_\(match.1)")
+        }
+        return names
+    }
+
     @Test func everyPathTheDockerfileCopiesExists() throws {
         let copies = try read("docker/Dockerfile").split(separator: "\n").filter { $0.hasPrefix("COPY ") && !$0.contains("--from=") }
         #expect(copies.count >= 3)
@@ -50,8 +63,10 @@ import Yams
     @Test func theComposeFileParsesAndNamesOnlySettingsTheServicesRead() throws {
         let compose = try #require(try Yams.load(yaml: read("docker/compose.yaml")) as? [String: Any])
         let services = try #require(compose["services"] as? [String: Any])
-        #expect(Set(services.keys) == ["rabbitmq", "tc-bridge", "billing-example", "prometheus", "grafana"])
-        let known = try bridgeEnvironment()
+        #expect(Set(services.keys) == ["rabbitmq", "tc-bridge", "billing-example", "prometheus", "grafana", "jaeger"])
+        let otel = try openTelemetryEnvironment()
+        #expect(otel.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && otel.contains("OTEL_SERVICE_NAME"))
+        let known = try bridgeEnvironment().union(otel)
         #expect(known.contains("AMQP_URL") && known.contains("TC_PRIVATE_KEY_FILE") && known.contains("TC_BRIDGE_PORT"))
         let bridge = try #require(services["tc-bridge"] as? [String: Any])
         let environment = try #require(bridge["environment"] as? [String: Any])

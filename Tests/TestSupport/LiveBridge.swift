@@ -49,7 +49,10 @@ func withTestPublisher<R>(node: RabbitMQNode, exchange: String, _ body: (AMQPPub
 
 /// Publishes webhook bodies the way the bridge does (same envelopes, same message properties),
 /// straight through an AMQPPublisher; returns the envelopes. For consumer tests that need many events fast.
-public func publishWebhookBodies(node: RabbitMQNode = .shared, exchange: String, bodies: [[UInt8]]) async throws -> [EventEnvelope] {
+/// `headers` are added to every message (e.g. trace context).
+public func publishWebhookBodies(
+    node: RabbitMQNode = .shared, exchange: String, bodies: [[UInt8]], headers: [(String, AMQPHeaderValue)] = []
+) async throws -> [EventEnvelope] {
     let factory = MessageFactory(exchange: exchange, appID: "tests")
     let now = UTCTimestamp.now()
     var envelopes: [EventEnvelope] = []
@@ -57,7 +60,11 @@ public func publishWebhookBodies(node: RabbitMQNode = .shared, exchange: String,
         guard case .events(let batch) = WebhookPayload.parse(body) else { continue }
         envelopes += EventEnvelope.envelopes(for: batch, bodyDigest: sha256Hex(body), receivedAt: now)
     }
-    let messages = envelopes.map { factory.message(for: $0, receivedAt: now) }
+    let messages = envelopes.map {
+        var message = factory.message(for: $0, receivedAt: now)
+        message.properties.headers += headers
+        return message
+    }
     try await withTestPublisher(node: node, exchange: exchange) { try await $0.publish(messages) }
     return envelopes
 }
