@@ -15,6 +15,9 @@ public struct AMQPProperties: Sendable, Hashable {
     /// Seconds since the Unix epoch.
     public var timestamp: Int64?
     public var appID: String?
+    /// Per-message TTL in milliseconds, as AMQP's decimal text (e.g. `"5000"`): the broker drops or
+    /// dead-letters the message once it has waited this long at the head of a queue.
+    public var expiration: String?
     /// Header table, sent in key order.
     public var headers: [(String, AMQPHeaderValue)]
 
@@ -25,6 +28,7 @@ public struct AMQPProperties: Sendable, Hashable {
         type: String? = nil,
         timestamp: Int64? = nil,
         appID: String? = nil,
+        expiration: String? = nil,
         headers: [(String, AMQPHeaderValue)] = []
     ) {
         self.contentType = contentType
@@ -33,12 +37,13 @@ public struct AMQPProperties: Sendable, Hashable {
         self.type = type
         self.timestamp = timestamp
         self.appID = appID
+        self.expiration = expiration
         self.headers = headers
     }
 
     public static func == (lhs: AMQPProperties, rhs: AMQPProperties) -> Bool {
         lhs.contentType == rhs.contentType && lhs.persistent == rhs.persistent && lhs.messageID == rhs.messageID
-            && lhs.type == rhs.type && lhs.timestamp == rhs.timestamp && lhs.appID == rhs.appID
+            && lhs.type == rhs.type && lhs.timestamp == rhs.timestamp && lhs.appID == rhs.appID && lhs.expiration == rhs.expiration
             && lhs.headers.map(\.0) == rhs.headers.map(\.0) && lhs.headers.map(\.1) == rhs.headers.map(\.1)
     }
 
@@ -194,12 +199,13 @@ extension AMQPOutboundMessage {
         if let problem = shortString(exchange, "exchange name") ?? shortString(routingKey, "routing key")
             ?? shortString(properties.contentType, "content type") ?? shortString(properties.messageID, "message id")
             ?? shortString(properties.type, "type") ?? shortString(properties.appID, "app id")
+            ?? shortString(properties.expiration, "expiration")
         {
             return problem
         }
         // Content header frame: frame header and end (8), class, weight, body size, flags (14).
         var size = 8 + 14
-        for text in [properties.contentType, properties.messageID, properties.type, properties.appID] {
+        for text in [properties.contentType, properties.messageID, properties.type, properties.appID, properties.expiration] {
             if let text { size += 1 + text.utf8.count }
         }
         size += 1  // delivery mode

@@ -26,6 +26,7 @@ static const amqp_flags_t TCB_FLAG_MESSAGE_ID = AMQP_BASIC_MESSAGE_ID_FLAG;
 static const amqp_flags_t TCB_FLAG_TIMESTAMP = AMQP_BASIC_TIMESTAMP_FLAG;
 static const amqp_flags_t TCB_FLAG_TYPE = AMQP_BASIC_TYPE_FLAG;
 static const amqp_flags_t TCB_FLAG_APP_ID = AMQP_BASIC_APP_ID_FLAG;
+static const amqp_flags_t TCB_FLAG_EXPIRATION = AMQP_BASIC_EXPIRATION_FLAG;
 
 // Field-value kinds as plain integers (AMQP_FIELD_KIND_* is an enum of chars).
 static inline uint8_t tcb_kind_utf8(void) { return AMQP_FIELD_KIND_UTF8; }

@@ -14,6 +14,8 @@ public enum ConsumerMetrics {
     /// What became of one delivery.
     enum Outcome: String {
         case acknowledged, retried, deadLettered = "dead_lettered", redelivered
+        /// An `unrecognised` body acknowledged without a handler (``TutorCruncherConsumerConfiguration/UnrecognisedBodies/skip``).
+        case skipped
     }
 
     private static let handlerDuration = Timer(label: "tcconsumer_handler_duration_seconds")

@@ -1,6 +1,7 @@
 import AMQPClient
 import Logging
 import ServiceLifecycle
+import TCBridgeContract
 import TutorCruncher
 import TutorCruncherEvents
 
@@ -68,6 +69,23 @@ public final class TutorCruncherConsumer: Service, Sendable {
                 logger.warning("could not record the redelivery; handling it anyway", metadata: ["error": "\(error)"])
             }
         }
+        if originalRoutingKey(of: delivery.message) == BridgeContract.unrecognisedRoutingKey {
+            let reason: String
+            if case .string(let text)? = delivery.message.properties.header(BridgeContract.Header.unrecognisedReason) {
+                reason = text
+            } else {
+                reason = "not a TutorCruncher event"
+            }
+            switch configuration.unrecognisedBodies {
+            case .skip:
+                logger.debug("unrecognised message acknowledged without handling", metadata: ["reason": "\(reason)"])
+                ConsumerMetrics.delivered(action: BridgeContract.unrecognisedRoutingKey, outcome: .skipped)
+                try? await delivery.ack()
+            case .deadLetter:
+                await deadLetter(delivery, reason: "unrecognised: \(reason)")
+            }
+            return nil
+        }
         let event: TutorCruncherEvent
         do {
             event = try TutorCruncherEvent(envelope: delivery.message.body)
@@ -91,7 +109,8 @@ public final class TutorCruncherConsumer: Service, Sendable {
     /// the broker dead-letters it through the queue's dead-letter exchange without the error header;
     /// if the connection broke, the broker redelivers it. Never lost, never left unsettled.
     func deadLetter(_ delivery: AMQPDelivery, reason: String) async {
-        ConsumerMetrics.deadLettered(reason: reason.hasPrefix("undecodable") ? "undecodable" : reason.hasPrefix("failed") ? "handler_failed" : "other")
+        let kind = ["undecodable": "undecodable", "failed": "handler_failed", "unrecognised": "unrecognised"].first { reason.hasPrefix($0.key) }?.value
+        ConsumerMetrics.deadLettered(reason: kind ?? "other")
         var headers = delivery.message.properties.headers.filter {
             ![ConsumerHeader.error, ConsumerHeader.originalQueue, ConsumerHeader.originalRoutingKey].contains($0.0)
         }
@@ -119,14 +138,27 @@ public final class TutorCruncherConsumer: Service, Sendable {
         }
     }
 
-    /// Re-queues a copy at the back of the queue with the attempt count raised, then acknowledges.
-    func requeueForRetry(_ delivery: AMQPDelivery, attempt: Int) async throws(AMQPError) {
-        try await requeue(delivery, attempt: attempt + 1, unsettledDeliveries: Self.unsettledDeliveries(of: delivery.message))
+    /// Sends a copy with the attempt count raised to wait `wait` before its next attempt, then
+    /// acknowledges the original: into the shortest wait queue at least that long (the message
+    /// expiring after `wait` itself), or, with no wait or no wait queues, to the back of the queue.
+    func requeueForRetry(_ delivery: AMQPDelivery, attempt: Int, wait: Duration) async throws(AMQPError) {
+        let tiers = configuration.retryPolicy.waitTiers
+        guard wait > .zero, let tier = tiers.first(where: { $0 >= wait }) ?? tiers.last else {
+            try await requeue(delivery, attempt: attempt + 1, unsettledDeliveries: Self.unsettledDeliveries(of: delivery.message))
+            return
+        }
+        let milliseconds = TutorCruncherConsumerConfiguration.RetryPolicy.milliseconds(min(wait, tier))
+        try await requeue(
+            delivery, attempt: attempt + 1, unsettledDeliveries: Self.unsettledDeliveries(of: delivery.message),
+            to: configuration.waitQueue(for: tier), expiration: milliseconds < TutorCruncherConsumerConfiguration.RetryPolicy.milliseconds(tier) ? String(milliseconds) : nil)
     }
 
-    /// Re-queues a copy at the back of the queue carrying the attempt and unsettled-delivery counts,
-    /// then acknowledges the original. Throws (leaving the original unsettled) when that fails.
-    func requeue(_ delivery: AMQPDelivery, attempt: Int? = nil, unsettledDeliveries: Int) async throws(AMQPError) {
+    /// Re-queues a copy carrying the attempt and unsettled-delivery counts (at the back of the
+    /// queue, or into `waitQueue` with a per-message `expiration`), then acknowledges the original.
+    /// Throws (leaving the original unsettled) when that fails.
+    func requeue(
+        _ delivery: AMQPDelivery, attempt: Int? = nil, unsettledDeliveries: Int, to waitQueue: String? = nil, expiration: String? = nil
+    ) async throws(AMQPError) {
         var properties = delivery.message.properties
         let replaced = [
             ConsumerHeader.originalRoutingKey, ConsumerHeader.unsettledDeliveries, ConsumerHeader.brokerDeliveryCount,
@@ -138,7 +170,9 @@ public final class TutorCruncherConsumer: Service, Sendable {
             properties.headers.append((ConsumerHeader.unsettledDeliveries, .int(Int64(unsettledDeliveries))))
         }
         properties.persistent = true
-        let copy = AMQPOutboundMessage(exchange: "", routingKey: configuration.queue, properties: properties, body: delivery.message.body)
+        properties.expiration = expiration
+        let copy = AMQPOutboundMessage(
+            exchange: "", routingKey: waitQueue ?? configuration.queue, properties: properties, body: delivery.message.body)
         try await delivery.republishThenAck(copy)
     }
 
@@ -187,7 +221,7 @@ public struct TutorCruncherDeliveries: AsyncSequence, Sendable {
     }
 }
 
-/// One event to handle. Settle it exactly once: ``ack()``, ``retry(after:)``, ``nack(requeue:)``
+/// One event to handle. Settle it exactly once: ``ack()``, ``retry(because:)`` or ``retry(after:because:)``, ``nack(requeue:)``
 /// or ``reject(reason:)``.
 ///
 /// At-least-once: the same event can arrive again (after a broker restart, a lost acknowledgement,
@@ -206,7 +240,7 @@ public struct TutorCruncherDelivery: Sendable {
         return false
     }
 
-    /// Which attempt this is (1 for the first delivery; raised by ``retry(after:)``).
+    /// Which attempt this is (1 for the first delivery; raised by each retry).
     public var attempt: Int {
         if case .int(let value)? = delivery.message.properties.header(ConsumerHeader.attempt), value >= 1 { return Int(value) }
         return 1
@@ -218,24 +252,45 @@ public struct TutorCruncherDelivery: Sendable {
         consumer.duplicateFilter?.insert(event.eventID)
     }
 
-    /// Try again later: re-queued at the back of the queue, until the retry policy's `maxAttempts`
-    /// is used up; then dead-lettered with `error` in the `tc-error` header.
+    /// Try again after the retry policy's next wait, until its `maxAttempts` are used up; then
+    /// dead-lettered with `error` in the `tc-error` header (and an error log line).
     ///
-    /// When the copy cannot be re-queued (the broker blocks publishing or does not confirm) the
-    /// delivery is requeued as it is (`basic.nack`), which counts towards the retry policy's
-    /// `maxUnsettledDeliveries`, and the error is thrown. Never leaves the delivery unsettled on a
-    /// working connection.
+    /// The event waits on the broker (see ``TutorCruncherConsumerConfiguration/RetryPolicy``), not
+    /// in this process. When the copy cannot be sent (the broker blocks publishing or does not
+    /// confirm) the delivery is requeued as it is (`basic.nack`), which counts towards the retry
+    /// policy's `maxUnsettledDeliveries`, and the error is thrown. Never leaves the delivery
+    /// unsettled on a working connection.
+    public func retry(because error: any Error) async throws(AMQPError) {
+        let policy = consumer.configuration.retryPolicy
+        try await retry(wait: policy.jittered(policy.delay(afterAttempt: attempt)), error: "\(error)")
+    }
+
+    /// Try again in `delay` (at most the retry policy's `maxDelay`; the wait ends between `delay`
+    /// and the shortest of the policy's waits that is at least as long), whatever the policy's
+    /// schedule says. Counts as an attempt: after `maxAttempts` the event is dead-lettered.
+    public func retry(after delay: Duration, because error: (any Error)? = nil) async throws(AMQPError) {
+        try await retry(wait: min(max(delay, .zero), consumer.configuration.retryPolicy.maxDelay), error: error.map { "\($0)" } ?? "retry requested")
+    }
+
+    @available(*, deprecated, renamed: "retry(because:)", message: "retry(after:) now takes a delay")
     public func retry(after error: any Error) async throws(AMQPError) {
+        try await retry(because: error)
+    }
+
+    private func retry(wait: Duration, error: String) async throws(AMQPError) {
         if attempt >= consumer.configuration.retryPolicy.maxAttempts {
+            consumer.logger.error(
+                "event failed its last attempt; dead-lettering",
+                metadata: ["event_id": "\(event.eventID)", "action": "\(event.action)", "attempts": "\(attempt)", "error": "\(error)"])
             await consumer.deadLetter(delivery, reason: "failed \(attempt) times; last error: \(error)")
-        } else {
-            ConsumerMetrics.retried()
-            do {
-                try await consumer.requeueForRetry(delivery, attempt: attempt)
-            } catch {
-                try? await delivery.nack(requeue: true)
-                throw error
-            }
+            return
+        }
+        ConsumerMetrics.retried()
+        do {
+            try await consumer.requeueForRetry(delivery, attempt: attempt, wait: wait)
+        } catch {
+            try? await delivery.nack(requeue: true)
+            throw error
         }
     }
 

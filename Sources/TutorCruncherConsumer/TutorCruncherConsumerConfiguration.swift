@@ -13,11 +13,29 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         case quorum
     }
 
-    /// What happens when handling fails.
+    /// What happens when handling fails: how often, and how long the event waits before each new
+    /// attempt.
+    ///
+    /// A waiting event is not held by the consumer: it waits in a wait queue on the broker
+    /// (`<queue>.retry.<milliseconds>ms`, a quorum queue per distinct delay, dead-lettering back into
+    /// the queue when the time is up), so it survives restarts of the service and the broker and
+    /// takes no prefetch slot. Wait queues of an older policy stay behind, empty, once their events
+    /// are back: delete them when you like. With the defaults an event is tried 5 times over about a minute and a quarter
+    /// (waits of 5, 10, 20 and 40 s, each shortened by up to 20% at random) before it is dead-lettered.
     public struct RetryPolicy: Sendable, Equatable {
-        /// Handler attempts per event, the first included (default 3). After the last failure the
+        /// Handler attempts per event, the first included (default 5). After the last failure the
         /// event goes to the dead-letter queue with the error in the `tc-error` header.
         public var maxAttempts: Int
+        /// The wait after the first failure (default 5 s). `.zero` re-queues failed events at the
+        /// back of the queue at once, as before wait queues existed.
+        public var initialDelay: Duration
+        /// Each further wait is the previous one times this (default 2).
+        public var multiplier: Double
+        /// No wait is longer (default 5 minutes); also the longest `retry(after:)` honours.
+        public var maxDelay: Duration
+        /// Each wait is shortened by a random fraction of up to this much (default 0.2), so events
+        /// that failed together do not all come back at the same instant. 0 to 1.
+        public var jitter: Double
         /// Deliveries of one event that may end without being settled (the consumer crashed or lost
         /// its connection while handling it, or it was requeued with `nack(requeue: true)`) before
         /// the next delivery sends it to the dead-letter queue instead of to a handler (default 5).
@@ -26,12 +44,72 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         /// `tc-unsettled-deliveries` header of a copy re-queued on each redelivery.
         public var maxUnsettledDeliveries: Int
 
-        public init(maxAttempts: Int = 3, maxUnsettledDeliveries: Int = 5) {
+        public init(
+            maxAttempts: Int = 5, initialDelay: Duration = .seconds(5), multiplier: Double = 2, maxDelay: Duration = .seconds(300),
+            jitter: Double = 0.2, maxUnsettledDeliveries: Int = 5
+        ) {
             precondition(maxAttempts >= 1, "maxAttempts must be at least 1")
             precondition(maxUnsettledDeliveries >= 1, "maxUnsettledDeliveries must be at least 1")
+            precondition(initialDelay >= .zero && maxDelay >= .zero, "delays cannot be negative")
+            precondition(multiplier >= 1 && multiplier.isFinite, "multiplier must be at least 1")
+            precondition((0...1).contains(jitter), "jitter is a fraction from 0 to 1")
             self.maxAttempts = maxAttempts
+            self.initialDelay = initialDelay
+            self.multiplier = multiplier
+            self.maxDelay = maxDelay
+            self.jitter = jitter
             self.maxUnsettledDeliveries = maxUnsettledDeliveries
         }
+
+        /// The wait after attempt `attempt` (from 1) failed, before jitter, in whole milliseconds:
+        /// `initialDelay × multiplier^(attempt − 1)`, at most `maxDelay`.
+        public func delay(afterAttempt attempt: Int) -> Duration {
+            let initial = Self.milliseconds(initialDelay)
+            guard initial > 0 else { return .zero }
+            let cap = Self.milliseconds(maxDelay)
+            var value = Double(initial)
+            // `attempt` may come from a message header: the loop stops once the cap is reached.
+            var step = 1
+            while step < attempt, value < Double(cap), multiplier > 1 {
+                value *= multiplier
+                step += 1
+            }
+            return .milliseconds(value < Double(cap) ? Int64(value) : cap)
+        }
+
+        /// The waits events can be given, longest last: one wait queue each. Those of the policy,
+        /// and `maxDelay` (for ``TutorCruncherDelivery/retry(after:)``) when delays are on.
+        var waitTiers: [Duration] {
+            guard initialDelay > .zero, maxAttempts > 1 else { return [] }
+            let waits = (1..<maxAttempts).map(delay(afterAttempt:)) + [.milliseconds(Self.milliseconds(maxDelay))]
+            return Array(Set(waits.filter { $0 > .zero })).sorted()
+        }
+
+        /// `delay` shortened by a random fraction of up to `jitter`.
+        func jittered(_ delay: Duration) -> Duration {
+            let milliseconds = Self.milliseconds(delay)
+            guard jitter > 0, milliseconds > 1 else { return delay }
+            let cut = Double(milliseconds) * jitter * Double.random(in: 0...1)
+            return .milliseconds(milliseconds - Int64(cut))
+        }
+
+        static func milliseconds(_ duration: Duration) -> Int64 {
+            let (seconds, attoseconds) = duration.components
+            let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1000)
+            let (sum, carry) = whole.addingReportingOverflow(attoseconds / 1_000_000_000_000_000)
+            return overflow || carry ? .max : max(0, sum)
+        }
+    }
+
+    /// What to do with the bridge's `unrecognised` messages (bodies or events that are not a
+    /// TutorCruncher event, published unchanged under routing key `unrecognised`), which a
+    /// consumer of every action (`actions: []`, bound to `#`) also receives.
+    public enum UnrecognisedBodies: Sendable, Equatable {
+        /// Acknowledge them without a handler, counted as `tcconsumer_deliveries_total{outcome="skipped"}`
+        /// and logged at debug (the default).
+        case skip
+        /// Send them to the dead-letter queue with the bridge's reason in `tc-error`, for someone to look at.
+        case deadLetter
     }
 
     /// The bridge's alternate exchange (default `<exchange>.unroutable`, as `tc-bridge` declares it;
@@ -58,6 +136,8 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     /// Where failed and undecodable events go (default `<queue>.dead-letter`).
     public var deadLetterQueue: String
     public var retryPolicy: RetryPolicy
+    /// The bridge's `unrecognised` messages: skipped quietly (the default) or dead-lettered.
+    public var unrecognisedBodies: UnrecognisedBodies = .skip
     /// Opt-in: remember this many recently handled `eventID`s and acknowledge repeats without
     /// handing them out again (default `nil`: off). In memory, per process: a best effort on top of,
     /// not instead of, idempotent handling.
@@ -124,6 +204,14 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         self.failoverConnections = Array(connections.dropFirst())
     }
 
+    /// The wait queue where events wait `delay` before their next attempt: a quorum queue (replicated
+    /// in a cluster; confirms as soon as the copy is committed) with that message TTL, dead-lettering
+    /// back into ``queue``. Needs RabbitMQ 3.10 or later (quorum queue TTL). A classic queue with a
+    /// TTL held publisher confirms back for seconds here when several waited at once.
+    public func waitQueue(for delay: Duration) -> String {
+        "\(queue).retry.\(RetryPolicy.milliseconds(delay))ms"
+    }
+
     /// The queues, bindings and exchange this configuration declares.
     var amqpConfiguration: AMQPConsumerConfiguration {
         let typeArgument: [String: AMQPHeaderValue] = ["x-queue-type": .string(queueType.rawValue)]
@@ -138,6 +226,16 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
             ],
             queues: [
                 AMQPQueueDeclaration(name: deadLetterQueue, durable: true, arguments: typeArgument),
+            ] + retryPolicy.waitTiers.map { wait in
+                AMQPQueueDeclaration(
+                    name: waitQueue(for: wait), durable: true,
+                    arguments: [
+                        "x-queue-type": .string("quorum"),
+                        "x-message-ttl": .int(RetryPolicy.milliseconds(wait)),
+                        "x-dead-letter-exchange": .string(""),
+                        "x-dead-letter-routing-key": .string(queue),
+                    ])
+            } + [
                 AMQPQueueDeclaration(
                     name: queue, durable: true,
                     arguments: typeArgument.merging([

@@ -5,7 +5,8 @@ import Tracing
 import TutorCruncherEvents
 
 /// Runs a handler for every event of a subscription: returning acknowledges, throwing retries
-/// (up to the retry policy's `maxAttempts`, then the event is dead-lettered with the error).
+/// after the retry policy's wait (up to its `maxAttempts`, then the event is dead-lettered with
+/// the error).
 ///
 /// Up to `prefetch` handlers run concurrently. A `Service`: on graceful shutdown no new events are
 /// taken, handlers in flight finish and are acknowledged, then the connection closes.
@@ -60,7 +61,7 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
                     "attempt": "\(delivery.attempt)", "error": "\(error)",
                 ])
             do {
-                try await delivery.retry(after: error)
+                try await delivery.retry(because: error)
             } catch {
                 logger.warning("could not re-queue; the broker will redeliver", metadata: ["error": "\(error)"])
             }

@@ -6,13 +6,13 @@ import TutorCruncherConsumer
 
 /// Retries, dead-lettering and prefetch, against the real broker.
 @Suite struct ConsumerFailureTests {
-    @Test func throwingHandlerIsRetriedThenDeadLetteredWithTheError() async throws {
+    @Test func throwingHandlerIsRetriedAfterGrowingWaitsThenDeadLetteredWithTheError() async throws {
         let exchange = uniqueExchange()
         var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice])
-        configuration.retryPolicy = .init(maxAttempts: 3)
-        let attempts = Recorder<String>()
+        configuration.retryPolicy = .init(maxAttempts: 3, initialDelay: .milliseconds(400), multiplier: 2, jitter: 0)
+        let attempts = Recorder<(id: String, at: ContinuousClock.Instant)>()
         let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
-            attempts.append(event.eventID)
+            attempts.append((event.eventID, .now))
             throw HandlerFailure(attempt: attempts.count)
         }
         try await withServices([processor]) {
@@ -21,7 +21,12 @@ import TutorCruncherConsumer
             defer { Task { await deadLetters.stop() } }
             let envelopes = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["RAISED_INVOICE"])])
             let dead = try #require(try await deadLetters.waitForMessages(count: 1).first)
-            #expect(attempts.all == Array(repeating: envelopes[0].eventID, count: 3))
+            #expect(attempts.all.map(\.id) == Array(repeating: envelopes[0].eventID, count: 3))
+            // Each attempt came at least the policy's wait after the one before: 400 ms, then 800 ms.
+            let times = attempts.all.map(\.at)
+            let gaps = zip(times.dropFirst(), times).map { $0 - $1 }
+            print("retry spacing: \(gaps.map { "\($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) ms" })")
+            #expect(gaps.count == 2 && gaps[0] >= .milliseconds(400) && gaps[1] >= .milliseconds(800), "\(gaps)")
             #expect(dead.body == envelopes[0].body)
             #expect(dead.properties.messageID == envelopes[0].eventID)
             #expect(dead.properties.header(ConsumerHeader.attempt) == .int(3))
@@ -35,6 +40,71 @@ import TutorCruncherConsumer
             #expect(error.contains("billing system said no (attempt 3)"))
             let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
             #expect(try await admin.messageCount(queue: configuration.queue) == 0)
+            #expect(try await admin.messageCount(queue: configuration.waitQueue(for: .milliseconds(400))) == 0)
+        }
+    }
+
+    @Test func aWaitingEventHoldsNoPrefetchSlotAndSurvivesARestartOfTheService() async throws {
+        let exchange = uniqueExchange()
+        var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice, .login], prefetch: 1)
+        configuration.retryPolicy = .init(maxAttempts: 2, initialDelay: .seconds(4), jitter: 0)
+        let handled = Recorder<String>()
+        let failing = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
+            handled.append(event.action.rawValue)
+            if event.action == .raisedInvoice { throw HandlerFailure(attempt: 1) }
+        }
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        let waitQueue = configuration.waitQueue(for: .seconds(4))
+        try await withServices([failing]) {
+            try await waitUntil("consumer connected") { failing.consumer.isConnected }
+            _ = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["RAISED_INVOICE"])])
+            _ = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["LOGIN"])])
+            // With one prefetch slot, LOGIN is handled while RAISED_INVOICE waits on the broker.
+            try await waitUntil("LOGIN handled while the invoice waits") {
+                guard handled.all == ["RAISED_INVOICE", "LOGIN"] else { return false }
+                return try await admin.messageCount(queue: waitQueue) == 1
+            }
+        }
+        // The service stopped; the event still waits in the durable wait queue and comes back to
+        // the next instance for its second attempt.
+        #expect(try await admin.messageCount(queue: waitQueue) == 1)
+        let secondAttempt = Recorder<Int>()
+        let restarted = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { _ in secondAttempt.append(1) }
+        try await withServices([restarted]) {
+            try await waitUntil(timeout: .seconds(30), "second attempt after the restart") { secondAttempt.count == 1 }
+        }
+    }
+
+    @Test(arguments: [TutorCruncherConsumerConfiguration.UnrecognisedBodies.skip, .deadLetter])
+    func aCatchAllConsumerSkipsOrDeadLettersUnrecognisedBodiesAsConfigured(handling: TutorCruncherConsumerConfiguration.UnrecognisedBodies) async throws {
+        let exchange = uniqueExchange()
+        var configuration = consumerConfiguration(exchange: exchange)  // every action: bound to '#'
+        configuration.unrecognisedBodies = handling
+        let handled = Recorder<String>()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { handled.append($0.eventID) }
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            try await publishRaw(exchange: exchange, routingKey: "unrecognised", body: Array("<html>not an event</html>".utf8))
+            let good = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["LOGIN"])])
+            // RabbitMQ keeps order within the queue: once the event after it is handled, the
+            // unrecognised body has been dealt with.
+            try await waitUntil("the event after it handled") { handled.all == [good[0].eventID] }
+            try await waitUntil("queue empty") { try await admin.messageCount(queue: configuration.queue) == 0 }
+            switch handling {
+            case .skip:
+                #expect(try await admin.messageCount(queue: configuration.deadLetterQueue) == 0)
+            case .deadLetter:
+                let deadLetters = try await QueueProbe(existingQueue: configuration.deadLetterQueue)
+                defer { Task { await deadLetters.stop() } }
+                let dead = try #require(try await deadLetters.waitForMessages(count: 1).first)
+                #expect(dead.body == Array("<html>not an event</html>".utf8))
+                guard case .string(let error)? = dead.properties.header(ConsumerHeader.error) else {
+                    Issue.record("no tc-error header")
+                    return
+                }
+                #expect(error.hasPrefix("unrecognised"))
+            }
         }
     }
 

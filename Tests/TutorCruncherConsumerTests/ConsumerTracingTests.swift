@@ -11,7 +11,7 @@ import TutorCruncherConsumer
         let exchange = uniqueExchange()
         let tracer = InMemoryTracer()
         var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice])
-        configuration.retryPolicy = .init(maxAttempts: 2)
+        configuration.retryPolicy = .init(maxAttempts: 2, initialDelay: .milliseconds(200), jitter: 0)
         configuration.tracer = tracer
         let traceInsideHandler = Recorder<String>()
         let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { _ in

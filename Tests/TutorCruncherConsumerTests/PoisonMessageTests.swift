@@ -13,7 +13,7 @@ import TutorCruncherConsumer
         let exchange = uniqueExchange()
         var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice])
         configuration.queueType = queueType
-        configuration.retryPolicy = .init(maxAttempts: 3, maxUnsettledDeliveries: 3)
+        configuration.retryPolicy = .init(maxAttempts: 3, initialDelay: .zero, maxUnsettledDeliveries: 3)
         configuration.shutdownTimeout = .milliseconds(100)
         let handedOut = Recorder<String>()
         let redeliveredFlags = Recorder<Bool>()
@@ -69,7 +69,7 @@ import TutorCruncherConsumer
         let exchange = uniqueExchange()
         var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice])
         configuration.queueType = queueType
-        configuration.retryPolicy = .init(maxAttempts: 3, maxUnsettledDeliveries: 4)
+        configuration.retryPolicy = .init(maxAttempts: 3, initialDelay: .zero, maxUnsettledDeliveries: 4)
         let consumer = TutorCruncherConsumer(configuration: configuration, logger: quietLogger)
         let handedOut = Recorder<String>()
         try await withServices([consumer]) {

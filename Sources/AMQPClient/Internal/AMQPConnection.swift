@@ -538,6 +538,10 @@ private func withProperties<R>(_ properties: AMQPProperties, _ body: (amqp_basic
         flags |= TCB_FLAG_APP_ID
         props.app_id = arena.bytes(appID)
     }
+    if let expiration = properties.expiration {
+        flags |= TCB_FLAG_EXPIRATION
+        props.expiration = arena.bytes(expiration)
+    }
     if properties.headers.isEmpty {
         props._flags = flags
         return body(props)
@@ -560,6 +564,7 @@ extension AMQPProperties {
             type: flags & TCB_FLAG_TYPE != 0 ? String(amqpBytes: props.type) : nil,
             timestamp: flags & TCB_FLAG_TIMESTAMP != 0 ? Int64(clamping: props.timestamp) : nil,
             appID: flags & TCB_FLAG_APP_ID != 0 ? String(amqpBytes: props.app_id) : nil,
+            expiration: flags & TCB_FLAG_EXPIRATION != 0 ? String(amqpBytes: props.expiration) : nil,
             headers: flags & TCB_FLAG_HEADERS != 0 ? FieldTable.decode(props.headers) : []
         )
     }
