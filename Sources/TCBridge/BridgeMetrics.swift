@@ -17,7 +17,7 @@ public enum BridgeMetrics {
         "tcbridge_request_duration_seconds", "tcbridge_publish_confirm_duration_seconds",
         "tcbridge_broker_connected", "tcbridge_broker_blocked", "amqp_reconnects_total", "amqp_messages_returned_total",
         "tcbridge_spool_records", "tcbridge_spool_bytes", "tcbridge_spool_oldest_record_age_seconds",
-        "tcbridge_spool_forwarded_total", "tcbridge_spool_records_set_aside_total", "tcbridge_dedup_entries",
+        "tcbridge_spool_forwarded_total", "tcbridge_spool_forward_failures_total", "tcbridge_spool_records_set_aside_total", "tcbridge_dedup_entries",
         "tcbridge_dedup_evicted_total", "tcbridge_dedup_journal_errors_total", "tcbridge_request_time_unusable_total",
         "tcbridge_connections_closed_total", "tcbridge_connections_open",
     ]

@@ -16,7 +16,10 @@ import Synchronization
 /// aside after `maxAttempts` such refusals. Failures that say nothing about the record never count:
 /// not connected, blocked, a connection lost, a confirm that did not come, and a `basic.nack`
 /// (RabbitMQ nacks for its own reasons: a queue without a leader, a full `reject-publish` queue,
-/// a channel gone stale after a failover; the record waits in the spool until it is taken). Set-aside records are copied to the
+/// a channel gone stale after a failover; the record waits in the spool until it is taken, retried
+/// with a backoff that grows to a minute while nacks go on, since every attempt may deliver
+/// another copy to the queues that did take it). Every failed attempt is counted by kind
+/// (`tcbridge_spool_forward_failures_total{kind}`) and logged with it. Set-aside records are copied to the
 /// spool's `corrupt/` directory, logged at error level and counted
 /// (`tcbridge_spool_records_set_aside_total`).
 public struct SpoolForwarder: Service, Sendable {
@@ -50,22 +53,34 @@ public struct SpoolForwarder: Service, Sendable {
                     try? await Task.sleep(for: idleInterval)
                     continue
                 }
-                let forwarded = await forwardOneBatch()
-                if forwarded {
+                switch await forwardBatch() {
+                case .forwarded:
                     failures = 0
-                } else {
+                case .failed(let nacked):
                     failures += 1
-                    try? await Task.sleep(for: min(.seconds(5), idleInterval * Double(1 << min(failures, 6))))
+                    let cap: Duration = nacked ? .seconds(60) : .seconds(5)
+                    try? await Task.sleep(for: min(cap, idleInterval * Double(1 << min(failures, 10))))
                 }
             }
         }
     }
 
+    /// What one round of forwarding came to.
+    enum BatchOutcome: Equatable {
+        case forwarded
+        /// Some records went back to the spool; `nacked`: the broker nacked them (back off longer).
+        case failed(nacked: Bool)
+    }
+
     /// Forwards up to `batchSize` records; `false` when any failed (they go back to the spool).
     func forwardOneBatch() async -> Bool {
+        await forwardBatch() == .forwarded
+    }
+
+    func forwardBatch() async -> BatchOutcome {
         var records = await spool.lease(maxRecords: batchSize)
         // Nothing leased while records wait (one could not be read): back off rather than spin.
-        guard !records.isEmpty else { return spool.depth.records == 0 }
+        guard !records.isEmpty else { return spool.depth.records == 0 ? .forwarded : .failed(nacked: false) }
         // A record that was refused before goes alone, so its refusal is its own and not a neighbour's.
         var alone = records.count == 1
         if let suspect = records.first(where: { failures.isSuspect($0.id) }) {
@@ -102,7 +117,11 @@ public struct SpoolForwarder: Service, Sendable {
         let confirmed = outcomes.filter { $0.1 == nil }.map(\.0.id)
         var retry: [SpoolRecord.ID] = []
         var rejected: [SpoolRecord] = []
+        var failureKinds: Set<String> = []
         for case (let record, let error?) in outcomes {
+            let kind = "\(error.kind)"
+            failureKinds.insert(kind)
+            Counter(label: "tcbridge_spool_forward_failures_total", dimensions: [("kind", kind)]).increment()
             switch error.kind {
             case .unencodable:
                 logger.error("spooled record cannot be encoded; set aside", metadata: ["error": "\(error)"])
@@ -135,12 +154,14 @@ public struct SpoolForwarder: Service, Sendable {
         if !rejected.isEmpty { await setAside(rejected, reason: "refused") }
         if !retry.isEmpty {
             await spool.release(retry)
-            logger.notice("spool forwarding failed; will retry", metadata: ["records": "\(retry.count)"])
+            logger.notice(
+                "spool forwarding failed; will retry",
+                metadata: ["records": "\(retry.count)", "reasons": "\(failureKinds.sorted().joined(separator: ","))"])
         }
         if !confirmed.isEmpty, spool.depth.records == 0 {
             logger.info("spool drained")
         }
-        return retry.isEmpty
+        return retry.isEmpty ? .forwarded : .failed(nacked: failureKinds.contains("\(AMQPError.Kind.nacked)"))
     }
 
     private func setAside(_ records: [SpoolRecord], reason: String) async {

@@ -95,12 +95,35 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
     }
 }
 
-/// Reads trace context (e.g. W3C `traceparent`) from an AMQP message's string headers.
+/// Reads trace context (e.g. W3C `traceparent`) from an AMQP message's string headers. Anyone
+/// who can publish to the exchange can set them: a `traceparent` that is not exactly the W3C
+/// format, or any value over 512 bytes (a `tracestate` the tracer's parser would spend seconds
+/// on), is ignored and the handler's span starts a trace of its own.
 struct AMQPHeaderExtractor: Extractor {
+    static let maxValueBytes = 512
+
     func extract(key: String, from carrier: [(String, AMQPHeaderValue)]) -> String? {
         for (name, value) in carrier where name == key {
-            if case .string(let text) = value { return text }
+            guard case .string(let text) = value, text.utf8.count <= Self.maxValueBytes else { return nil }
+            if key == "traceparent", !Self.isWellFormedTraceParent(text) { return nil }
+            return text
         }
         return nil
+    }
+
+    /// `vv-<32 hex>-<16 hex>-ff`, lowercase hex, 55 bytes.
+    static func isWellFormedTraceParent(_ text: String) -> Bool {
+        let bytes = Array(text.utf8)
+        guard bytes.count == 55 else { return false }
+        for (index, byte) in bytes.enumerated() {
+            if [2, 35, 52].contains(index) {
+                guard byte == UInt8(ascii: "-") else { return false }
+            } else {
+                guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte) else {
+                    return false
+                }
+            }
+        }
+        return true
     }
 }

@@ -234,7 +234,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         guard limits.unverifiedBodyBudget > 0 else { throw ValidationError("unverified body budget must be positive") }
         ProcessLimits.prepare(connections: limits.maxConnections, logger: logger)
-        let tracingBackend = try BridgeTracing.make(mode: Environment.resolve(tracing, env: "TC_BRIDGE_TRACING", default: "off"), logger: logger)
+        let tracingBackend = try BridgeTracing.make(
+            mode: Environment.resolve(tracing, env: "TC_BRIDGE_TRACING", default: "off"), level: level, format: format, logger: logger)
 
         let bridge = BridgeConfiguration(
             host: Environment.resolve(host, env: "TC_BRIDGE_HOST", default: "127.0.0.1"),

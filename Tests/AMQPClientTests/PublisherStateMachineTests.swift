@@ -127,6 +127,23 @@ import Testing
             Issue.record("expected a reconnect once the interval passed")
             return
         }
+
+        // That fresh channel was refused too: the next reconnect waits twice as long (10 s).
+        func refuseThree(at now: ContinuousClock.Instant) {
+            machine.connected(now: now)
+            for waiter in (0..<3).map({ _ in FakeWaiter() }) { machine.submit(messages(1), waiter: waiter, frameSize: 4096, now: now) }
+            _ = writeRound(&machine, at: now)
+            machine.rejected(upTo: 3, multiple: true)
+        }
+        refuseThree(at: start + .seconds(6))
+        guard case .wait = machine.tick(now: start + .seconds(12)) else {
+            Issue.record("the interval should have doubled")
+            return
+        }
+        guard case .reconnect = machine.tick(now: start + .seconds(17)) else {
+            Issue.record("expected a reconnect after the doubled interval")
+            return
+        }
     }
 
     @Test func aCallWithoutProgressTimesOutAndAStuckChannelAsksForAReconnect() {

@@ -64,7 +64,7 @@ import TutorCruncherConsumer
             for worker in 0..<4 {
                 group.addTask {
                     var sequence = 0
-                    while !stop.value {
+                    while !stop.value, !Task.isCancelled {
                         let body = Webhooks.body(actions: ["CLUSTER_TEST"], subjectID: worker * 1_000_000 + sequence)
                         sequence += 1
                         do {

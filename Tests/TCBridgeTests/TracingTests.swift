@@ -206,12 +206,37 @@ import TutorCruncherConsumer
 @Suite struct TracingCommandLineTests {
     @Test(arguments: [
         (["--tracing", "jaeger"], [String: String](), "unknown tracing mode \"jaeger\" (off or otlp)"),
-        (["--tracing", "otlp"], ["OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"], "cannot set up OTLP tracing"),
+        (["--tracing", "otlp"], ["OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"], "OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported"),
+        // swift-otel would stop the process (fatalError) on each of these.
+        (["--tracing", "otlp"], ["OTEL_PROPAGATORS": "tracecontext,baggage"], "OTEL_PROPAGATORS=tracecontext,baggage is not supported"),
+        (["--tracing", "otlp"], ["OTEL_TRACES_SAMPLER": "xray"], "OTEL_TRACES_SAMPLER=xray is not supported"),
+        (["--tracing", "otlp"], ["OTEL_TRACES_EXPORTER": "zipkin"], "OTEL_TRACES_EXPORTER=zipkin is not supported"),
     ])
     func unusableTracingSettingsAreRefusedAtStart(arguments: [String], environment: [String: String], message: String) async throws {
         let run = try await runBridgeCommand(["serve"] + arguments, environment: environment.merging(["TC_PRIVATE_KEY": "k"]) { $1 })
         #expect(run.status != 0)
         #expect(run.output.contains(message), "\(run.output)")
+    }
+}
+
+/// swift-otel logs every OTEL_* variable it applies, value included; the bridge withholds the values.
+@Suite struct TracingSecretsTests {
+    @Test func aCollectorTokenInTheEnvironmentNeverReachesTheLog() async throws {
+        let token = "sekrit-token-\(UUID().uuidString)"
+        let bridge = try await BridgeProcess(
+            node: .shared, arguments: ["--exchange", "tracing-secrets-\(UUID().uuidString.prefix(8))"],
+            environment: [
+                "TC_BRIDGE_TRACING": "otlp", "TC_BRIDGE_LOG_LEVEL": "info",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:\(try unusedPort())",
+                "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer \(token)",
+            ],
+            captureStandardError: true)
+        try await waitForHealthy(bridge)
+        bridge.signal(SIGTERM)
+        #expect(try await bridge.waitForExit() == 0)
+        let log = bridge.standardError
+        #expect(log.contains("environment_key=OTEL_EXPORTER_OTLP_TRACES_HEADERS"), "swift-otel logged the variable it applied (the check below means something)")
+        #expect(!log.contains(token), "the token reached the log")
     }
 }
 

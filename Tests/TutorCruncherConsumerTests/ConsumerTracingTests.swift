@@ -3,7 +3,7 @@ import InMemoryTracing
 import TestSupport
 import Testing
 import Tracing
-import TutorCruncherConsumer
+@testable import TutorCruncherConsumer
 
 /// Each handler runs in a consumer span that continues the trace the message carries.
 @Suite struct ConsumerTracingTests {
@@ -35,5 +35,32 @@ import TutorCruncherConsumer
         }
         #expect(spans.map { $0.attributes["tutorcruncher.attempt"]?.toSpanAttribute() } == [.int64(1), .int64(2)])
         #expect(spans.map(\.errors.count) == [1, 0], "the failed attempt's error is on its span")
+    }
+}
+
+/// Trace headers come from whoever published: only well-formed, bounded values are used.
+@Suite struct TraceHeaderExtractionTests {
+    let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    @Test func aWellFormedTraceParentIsRead() {
+        #expect(AMQPHeaderExtractor().extract(key: "traceparent", from: [("traceparent", .string(valid))]) == valid)
+    }
+
+    @Test(arguments: [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0",  // short
+        "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",  // uppercase
+        "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  // wrong separator
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        "",
+    ])
+    func aMalformedTraceParentIsIgnored(value: String) {
+        #expect(AMQPHeaderExtractor().extract(key: "traceparent", from: [("traceparent", .string(value))]) == nil)
+    }
+
+    @Test func anOversizedOrNonStringValueIsIgnored() {
+        let huge = String(repeating: "k=v,", count: 40_000)
+        #expect(AMQPHeaderExtractor().extract(key: "tracestate", from: [("tracestate", .string(huge))]) == nil)
+        #expect(AMQPHeaderExtractor().extract(key: "tracestate", from: [("tracestate", .string("k=v"))]) == "k=v")
+        #expect(AMQPHeaderExtractor().extract(key: "traceparent", from: [("traceparent", .int(1))]) == nil)
     }
 }

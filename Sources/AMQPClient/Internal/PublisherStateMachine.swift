@@ -43,8 +43,11 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
         /// a leader on a node that had just stopped.
         var nacksBeforeReconnect = 3
         /// At most one such reconnect this often (a queue that refuses on purpose, `reject-publish`
-        /// when full, would otherwise have the publisher reconnect every few messages).
+        /// when full, would otherwise have the publisher reconnect every few messages); doubled,
+        /// up to `maxNackReconnectInterval`, each time a fresh connection is refused again before
+        /// anything is acknowledged.
         var nackReconnectInterval: Duration = .seconds(5)
+        var maxNackReconnectInterval: Duration = .seconds(300)
     }
 
     /// What the owner thread should do after a ``tick(now:)``.
@@ -104,8 +107,11 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
     private(set) var unconfirmed = 0
     /// Messages nacked since the last ack.
     private var nacksInARow = 0
-    /// The last time nacks had the connection replaced.
+    /// The last time nacks had the connection replaced, and the interval before the next may.
     private var lastNackReconnect: ContinuousClock.Instant?
+    private var nackReconnectWait: Duration?
+    /// An ack arrived since the last reconnect for nacks (the fresh channel helped).
+    private var ackedSinceNackReconnect = true
     /// The broker asked publishers to pause (`connection.blocked`).
     private(set) var isBlocked = false
     /// When the broker last confirmed anything on this connection.
@@ -222,6 +228,7 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
         }
         windowProgress = now
         nacksInARow = 0
+        ackedSinceNackReconnect = true
     }
 
     /// `basic.nack`: the broker refused the messages; their calls fail with `.nacked`.
@@ -250,9 +257,12 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
             nextSweep = now.advanced(by: configuration.sweepInterval)
             if let outcome = sweep(now: now) { return outcome }
         }
-        if nacksInARow >= configuration.nacksBeforeReconnect,
-            lastNackReconnect.map({ now - $0 >= configuration.nackReconnectInterval }) ?? true
-        {
+        let wait = nackReconnectWait ?? configuration.nackReconnectInterval
+        if nacksInARow >= configuration.nacksBeforeReconnect, lastNackReconnect.map({ now - $0 >= wait }) ?? true {
+            // The last fresh channel did not help: wait longer before the next.
+            nackReconnectWait = ackedSinceNackReconnect || lastNackReconnect == nil
+                ? configuration.nackReconnectInterval : min(wait * 2, configuration.maxNackReconnectInterval)
+            ackedSinceNackReconnect = false
             lastNackReconnect = now
             // Calls still waiting are answered by the owner with this error (`connectionLost`:
             // their messages' outcome on the old channel is unknown, not refused).
