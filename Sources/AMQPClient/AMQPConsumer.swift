@@ -27,6 +27,11 @@ public struct AMQPConsumerConfiguration: Sendable {
     /// `.blocked` or `.confirmTimeout` after that, leaving the delivery unacknowledged. Also the limit
     /// for one socket write: a write stuck longer aborts the connection (which then reconnects).
     public var confirmTimeout: Duration
+    /// Stop, and throw from ``AMQPConsumer/run()``, when every broker refuses the connection or the
+    /// declarations for a reason retrying will not change (``AMQPError/isPermanentRefusal``: wrong
+    /// credentials or permissions, a missing virtual host, a queue declared differently before);
+    /// default `false`: retry with backoff, reporting `.misconfigured`.
+    public var stopOnPermanentRefusal = false
 
     public init(
         connection: AMQPConnectionConfiguration,
@@ -138,6 +143,8 @@ public final class AMQPConsumer: Service, Sendable {
         var commands: Deque<SettleCommand> = []
         var connectionState: AMQPConnectionState = .connecting
         var stopRequested = false
+        /// Why the consumer gave up (``AMQPConsumerConfiguration/stopOnPermanentRefusal``).
+        var refusal: AMQPError?
     }
 
     public convenience init(configuration: AMQPConsumerConfiguration, logger: Logger) {
@@ -167,7 +174,12 @@ public final class AMQPConsumer: Service, Sendable {
         let watchdog = Task { await self.writes.run(limit: self.configuration.confirmTimeout, logger: self.logger) }
         defer { watchdog.cancel() }
         await lifecycle.waitUntilFinished { self.requestStop() }
+        if let refusal = failure { throw refusal }
     }
+
+    /// The refusal the consumer gave up on (``AMQPConsumerConfiguration/stopOnPermanentRefusal``),
+    /// set before ``deliveries`` finishes; `nil` otherwise. Safe from any thread.
+    public var failure: AMQPError? { shared.withLock { $0.refusal } }
 
     /// Begins shutdown (see the type's lifecycle notes). Safe from any thread; idempotent.
     public func requestStop() {
@@ -231,7 +243,8 @@ public final class AMQPConsumer: Service, Sendable {
         streamContinuation.finish()
     }
 
-    fileprivate func markFinished() {
+    fileprivate func markFinished(refusal: AMQPError? = nil) {
+        if let refusal { shared.withLock { $0.refusal = refusal } }
         streamContinuation.finish()
         // Finish first: a settle checks `isFinished` under the lock, so anything it appends before this
         // point is in `commands` below, and anything after is rejected by itself. None is left waiting.
@@ -276,10 +289,11 @@ private final class ConsumerLoop: @unchecked Sendable {
     }
 
     func run() {
-        let supervisor = ConnectionSupervisor(
+        var supervisor = ConnectionSupervisor(
             connections: [configuration.connection] + configuration.failoverConnections, backoff: configuration.reconnectBackoff, wakeup: consumer.wakeupHandle,
             logger: logger, setState: consumer.setState, client: "consumer")
-        supervisor.run(
+        supervisor.stopOnPermanentRefusal = configuration.stopOnPermanentRefusal
+        let refusal = supervisor.run(
             shouldStop: {
                 let (commands, stopRequested) = consumer.takeCommands()
                 fail(commands, AMQPError(.connectionLost, "connection broke before settling; the message will be redelivered"))
@@ -300,7 +314,7 @@ private final class ConsumerLoop: @unchecked Sendable {
             })
         machine.failOutstanding(AMQPError(.shutdown, "consumer stopped before the broker confirmed the republish; the message will be redelivered"))
         logger.info("consumer stopped")
-        consumer.markFinished()
+        consumer.markFinished(refusal: refusal)
     }
 
     private func serve(_ connection: AMQPConnection) -> ServeOutcome {

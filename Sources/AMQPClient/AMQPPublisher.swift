@@ -309,7 +309,7 @@ private final class PublisherLoop: @unchecked Sendable {
         let supervisor = ConnectionSupervisor(
             connections: [configuration.connection] + configuration.failoverConnections, backoff: configuration.reconnectBackoff, wakeup: publisher.wakeupHandle,
             logger: logger, setState: publisher.setState)
-        supervisor.run(
+        _ = supervisor.run(
             shouldStop: {
                 let (queued, stopRequested) = publisher.takeCommands()
                 let error = stopRequested ? AMQPError(.shutdown, "publisher is shutting down") : AMQPError(.notConnected, "connecting to the broker")

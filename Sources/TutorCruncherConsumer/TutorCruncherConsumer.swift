@@ -29,12 +29,19 @@ public final class TutorCruncherConsumer: Service, Sendable {
     }
 
     /// Runs the broker connection until graceful shutdown or cancellation.
+    ///
+    /// Throws when the broker refuses the configuration for a reason retrying will not change
+    /// (``AMQPError/isPermanentRefusal``: wrong credentials or permissions (403), a missing virtual
+    /// host (530), a queue declared differently before, e.g. classic where quorum is asked (406)),
+    /// so a `ServiceGroup` stops and the service fails visibly. Transient failures (broker down,
+    /// connection lost, a cluster node's queue unavailable) are retried with backoff for ever.
     public func run() async throws {
         try await amqp.run()
     }
 
-    /// Decoded events in arrival order, across reconnects; finishes when the consumer stops.
-    /// Iterate from one task; settle each delivery (concurrently if you like).
+    /// Decoded events in arrival order, across reconnects; finishes when the consumer stops, and
+    /// throws the refusal when it stopped because the broker refused its configuration (see
+    /// ``run()``). Iterate from one task; settle each delivery (concurrently if you like).
     public var deliveries: TutorCruncherDeliveries { TutorCruncherDeliveries(consumer: self) }
 
     /// `true` while connected to the broker with the subscription active (also while the broker
@@ -208,10 +215,11 @@ public struct TutorCruncherDeliveries: AsyncSequence, Sendable {
         var base: AsyncStream<AMQPDelivery>.AsyncIterator
         let consumer: TutorCruncherConsumer
 
-        public mutating func next() async -> TutorCruncherDelivery? {
+        public mutating func next() async throws(AMQPError) -> TutorCruncherDelivery? {
             while let delivery = await base.next() {
                 if let prepared = await consumer.prepare(delivery) { return prepared }
             }
+            if let refusal = consumer.amqp.failure { throw refusal }
             return nil
         }
     }

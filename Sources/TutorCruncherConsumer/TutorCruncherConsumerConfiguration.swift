@@ -250,6 +250,7 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
             shutdownTimeout: shutdownTimeout,
             confirmTimeout: confirmTimeout)
         configuration.failoverConnections = failoverConnections
+        configuration.stopOnPermanentRefusal = true
         return configuration
     }
 }

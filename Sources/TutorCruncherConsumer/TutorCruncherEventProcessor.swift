@@ -39,7 +39,7 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
         try await withThrowingDiscardingTaskGroup { group in
             let consumer = self.consumer
             group.addTask { try await consumer.run() }
-            for await delivery in consumer.deliveries {
+            for try await delivery in consumer.deliveries {
                 group.addTask { await self.process(delivery) }
             }
         }

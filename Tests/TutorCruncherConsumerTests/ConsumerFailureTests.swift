@@ -47,14 +47,14 @@ import TutorCruncherConsumer
     @Test func aWaitingEventHoldsNoPrefetchSlotAndSurvivesARestartOfTheService() async throws {
         let exchange = uniqueExchange()
         var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice, .login], prefetch: 1)
-        configuration.retryPolicy = .init(maxAttempts: 2, initialDelay: .seconds(4), jitter: 0)
+        configuration.retryPolicy = .init(maxAttempts: 2, initialDelay: .seconds(10), jitter: 0)
         let handled = Recorder<String>()
         let failing = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
             handled.append(event.action.rawValue)
             if event.action == .raisedInvoice { throw HandlerFailure(attempt: 1) }
         }
         let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
-        let waitQueue = configuration.waitQueue(for: .seconds(4))
+        let waitQueue = configuration.waitQueue(for: .seconds(10))
         try await withServices([failing]) {
             try await waitUntil("consumer connected") { failing.consumer.isConnected }
             _ = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["RAISED_INVOICE"])])
@@ -142,7 +142,7 @@ import TutorCruncherConsumer
         try await withServices([consumer]) {
             try await waitUntil("consumer connected") { consumer.isConnected }
             let reader = Task {
-                for await delivery in consumer.deliveries { received.append(delivery) }
+                for try await delivery in consumer.deliveries { received.append(delivery) }
             }
             defer { reader.cancel() }
             let bodies = (0..<10).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) }

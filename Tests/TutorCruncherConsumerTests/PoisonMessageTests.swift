@@ -27,7 +27,7 @@ import TutorCruncherConsumer
             let before = handedOut.count
             try await withServices([consumer]) {
                 let reader = Task {
-                    for await delivery in consumer.deliveries {  // never settled
+                    for try await delivery in consumer.deliveries {  // never settled
                         redeliveredFlags.append(delivery.redelivered)
                         handedOut.append(delivery.event.eventID)
                     }
@@ -74,7 +74,7 @@ import TutorCruncherConsumer
         let handedOut = Recorder<String>()
         try await withServices([consumer]) {
             let reader = Task {
-                for await delivery in consumer.deliveries {
+                for try await delivery in consumer.deliveries {
                     handedOut.append(delivery.event.eventID)
                     try? await delivery.nack(requeue: true)  // "not now", every time
                 }

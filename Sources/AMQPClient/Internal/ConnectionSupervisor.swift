@@ -21,8 +21,12 @@ struct ConnectionSupervisor {
     let setState: (AMQPConnectionState) -> Void
     /// `client` label of `amqp_reconnects_total` (`publisher`, `consumer`).
     var client = "publisher"
+    /// Give up (return the error) when every broker refuses for a reason retrying will not change
+    /// (``AMQPError/isPermanentRefusal``), instead of retrying with backoff.
+    var stopOnPermanentRefusal = false
 
-    /// Returns when `shouldStop` says so before an attempt, or when `serve` reports `.stopped`.
+    /// Returns when `shouldStop` says so before an attempt, or when `serve` reports `.stopped`
+    /// (`nil`), or with the refusal when `stopOnPermanentRefusal` and every broker refused.
     /// - Parameters:
     ///   - shouldStop: checked before every attempt (also the place to fail work queued meanwhile).
     ///   - prepare: declares topology and channel modes on a new connection.
@@ -35,7 +39,7 @@ struct ConnectionSupervisor {
         connected: () -> Void,
         serve: (AMQPConnection) -> ServeOutcome,
         lost: (AMQPError) -> Void
-    ) {
+    ) -> AMQPError? {
         var attempt = 0
         var hasConnected = false
         while !shouldStop() {
@@ -63,6 +67,10 @@ struct ConnectionSupervisor {
                 // The refusal that does not clear by itself wins: someone must act on it.
                 let error = failures.first(where: \.isConfigurationRefusal) ?? failures.last ?? AMQPError(.connectionFailed, "no broker configured")
                 setState(error.isConfigurationRefusal ? .misconfigured(reason: error.message) : .disconnected(reason: error.message))
+                if stopOnPermanentRefusal, !failures.isEmpty, failures.allSatisfy(\.isPermanentRefusal) {
+                    logger.error("the broker refuses this configuration; giving up", metadata: ["error": "\(error)"])
+                    return error
+                }
                 let delay = backoff.delay(attempt: attempt)
                 logger.warning("broker connection failed; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 attempt += 1
@@ -78,7 +86,7 @@ struct ConnectionSupervisor {
             switch serve(current) {
             case .stopped:
                 current.close()
-                return
+                return nil
             case .lost(let error):
                 logger.warning("broker connection lost; reconnecting", metadata: ["error": "\(error)"])
                 setState(.disconnected(reason: error.message))
@@ -86,6 +94,7 @@ struct ConnectionSupervisor {
                 current.close()
             }
         }
+        return nil
     }
 }
 
@@ -96,6 +105,15 @@ extension AMQPError {
     var isConfigurationRefusal: Bool {
         guard let replyCode else { return false }
         return [403, 404, 406, 530].contains(replyCode)
+    }
+
+    /// A refusal only a change of configuration or permissions fixes: ACCESS_REFUSED (403:
+    /// credentials, permissions), PRECONDITION_FAILED (406: a declaration that does not match an
+    /// existing queue or exchange), NOT_ALLOWED (530: virtual host). Not NOT_FOUND (404), which a
+    /// cluster answers for a queue whose node is down.
+    public var isPermanentRefusal: Bool {
+        guard let replyCode else { return false }
+        return [403, 406, 530].contains(replyCode)
     }
 }
 
