@@ -313,3 +313,36 @@ public struct TutorCruncherDelivery: Sendable {
         await consumer.deadLetter(delivery, reason: reason)
     }
 }
+
+/// What a handler may want to know about the delivery of its event besides the event itself.
+public struct TutorCruncherDeliveryContext: Sendable {
+    /// Which attempt this is (1 for the first; raised by each retry).
+    public let attempt: Int
+    /// The event was delivered before and that delivery was not settled (see
+    /// ``TutorCruncherDelivery/redelivered``).
+    public let redelivered: Bool
+    /// The AMQP `message_id`: the event's stable id (`<body sha256>-<index>`).
+    public let messageID: String?
+    /// The routing key the bridge published with (the action), also for retried copies.
+    public let routingKey: String
+    /// Every AMQP header of the message, in order (the bridge's `tc-*` headers, `traceparent`, and
+    /// the consumer library's own, such as `tc-attempt`).
+    public let headers: [(String, AMQPHeaderValue)]
+
+    init(_ delivery: TutorCruncherDelivery) {
+        attempt = delivery.attempt
+        redelivered = delivery.redelivered
+        messageID = delivery.delivery.message.properties.messageID
+        if case .string(let key)? = delivery.delivery.message.properties.header(ConsumerHeader.originalRoutingKey) {
+            routingKey = key
+        } else {
+            routingKey = delivery.delivery.message.routingKey
+        }
+        headers = delivery.delivery.message.properties.headers
+    }
+
+    /// The value of header `name`, if present.
+    public func header(_ name: String) -> AMQPHeaderValue? {
+        headers.first { $0.0 == name }?.1
+    }
+}

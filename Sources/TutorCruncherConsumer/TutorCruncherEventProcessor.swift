@@ -9,7 +9,10 @@ import TutorCruncherEvents
 /// the error).
 ///
 /// Up to `prefetch` handlers run concurrently. A `Service`: on graceful shutdown no new events are
-/// taken, handlers in flight finish and are acknowledged, then the connection closes.
+/// taken, handlers in flight get the configuration's `shutdownTimeout` to finish and be
+/// acknowledged; handlers still running then are cancelled (cooperative cancellation: `Task.sleep`,
+/// HTTP clients and the like throw `CancellationError`), their events stay unacknowledged and come
+/// back on the next start, and `run()` returns.
 ///
 /// Each handler runs in a `consumer` span (configuration's `tracer`) that continues the trace of
 /// the webhook request the event came in (the message's `traceparent` header), so
@@ -24,24 +27,45 @@ import TutorCruncherEvents
 /// ```
 public struct TutorCruncherEventProcessor: Service, Sendable {
     public typealias Handler = @Sendable (TutorCruncherEvent) async throws -> Void
+    /// A handler that also gets the delivery's ``TutorCruncherDeliveryContext``.
+    public typealias ContextHandler = @Sendable (TutorCruncherEvent, TutorCruncherDeliveryContext) async throws -> Void
 
     public let consumer: TutorCruncherConsumer
-    private let handler: Handler
+    private let handler: ContextHandler
     private let logger: Logger
 
     public init(configuration: TutorCruncherConsumerConfiguration, logger: Logger, handler: @escaping Handler) {
+        self.init(configuration: configuration, logger: logger) { event, _ in try await handler(event) }
+    }
+
+    /// The same, with a handler that sees the attempt, the redelivery flag, the message id and headers.
+    public init(configuration: TutorCruncherConsumerConfiguration, logger: Logger, contextHandler: @escaping ContextHandler) {
         self.consumer = TutorCruncherConsumer(configuration: configuration, logger: logger)
-        self.handler = handler
+        self.handler = contextHandler
         self.logger = logger
     }
 
     public func run() async throws {
-        try await withThrowingDiscardingTaskGroup { group in
-            let consumer = self.consumer
+        let consumer = self.consumer
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // Ends once shutdown is complete: in-flight events settled, or `shutdownTimeout` passed
+            // and the connection closed. Throws when the broker refuses the configuration.
             group.addTask { try await consumer.run() }
-            for try await delivery in consumer.deliveries {
-                group.addTask { await self.process(delivery) }
+            group.addTask {
+                try await withThrowingDiscardingTaskGroup { handlers in
+                    for try await delivery in consumer.deliveries {
+                        handlers.addTask { await self.process(delivery) }
+                    }
+                }
             }
+            // Either ends only when the consumer stops. If the connection went first, handlers
+            // still running can no longer settle anything: cancel them rather than let them hold
+            // the process open. (Cancelling a stopping consumer's `run()` changes nothing: it
+            // still closes in order.)
+            defer { group.cancelAll() }
+            try await group.next()
+            group.cancelAll()
+            try await group.waitForAll()
         }
     }
 
@@ -49,10 +73,17 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
         ConsumerMetrics.handlerStarted()
         let started = ContinuousClock.now
         do {
-            try await traced(delivery) { try await handler(delivery.event) }
+            try await traced(delivery) { try await handler(delivery.event, TutorCruncherDeliveryContext(delivery)) }
             ConsumerMetrics.handlerEnded(after: ContinuousClock.now - started)
         } catch {
             ConsumerMetrics.handlerEnded(after: nil)
+            if Task.isCancelled {
+                // Shut down at the deadline: the connection is gone; the broker delivers it again.
+                logger.notice(
+                    "handler cancelled at the shutdown deadline; the event will be delivered again",
+                    metadata: ["event_id": "\(delivery.event.eventID)", "action": "\(delivery.event.action)"])
+                return
+            }
             ConsumerMetrics.delivered(action: delivery.event.action.rawValue, outcome: .retried)
             logger.warning(
                 "handler failed",
