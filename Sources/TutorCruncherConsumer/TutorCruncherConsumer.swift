@@ -103,12 +103,27 @@ public final class TutorCruncherConsumer: Service, Sendable {
             await deadLetter(delivery, reason: "undecodable: \(error)")
             return nil
         }
+        if let filteredOut = filteredOut(event) {
+            logger.debug("event outside the configured filters acknowledged without handling", metadata: ["event_id": "\(event.eventID)", "filter": "\(filteredOut)"])
+            ConsumerMetrics.delivered(action: event.action.rawValue, outcome: .skipped)
+            try? await delivery.ack()
+            return nil
+        }
         if let duplicateFilter, duplicateFilter.contains(event.eventID) {
             logger.debug("duplicate event acknowledged without handling", metadata: ["event_id": "\(event.eventID)"])
             try? await delivery.ack()
             return nil
         }
         return TutorCruncherDelivery(event: event, delivery: delivery, consumer: self)
+    }
+
+    /// Which filter (`branches`, `subjectModels`) leaves `event` out, if any.
+    func filteredOut(_ event: TutorCruncherEvent) -> String? {
+        if !configuration.branches.isEmpty, let branch = event.branch, !configuration.branches.contains(branch) { return "branches" }
+        if !configuration.subjectModels.isEmpty {
+            guard let model = event.subject?.model, configuration.subjectModels.contains(model) else { return "subject_models" }
+        }
+        return nil
     }
 
     /// Publishes a copy of the message to the dead-letter queue with the error, then acknowledges it.

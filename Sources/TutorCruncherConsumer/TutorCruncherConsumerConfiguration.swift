@@ -129,8 +129,15 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     /// Actions to bind; empty (the default) binds every action (`#`). Bindings are only ever added:
     /// removing an action here does not unbind it from an existing queue.
     public var actions: [TutorCruncherAction]
-    /// Most events in flight (unacknowledged) at once; also the handler concurrency (default 20).
+    /// Most events in flight (unacknowledged) at once (default 20).
     public var prefetch: UInt16
+    /// Most handlers ``TutorCruncherEventProcessor`` runs at once (default `nil`: `prefetch`). Lower
+    /// keeps events at hand for the next free handler; never more than `prefetch`.
+    public var concurrency: Int?
+    /// ``TutorCruncherEventProcessor`` handles events of the same subject (model and id: two edits
+    /// of one Tutor) one at a time, in the order they arrived; other subjects still run
+    /// concurrently (default `false`). A retried event comes back after its wait, behind later ones.
+    public var orderedBySubject = false
     /// Classic (default) or quorum; applies to the queue and its dead-letter queue.
     public var queueType: QueueType
     /// Where failed and undecodable events go (default `<queue>.dead-letter`).
@@ -138,6 +145,62 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     public var retryPolicy: RetryPolicy
     /// The bridge's `unrecognised` messages: skipped quietly (the default) or dead-lettered.
     public var unrecognisedBodies: UnrecognisedBodies = .skip
+    /// Only events of these branches (TutorCruncher's `branch` id, the `tc-branch` header) reach
+    /// the service; others are acknowledged without a handler and counted as skipped. Empty (the
+    /// default): every branch. Events without a branch (older payloads) are kept.
+    public var branches: Set<Int> = []
+    /// Only events whose subject is one of these models (`subject.model`, e.g. `Tutor`,
+    /// `Invoice`; the `tc-subject-model` header) reach the service; others are skipped. Empty (the
+    /// default): every model. Bindings still select by action: this narrows further, on the consumer.
+    public var subjectModels: Set<SubjectType> = []
+    /// Optional broker-side limits of the service's queue, applied when the queue is created (a
+    /// queue that exists with other settings makes the consumer fail fast: see ``TutorCruncherConsumer/run()``).
+    public var queueOptions = QueueOptions()
+
+    /// Broker-side settings of the service's queue. `nil` leaves each to the broker's default.
+    public struct QueueOptions: Sendable, Equatable {
+        /// What a full queue (``maxLength``) does with a new event.
+        public enum Overflow: String, Sendable {
+            /// Drop the oldest (the broker's default).
+            case dropHead = "drop-head"
+            /// Refuse the new one: the bridge's publish is nacked and it spools and retries (no loss).
+            case rejectPublish = "reject-publish"
+            /// Refuse it into the dead-letter queue (classic queues only).
+            case rejectPublishDeadLetter = "reject-publish-dlx"
+        }
+
+        /// Events older than this are dead-lettered (`x-message-ttl`).
+        public var messageTTL: Duration?
+        /// Most events the queue keeps (`x-max-length`), and what happens beyond (`x-overflow`).
+        public var maxLength: Int?
+        public var overflow: Overflow?
+        /// Only one consumer of the queue receives at a time, the others standing by
+        /// (`x-single-active-consumer`): strict order with a hot standby.
+        public var singleActiveConsumer: Bool
+        /// Quorum queues: deliveries after which the broker itself dead-letters an event (`x-delivery-limit`).
+        public var deliveryLimit: Int?
+
+        public init(
+            messageTTL: Duration? = nil, maxLength: Int? = nil, overflow: Overflow? = nil, singleActiveConsumer: Bool = false,
+            deliveryLimit: Int? = nil
+        ) {
+            self.messageTTL = messageTTL
+            self.maxLength = maxLength
+            self.overflow = overflow
+            self.singleActiveConsumer = singleActiveConsumer
+            self.deliveryLimit = deliveryLimit
+        }
+
+        var arguments: [String: AMQPHeaderValue] {
+            var arguments: [String: AMQPHeaderValue] = [:]
+            if let messageTTL { arguments["x-message-ttl"] = .int(RetryPolicy.milliseconds(messageTTL)) }
+            if let maxLength { arguments["x-max-length"] = .int(Int64(maxLength)) }
+            if let overflow { arguments["x-overflow"] = .string(overflow.rawValue) }
+            if singleActiveConsumer { arguments["x-single-active-consumer"] = .bool(true) }
+            if let deliveryLimit { arguments["x-delivery-limit"] = .int(Int64(deliveryLimit)) }
+            return arguments
+        }
+    }
     /// Opt-in: remember this many recently handled `eventID`s and acknowledge repeats without
     /// handing them out again (default `nil`: off). In memory, per process: a best effort on top of,
     /// not instead of, idempotent handling.
@@ -238,7 +301,7 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
             } + [
                 AMQPQueueDeclaration(
                     name: queue, durable: true,
-                    arguments: typeArgument.merging([
+                    arguments: typeArgument.merging(queueOptions.arguments) { $1 }.merging([
                         "x-dead-letter-exchange": .string(""),
                         "x-dead-letter-routing-key": .string(deadLetterQueue),
                     ]) { $1 },

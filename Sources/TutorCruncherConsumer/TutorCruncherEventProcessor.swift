@@ -1,6 +1,8 @@
 import AMQPClient
+import DequeModule
 import Logging
 import ServiceLifecycle
+import Synchronization
 import Tracing
 import TutorCruncherEvents
 
@@ -51,10 +53,21 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
             // Ends once shutdown is complete: in-flight events settled, or `shutdownTimeout` passed
             // and the connection closed. Throws when the broker refuses the configuration.
             group.addTask { try await consumer.run() }
+            let configuration = consumer.configuration
+            let slots = HandlerSlots(max(1, min(configuration.concurrency ?? Int(configuration.prefetch), Int(configuration.prefetch))))
+            let turns = configuration.orderedBySubject ? SubjectTurns() : nil
             group.addTask {
                 try await withThrowingDiscardingTaskGroup { handlers in
                     for try await delivery in consumer.deliveries {
-                        handlers.addTask { await self.process(delivery) }
+                        // Taken here, in arrival order, before the task that waits for it starts.
+                        let turn = turns?.take(for: Self.orderingKey(of: delivery.event))
+                        handlers.addTask {
+                            if let turn { await turns?.wait(for: turn) }
+                            await slots.acquire()
+                            await self.process(delivery)
+                            slots.release()
+                            if let turn { turns?.done(turn) }
+                        }
                     }
                 }
             }
@@ -107,6 +120,12 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
         }
     }
 
+    /// Events of one subject share a key; an event without a subject id is ordered with nothing.
+    static func orderingKey(of event: TutorCruncherEvent) -> String? {
+        guard let subject = event.subject, let id = subject.id else { return nil }
+        return "\(subject.model?.rawValue ?? "")#\(id)"
+    }
+
     /// Runs `body` in a span continuing the trace in the delivery's headers (errors are recorded
     /// on the span and rethrown).
     private func traced(_ delivery: TutorCruncherDelivery, _ body: () async throws -> Void) async throws {
@@ -156,5 +175,92 @@ struct AMQPHeaderExtractor: Extractor {
             }
         }
         return true
+    }
+}
+
+/// A counting semaphore for handler tasks, first come first served. Thread-safe.
+final class HandlerSlots: Sendable {
+    private let state: Mutex<(free: Int, waiting: Deque<CheckedContinuation<Void, Never>>)>
+
+    init(_ count: Int) { state = Mutex((count, [])) }
+
+    func acquire() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let granted = state.withLock { state in
+                guard state.free > 0 else {
+                    state.waiting.append(continuation)
+                    return false
+                }
+                state.free -= 1
+                return true
+            }
+            if granted { continuation.resume() }
+        }
+    }
+
+    func release() {
+        let next = state.withLock { state in
+            guard let next = state.waiting.popFirst() else {
+                state.free += 1
+                return nil as CheckedContinuation<Void, Never>?
+            }
+            return next  // the slot passes straight to the next waiter
+        }
+        next?.resume()
+    }
+}
+
+/// Turns per subject: tickets taken in arrival order, each task waiting until the tickets before
+/// it for the same subject are done. Thread-safe.
+final class SubjectTurns: Sendable {
+    struct Turn: Sendable {
+        let key: String
+        let ticket: UInt64
+    }
+
+    private struct State {
+        var nextTicket: UInt64 = 0
+        /// Tickets not yet done, per subject, oldest first.
+        var queues: [String: Deque<UInt64>] = [:]
+        var waiting: [UInt64: CheckedContinuation<Void, Never>] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    /// A ticket for `key`, behind every one taken before (`nil` key: no ordering).
+    func take(for key: String?) -> Turn? {
+        guard let key else { return nil }
+        return state.withLock { state in
+            let ticket = state.nextTicket
+            state.nextTicket &+= 1
+            state.queues[key, default: []].append(ticket)
+            return Turn(key: key, ticket: ticket)
+        }
+    }
+
+    /// Returns once every earlier ticket of the same subject is done.
+    func wait(for turn: Turn) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { state in
+                guard state.queues[turn.key]?.first != turn.ticket else { return true }
+                state.waiting[turn.ticket] = continuation
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    func done(_ turn: Turn) {
+        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard var queue = state.queues[turn.key], queue.first == turn.ticket else { return nil }
+            queue.removeFirst()
+            guard let head = queue.first else {
+                state.queues[turn.key] = nil
+                return nil
+            }
+            state.queues[turn.key] = queue
+            return state.waiting.removeValue(forKey: head)
+        }
+        next?.resume()
     }
 }

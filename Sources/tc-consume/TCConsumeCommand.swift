@@ -43,13 +43,15 @@ struct TCConsumeCommand: AsyncParsableCommand {
         var logger = Logger(label: "tc-consume")
         logger.logLevel = .warning
         let url = amqpURL ?? getenv("AMQP_URL").map { String(cString: $0) } ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
-        let configuration: TutorCruncherConsumerConfiguration
+        var configuration: TutorCruncherConsumerConfiguration
         do {
             configuration = try TutorCruncherConsumerConfiguration(
                 url: url, exchange: exchange, queue: queue, actions: actions.map(TutorCruncherAction.init(rawValue:)), prefetch: prefetch)
         } catch {
             throw ValidationError("\(error)")
         }
+        // A watching tool: printing never fails, so no wait queues are declared for retries.
+        configuration.retryPolicy.initialDelay = .zero
         let processor = TutorCruncherEventProcessor(configuration: configuration, logger: logger) { event in
             let model = event.subject?.model?.rawValue ?? "-"
             let id = event.subject?.id.map(String.init) ?? "-"

@@ -158,6 +158,7 @@ import TutorCruncherConsumer
         var configuration = try TutorCruncherConsumerConfiguration(
             url: RabbitMQNode.shared.url, exchange: exchange, queue: "tracing-consumer-\(UUID().uuidString.prefix(8))")
         configuration.tracer = backend.factory
+        configuration.retryPolicy.initialDelay = .zero  // nothing fails here: no wait queues
         let handled = Mutex<[String]>([])
         var logger = Logger(label: "tracing-consumer")
         logger.logLevel = .critical
@@ -266,7 +267,7 @@ private final class FakeOTLPCollector: Sendable {
             onServerRunning: { channel in collector.boundPort.withLock { $0 = channel.localAddress?.port } },
             logger: logger)
         collector.task.withLock { $0 = Task { try await app.runService() } }
-        try await waitUntil(timeout: .seconds(10), "collector listening") { collector.boundPort.withLock { $0 } != nil }
+        try await waitUntil(timeout: .seconds(30), "collector listening") { collector.boundPort.withLock { $0 } != nil }
         return collector
     }
 

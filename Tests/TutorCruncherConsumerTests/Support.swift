@@ -28,8 +28,12 @@ func consumerConfiguration(
 ) -> TutorCruncherConsumerConfiguration {
     var connection = node.connection
     connection.connectionName = "consumer-tests"
+    // Retries at once, with no wait queues: every wait queue is a quorum queue, and dozens of
+    // consumers each declaring five would load the one test broker every test shares. The tests
+    // of waiting retries set their own policy.
     return TutorCruncherConsumerConfiguration(
         connection: connection, exchange: exchange, queue: queue, actions: actions, prefetch: prefetch,
+        retryPolicy: .init(initialDelay: .zero),
         reconnectBackoff: AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(500)),
         shutdownTimeout: .seconds(20))
 }

@@ -1,0 +1,110 @@
+import AMQPClient
+import Foundation
+import Synchronization
+import TestSupport
+import Testing
+import TutorCruncherConsumer
+
+/// Handler concurrency apart from prefetch; one subject's events one at a time, in order; filters.
+@Suite struct ConsumerConcurrencyTests {
+    @Test func concurrencyLimitsRunningHandlersBelowPrefetch() async throws {
+        let exchange = uniqueExchange()
+        var configuration = consumerConfiguration(exchange: exchange, prefetch: 10)
+        configuration.concurrency = 2
+        let meter = ConcurrencyMeter()
+        let gate = Gate()
+        let handled = Recorder<String>()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
+            meter.enter()
+            await gate.wait()
+            handled.append(event.eventID)
+            meter.leave()
+        }
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            _ = try await publishWebhookBodies(exchange: exchange, bodies: (0..<10).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) })
+            // All ten are with the consumer (prefetch 10), two handlers run.
+            try await waitUntil("2 handlers running, none left in the queue") {
+                guard meter.current == 2 else { return false }
+                return try await admin.messageCount(queue: configuration.queue) == 0
+            }
+            gate.open()
+            try await waitUntil("all handled") { handled.count == 10 }
+        }
+        #expect(meter.peak == 2)
+    }
+
+    @Test func eventsOfOneSubjectAreHandledOneAtATimeInArrivalOrder() async throws {
+        let exchange = uniqueExchange()
+        var configuration = consumerConfiguration(exchange: exchange, prefetch: 20)
+        configuration.orderedBySubject = true
+        let perSubject = Mutex<[Int: Int]>([:])  // subject id -> handlers running
+        let overlap = Mutex(false)
+        let order = Recorder<String>()
+        let meter = ConcurrencyMeter()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
+            let id = event.subject?.id ?? -1
+            perSubject.withLock { running in
+                running[id, default: 0] += 1
+                if running[id, default: 0] > 1 { overlap.withLock { $0 = true } }
+            }
+            meter.enter()
+            // Later events of a subject would overtake earlier ones if nothing ordered them.
+            try await Task.sleep(for: .milliseconds(Int.random(in: 1...20)))
+            if id == 7 { order.append(event.eventID) }
+            meter.leave()
+            perSubject.withLock { $0[id, default: 1] -= 1 }
+        }
+        try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            // Ten edits of subject 7, interleaved with ten other subjects.
+            var bodies: [[UInt8]] = []
+            for index in 0..<10 {
+                bodies.append(Webhooks.body(actions: ["EDITED_A_CLIENT"], subjectID: 7))
+                bodies.append(Webhooks.body(actions: ["EDITED_A_CLIENT"], subjectID: 100 + index))
+            }
+            let envelopes = try await publishWebhookBodies(exchange: exchange, bodies: bodies)
+            let expected = envelopes.enumerated().filter { $0.offset.isMultiple(of: 2) }.map(\.element.eventID)
+            try await waitUntil("subject 7 handled ten times") { order.count == 10 }
+            #expect(order.all == expected, "in arrival order")
+        }
+        #expect(!overlap.withLock { $0 }, "two handlers of one subject ran at once")
+        #expect(meter.peak > 1, "different subjects still ran concurrently")
+    }
+
+    @Test func branchAndSubjectModelFiltersSkipTheRest() async throws {
+        let exchange = uniqueExchange()
+        var configuration = consumerConfiguration(exchange: exchange)
+        configuration.branches = [590]
+        configuration.subjectModels = ["Client"]
+        let handled = Recorder<String>()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { handled.append($0.eventID) }
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            let otherBranch = Array(String(decoding: Webhooks.body(actions: ["LOGIN"]), as: UTF8.self).replacingOccurrences(of: "\"branch\": 590", with: "\"branch\": 12").utf8)
+            let otherModel = Array(String(decoding: Webhooks.body(actions: ["LOGIN"]), as: UTF8.self).replacingOccurrences(of: "\"model\": \"Client\"", with: "\"model\": \"Tutor\"").utf8)
+            let kept = Webhooks.body(actions: ["LOGIN"])
+            let envelopes = try await publishWebhookBodies(exchange: exchange, bodies: [otherBranch, otherModel, kept])
+            try await waitUntil("the matching event handled") { handled.all == [envelopes[2].eventID] }
+            try await waitUntil("the others acknowledged") { try await admin.messageCount(queue: configuration.queue) == 0 }
+            #expect(try await admin.messageCount(queue: configuration.deadLetterQueue) == 0)
+        }
+        #expect(handled.all.count == 1)
+    }
+
+    @Test func queueOptionsAreDeclaredOnTheQueue() async throws {
+        var configuration = consumerConfiguration(exchange: uniqueExchange())
+        configuration.queueOptions = .init(messageTTL: .seconds(3600), maxLength: 5000, overflow: .rejectPublish, singleActiveConsumer: true)
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { _ in }
+        try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            let listing = try await onOwnThread { try RabbitMQNode.shared.ctl("list_queues", "name", "arguments", "--no-table-headers") }
+            let line = try #require(listing.split(separator: "\n").first { $0.hasPrefix(configuration.queue + "\t") }, "\(listing)")
+            for expected in ["x-message-ttl", "3600000", "x-max-length", "5000", "reject-publish", "x-single-active-consumer"] {
+                #expect(line.contains(expected), "\(line)")
+            }
+        }
+    }
+}
