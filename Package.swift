@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "tc-consume", targets: ["tc-consume"]),
         .library(name: "TutorCruncherConsumer", targets: ["TutorCruncherConsumer"]),
         .library(name: "TutorCruncherEvents", targets: ["TutorCruncherEvents"]),
+        .library(name: "TutorCruncherConsumerTesting", targets: ["TutorCruncherConsumerTesting"]),
         .library(name: "TutorCruncher", targets: ["TutorCruncher"]),
         .library(name: "AMQPClient", targets: ["AMQPClient"]),
         .library(name: "TCBridgeContract", targets: ["TCBridgeContract"]),
@@ -69,12 +70,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // TutorCruncher webhook domain: signatures, payload parsing, the normalised envelope. No I/O.
+        // TutorCruncher webhook domain: payload parsing, the action catalogue, the normalised
+        // envelope. No I/O, and no cryptography, so the consumer library does not build BoringSSL.
         .target(
             name: "TutorCruncher",
             dependencies: [
                 "HexCoding",
                 "TCBridgeContract",
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Webhook signatures (HMAC-SHA256 with the integration's key) and body digests: the receiver's side.
+        .target(
+            name: "TutorCruncherSignature",
+            dependencies: [
+                "HexCoding",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -82,7 +92,7 @@ let package = Package(
         // The invariants the fuzzer checks on every input; shared with the fuzz regression tests.
         .target(
             name: "FuzzChecks",
-            dependencies: ["TutorCruncher"],
+            dependencies: ["TutorCruncher", "TutorCruncherSignature"],
             swiftSettings: swiftSettings
         ),
         // libFuzzer entry point over FuzzChecks: scripts/fuzz builds it with -DFUZZING and
@@ -115,6 +125,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The test kit for services' handler tests: real-shaped events of every subject type and
+        // an in-memory harness recording ack, retry and dead-letter decisions. No broker.
+        .target(
+            name: "TutorCruncherConsumerTesting",
+            dependencies: ["TutorCruncherConsumer", "TutorCruncherEvents", "TutorCruncher"],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "tc-consume",
             dependencies: [
@@ -133,6 +150,7 @@ let package = Package(
             dependencies: [
                 "AMQPClient",
                 "TutorCruncher",
+                "TutorCruncherSignature",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -156,6 +174,7 @@ let package = Package(
                 "HexCoding",
                 "TCBridgeContract",
                 "TutorCruncher",
+                "TutorCruncherSignature",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -176,6 +195,7 @@ let package = Package(
                 "TCBridgeContract",
                 "DurableSpool",
                 "TutorCruncher",
+                "TutorCruncherSignature",
                 "AMQPClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -192,13 +212,13 @@ let package = Package(
         ),
         .testTarget(
             name: "TutorCruncherTests",
-            dependencies: ["TutorCruncher", "FuzzChecks"],
+            dependencies: ["TutorCruncher", "TutorCruncherSignature", "FuzzChecks"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "TutorCruncherEventsTests",
-            dependencies: ["TutorCruncherEvents", "TestSupport"],
+            dependencies: ["TutorCruncherEvents", "TutorCruncherSignature", "TestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -210,6 +230,11 @@ let package = Package(
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TutorCruncherConsumerTestingTests",
+            dependencies: ["TutorCruncherConsumerTesting", "TutorCruncherConsumer"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -229,6 +254,7 @@ let package = Package(
                 "TCBridgeContract",
                 "TestSupport",
                 "TutorCruncherConsumer",
+                "TutorCruncherSignature",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -248,6 +274,7 @@ let package = Package(
             dependencies: [
                 "AMQPClient",
                 "TutorCruncher",
+                "TutorCruncherSignature",
                 "TCBridge",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -1,4 +1,5 @@
 import TutorCruncher
+import TutorCruncherSignature
 
 /// The checks the fuzzer (`tc-fuzz`) runs on every input, shared with the regression tests.
 ///

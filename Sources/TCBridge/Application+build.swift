@@ -8,6 +8,7 @@ import NIOCore
 import ServiceLifecycle
 import Tracing
 import TutorCruncher
+import TutorCruncherSignature
 
 /// Builds the receiver's router: `POST /webhook[/...]`, `GET /health`, `GET /ready`; 405 for other
 /// methods on the webhook paths, 404 elsewhere. Router-level tests use this directly.

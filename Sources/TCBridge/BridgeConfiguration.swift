@@ -1,6 +1,7 @@
 import Tracing
 import TCBridgeContract
 import TutorCruncher
+import TutorCruncherSignature
 
 /// Everything the receiver needs besides the broker connection itself.
 public struct BridgeConfiguration: Sendable {

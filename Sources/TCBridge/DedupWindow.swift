@@ -3,6 +3,7 @@ import DequeModule
 import Logging
 import Metrics
 import Synchronization
+import TutorCruncherSignature
 
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,6 @@
 import Synchronization
 import TutorCruncher
+import TutorCruncherSignature
 
 #if canImport(Glibc)
 import Glibc

@@ -1,6 +1,7 @@
 import Logging
 import Metrics
 import TutorCruncher
+import TutorCruncherSignature
 
 // i7-secrets: the replay-window step and the reloadable key set of `WebhookIngest`, kept apart
 // from its main flow.

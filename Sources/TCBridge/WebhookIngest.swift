@@ -5,6 +5,7 @@ import Metrics
 import Tracing
 import NIOPosix
 import TutorCruncher
+import TutorCruncherSignature
 
 /// The receiver's decision for one request, independent of the HTTP framework.
 public struct IngestResponse: Sendable, Equatable {

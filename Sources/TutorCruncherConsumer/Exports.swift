@@ -2,6 +2,7 @@
 @_exported import struct AMQPClient.AMQPBackoff
 @_exported import struct AMQPClient.AMQPConnectionConfiguration
 @_exported import struct AMQPClient.AMQPError
+@_exported import enum AMQPClient.AMQPHeaderValue
 @_exported import struct TutorCruncher.TutorCruncherAction
 @_exported import struct TutorCruncher.SubjectType
 @_exported import enum TutorCruncher.JSONValue

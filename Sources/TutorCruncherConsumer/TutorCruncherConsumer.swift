@@ -284,15 +284,15 @@ public struct TutorCruncherDelivery: Sendable {
     /// policy's `maxUnsettledDeliveries`, and the error is thrown. Never leaves the delivery
     /// unsettled on a working connection.
     public func retry(because error: any Error) async throws(AMQPError) {
-        let policy = consumer.configuration.retryPolicy
-        try await retry(wait: policy.jittered(policy.delay(afterAttempt: attempt)), error: "\(error)")
+        try await carryOut(consumer.configuration.retryPolicy.decision(afterFailedAttempt: attempt, error: "\(error)"), error: "\(error)")
     }
 
     /// Try again in `delay` (at most the retry policy's `maxDelay`; the wait ends between `delay`
     /// and the shortest of the policy's waits that is at least as long), whatever the policy's
     /// schedule says. Counts as an attempt: after `maxAttempts` the event is dead-lettered.
     public func retry(after delay: Duration, because error: (any Error)? = nil) async throws(AMQPError) {
-        try await retry(wait: min(max(delay, .zero), consumer.configuration.retryPolicy.maxDelay), error: error.map { "\($0)" } ?? "retry requested")
+        let reason = error.map { "\($0)" } ?? "retry requested"
+        try await carryOut(consumer.configuration.retryPolicy.decision(afterFailedAttempt: attempt, error: reason, requestedWait: delay), error: reason)
     }
 
     @available(*, deprecated, renamed: "retry(because:)", message: "retry(after:) now takes a delay")
@@ -300,13 +300,17 @@ public struct TutorCruncherDelivery: Sendable {
         try await retry(because: error)
     }
 
-    private func retry(wait: Duration, error: String) async throws(AMQPError) {
-        if attempt >= consumer.configuration.retryPolicy.maxAttempts {
+    private func carryOut(_ decision: TutorCruncherConsumerConfiguration.FailureDecision, error: String) async throws(AMQPError) {
+        let wait: Duration
+        switch decision {
+        case .deadLetter(let reason):
             consumer.logger.error(
                 "event failed its last attempt; dead-lettering",
                 metadata: ["event_id": "\(event.eventID)", "action": "\(event.action)", "attempts": "\(attempt)", "error": "\(error)"])
-            await consumer.deadLetter(delivery, reason: "failed \(attempt) times; last error: \(error)")
+            await consumer.deadLetter(delivery, reason: reason)
             return
+        case .retry(let after):
+            wait = after
         }
         ConsumerMetrics.retried()
         do {
@@ -343,6 +347,15 @@ public struct TutorCruncherDeliveryContext: Sendable {
     /// Every AMQP header of the message, in order (the bridge's `tc-*` headers, `traceparent`, and
     /// the consumer library's own, such as `tc-attempt`).
     public let headers: [(String, AMQPHeaderValue)]
+
+    /// A context as a delivery would carry it (for tests: see the `TutorCruncherConsumerTesting` library).
+    public init(attempt: Int, redelivered: Bool, messageID: String?, routingKey: String, headers: [(String, AMQPHeaderValue)] = []) {
+        self.attempt = attempt
+        self.redelivered = redelivered
+        self.messageID = messageID
+        self.routingKey = routingKey
+        self.headers = headers
+    }
 
     init(_ delivery: TutorCruncherDelivery) {
         attempt = delivery.attempt

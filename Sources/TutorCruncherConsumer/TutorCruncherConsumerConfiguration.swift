@@ -85,6 +85,19 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
             return Array(Set(waits.filter { $0 > .zero })).sorted()
         }
 
+        /// What becomes of an event whose handler failed on attempt `attempt` (from 1) with `error`:
+        /// the policy's next wait (jittered), or `requestedWait` (at most `maxDelay`) when the
+        /// handler asked for one, or the dead-letter queue once `maxAttempts` are used up. The
+        /// decision ``TutorCruncherDelivery/retry(because:)`` carries out, and the one the test kit
+        /// records.
+        public func decision(afterFailedAttempt attempt: Int, error: String, requestedWait: Duration? = nil) -> FailureDecision {
+            if attempt >= maxAttempts {
+                return .deadLetter(reason: "failed \(attempt) times; last error: \(error)")
+            }
+            if let requestedWait { return .retry(after: min(max(requestedWait, .zero), maxDelay)) }
+            return .retry(after: jittered(delay(afterAttempt: attempt)))
+        }
+
         /// `delay` shortened by a random fraction of up to `jitter`.
         func jittered(_ delay: Duration) -> Duration {
             let milliseconds = Self.milliseconds(delay)
@@ -265,6 +278,14 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         guard let first = connections.first else { throw .invalidURL("no URL given") }
         self.init(connection: first, exchange: exchange, queue: queue, actions: actions, prefetch: prefetch)
         self.failoverConnections = Array(connections.dropFirst())
+    }
+
+    /// What becomes of an event whose handler failed (see ``RetryPolicy/decision(afterFailedAttempt:error:requestedWait:)``).
+    public enum FailureDecision: Sendable, Equatable {
+        /// Handled again after this wait (`.zero`: at once, at the back of the queue).
+        case retry(after: Duration)
+        /// Sent to the dead-letter queue with this reason in `tc-error`.
+        case deadLetter(reason: String)
     }
 
     /// The wait queue where events wait `delay` before their next attempt: a quorum queue (replicated

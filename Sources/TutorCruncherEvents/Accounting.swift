@@ -36,6 +36,7 @@ public struct CreditRequest: Sendable, Decodable {
     public let date: Date?
     public let dateSent: Date?
     public let datePaid: Date?
+    public let stillToPay: Decimal?
     public let client: Reference?
 
     enum CodingKeys: String, CodingKey {
@@ -43,6 +44,7 @@ public struct CreditRequest: Sendable, Decodable {
         case displayID = "display_id"
         case dateSent = "date_sent"
         case datePaid = "date_paid"
+        case stillToPay = "still_to_pay"
     }
 }
 
@@ -52,30 +54,38 @@ public struct PaymentOrder: Sendable, Decodable {
     public let status: String?
     public let amount: Decimal?
     public let date: Date?
+    public let dateSent: Date?
     public let datePaid: Date?
+    public let dateVoided: Date?
+    public let stillToPay: Decimal?
     public let payee: Reference?
 
     enum CodingKeys: String, CodingKey {
         case status, amount, date, payee
         case displayID = "display_id"
+        case dateSent = "date_sent"
         case datePaid = "date_paid"
+        case dateVoided = "date_void"
+        case stillToPay = "still_to_pay"
     }
 }
 
 /// An ad hoc charge: a one-off charge to a client and/or payment to a tutor.
 public struct AdHocCharge: Sendable, Decodable {
     public let description: String?
-    public let date: Date?
+    public let dateOccurred: Date?
     public let category: JSONValueBox?
-    public let chargeClient: Decimal?
+    /// What the client is charged (`client_cost`).
+    public let clientCost: Decimal?
     public let payTutor: Decimal?
     public let client: Reference?
     public let tutor: Reference?
     public let job: Reference?
 
     enum CodingKeys: String, CodingKey {
-        case description, date, category, client
-        case chargeClient = "charge_client"
+        case description, category, client
+        case dateOccurred = "date_occurred"
+        case clientCost = "client_cost"
         case payTutor = "pay_contractor"
         case tutor = "contractor"
         case job = "service"

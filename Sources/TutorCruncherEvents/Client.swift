@@ -9,8 +9,10 @@ public typealias Client = Person<ClientFields>
 
 public struct ClientFields: Sendable, Decodable {
     public let status: String?
-    public let isTaxExempt: Bool?
-    public let chargeVia: String?
+    /// Tax is charged on this client's invoices.
+    public let isTaxable: Bool?
+    /// Automatic charging: TutorCruncher's `auto_charge` code (0, 10 or 20).
+    public let autoCharge: Int?
     public let invoiceBalance: Decimal?
     public let availableBalance: Decimal?
     public let paymentPending: Decimal?
@@ -25,8 +27,8 @@ public struct ClientFields: Sendable, Decodable {
 
     enum CodingKeys: String, CodingKey {
         case status, labels
-        case isTaxExempt = "is_tax_exempt"
-        case chargeVia = "charge_via"
+        case isTaxable = "is_taxable"
+        case autoCharge = "auto_charge"
         case invoiceBalance = "invoice_balance"
         case availableBalance = "available_balance"
         case paymentPending = "payment_pending"
@@ -48,6 +50,7 @@ public struct StudentFields: Sendable, Decodable {
     public let school: String?
     public let academicYear: String?
     public let paidRecipient: Reference?
+    /// The client who pays for this student (`paying_client`).
     public let client: Reference?
     public let calendarColour: String?
     public let labels: [Label]?
@@ -55,7 +58,8 @@ public struct StudentFields: Sendable, Decodable {
     public let lastUpdated: Date?
 
     enum CodingKeys: String, CodingKey {
-        case school, client, labels
+        case school, labels
+        case client = "paying_client"
         case dateOfBirth = "date_of_birth"
         case academicYear = "academic_year"
         case paidRecipient = "paid_recipient"

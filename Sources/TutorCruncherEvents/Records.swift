@@ -19,15 +19,17 @@ public struct Note: Sendable, Decodable {
 
 /// A to-do task for administrators. (Named to avoid clashing with Swift's `Task`.)
 public struct TutorCruncherTask: Sendable, Decodable {
-    public let name: String?
+    public let taskType: String?
     public let description: String?
-    public let status: String?
+    public let complete: Bool?
     public let dueDate: Date?
-    public let assignee: Reference?
+    /// The administrator it is assigned to.
+    public let admin: Reference?
 
     enum CodingKeys: String, CodingKey {
-        case name, description, status, assignee
-        case dueDate = "due_date"
+        case description, complete, admin
+        case taskType = "task_type"
+        case dueDate = "due_dt"
     }
 }
 
@@ -35,13 +37,14 @@ public struct TutorCruncherTask: Sendable, Decodable {
 public struct SafeguardingConcern: Sendable, Decodable {
     public let status: String?
     public let description: String?
-    public let dateCreated: Date?
+    public let dateRaised: Date?
     public let student: Reference?
-    public let raisedBy: Reference?
+    /// Who raised it.
+    public let creator: Reference?
 
     enum CodingKeys: String, CodingKey {
-        case status, description, student
-        case dateCreated = "dt_created"
-        case raisedBy = "raised_by"
+        case status, description, creator
+        case dateRaised = "dt_raised"
+        case student = "service_recipient"
     }
 }

@@ -16,8 +16,10 @@ public struct Job: Sendable, Decodable {
     public let dateCreated: Date?
     public let labels: [Label]?
     public let extraAttributes: [ExtraAttribute]?
-    public let tutors: [Reference]?
-    public let students: [Reference]?
+    /// The job's tutors (`conjobs`), each with their pay rate.
+    public let tutors: [AssignedTutor]?
+    /// The job's students (`rcrs`), each with the client who pays.
+    public let students: [AssignedStudent]?
 
     enum CodingKeys: String, CodingKey {
         case name, status, description, colour, labels
@@ -55,16 +57,16 @@ public struct Lesson: Sendable, Decodable {
     public let status: String?
     public let units: Decimal?
     public let chargeType: String?
-    public let chargeRate: Decimal?
     public let job: Reference?
     public let location: JSONValueBox?
-    public let tutors: [Reference]?
-    public let students: [Reference]?
+    /// The lesson's tutors (`cjas`), each with their pay rate.
+    public let tutors: [AssignedTutor]?
+    /// The lesson's students (`rcras`), each with their own charge rate and attendance status.
+    public let students: [AssignedStudent]?
 
     enum CodingKeys: String, CodingKey {
         case start, finish, topic, status, units, location
         case chargeType = "charge_type"
-        case chargeRate = "charge_rate"
         case job = "service"
         case tutors = "cjas"
         case students = "rcras"
@@ -73,22 +75,60 @@ public struct Lesson: Sendable, Decodable {
 
 /// A lesson report written by a tutor.
 public struct Report: Sendable, Decodable {
-    public let status: String?
-    public let job: Reference?
+    /// Approved by an administrator.
+    public let approved: Bool?
     public let lesson: Reference?
-    public let tutor: Reference?
+    /// Who wrote it (usually the lesson's tutor).
+    public let creator: Reference?
     public let client: Reference?
     public let student: Reference?
     public let dateCreated: Date?
     public let extraAttributes: [ExtraAttribute]?
 
     enum CodingKeys: String, CodingKey {
-        case status, client
-        case job = "service"
+        case approved, client, creator
         case lesson = "appointment"
-        case tutor = "contractor"
-        case student = "recipient"
+        case student = "service_recipient"
         case dateCreated = "dt_created"
         case extraAttributes = "extra_attrs"
+    }
+}
+
+/// A tutor on a job or lesson: `{"contractor": id, "name" or "contractor_name", "pay_rate"}`.
+public struct AssignedTutor: Sendable, Decodable, Hashable {
+    public let tutorID: Int?
+    public let name: String?
+    public let payRate: Decimal?
+
+    enum CodingKeys: String, CodingKey {
+        case name
+        case tutorID = "contractor"
+        case contractorName = "contractor_name"
+        case payRate = "pay_rate"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        tutorID = try container.decodeIfPresent(Int.self, forKey: .tutorID)
+        name = try container.decodeIfPresent(String.self, forKey: .name) ?? container.decodeIfPresent(String.self, forKey: .contractorName)
+        payRate = try container.decodeIfPresent(Decimal.self, forKey: .payRate)
+    }
+}
+
+/// A student on a job or lesson: `{"recipient": id, "recipient_name", "paying_client", ...}`.
+public struct AssignedStudent: Sendable, Decodable, Hashable {
+    public let studentID: Int?
+    public let name: String?
+    public let payingClient: Reference?
+    /// On a lesson: this student's charge rate and attendance status.
+    public let chargeRate: Decimal?
+    public let status: String?
+
+    enum CodingKeys: String, CodingKey {
+        case status
+        case studentID = "recipient"
+        case name = "recipient_name"
+        case payingClient = "paying_client"
+        case chargeRate = "charge_rate"
     }
 }

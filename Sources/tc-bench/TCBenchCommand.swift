@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import TutorCruncher
+import TutorCruncherSignature
 
 /// `tc-bench`: the pieces `scripts/bench` drives. Distinct signed bodies for `wrk`, the bare
 /// publisher the bridge is compared with, and queue bookkeeping. Not part of the product.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import TCBridge
 import TutorCruncher
+import TutorCruncherSignature
 
 #if canImport(Glibc)
 import Glibc

@@ -9,6 +9,7 @@ import Logging
 import TCBridge
 import TutorCruncher
 import UnixSignals
+import TutorCruncherSignature
 
 #if canImport(Glibc)
 import Glibc

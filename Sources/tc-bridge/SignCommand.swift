@@ -1,5 +1,6 @@
 import ArgumentParser
 import TutorCruncher
+import TutorCruncherSignature
 
 /// `tc-bridge sign FILE`: prints the `webhook-signature` TutorCruncher would send for FILE's bytes.
 struct SignCommand: ParsableCommand {

@@ -10,6 +10,7 @@ import TestSupport
 import TCBridgeContract
 import Testing
 import TutorCruncher
+import TutorCruncherSignature
 
 /// End to end against the shared broker: what is POSTed is exactly what arrives.
 @Suite struct BridgeIntegrationTests {

@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import TestSupport
 import Testing
+import TutorCruncherSignature
 
 /// Tests that stop or restart a broker; each uses a node of its own.
 @Suite(.serialized) struct BrokerOutageTests {

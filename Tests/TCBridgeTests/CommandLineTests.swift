@@ -2,6 +2,7 @@ import Foundation
 import TestSupport
 import Testing
 import TutorCruncher
+import TutorCruncherSignature
 
 /// The `tc-bridge` executable's argument and environment handling.
 @Suite struct CommandLineTests {

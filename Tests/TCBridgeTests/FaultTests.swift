@@ -5,6 +5,7 @@ import Synchronization
 import TestSupport
 import Testing
 import TutorCruncher
+import TutorCruncherSignature
 
 /// Nothing lost: the real `tc-bridge` executable, a stream of distinct signed webhooks, and faults
 /// injected into a broker of its own. Every event answered 2xx must reach a queue bound with `#`.

@@ -4,6 +4,7 @@ import Testing
 import TestSupport
 
 @testable import TCBridge
+import TutorCruncherSignature
 
 /// `tc-bridge spool ...` and `tc-bridge unroutable ...` against a running bridge and a real broker.
 @Suite struct OperatorCommandsTests {

@@ -9,6 +9,7 @@ import TestSupport
 import TCBridgeContract
 import Testing
 import TutorCruncher
+import TutorCruncherSignature
 
 /// Router-level behaviour with a recording publisher: status codes, bodies, what gets published.
 @Suite struct RouterTests {

@@ -11,6 +11,7 @@ import Synchronization
 import TestSupport
 import Testing
 import TutorCruncher
+import TutorCruncherSignature
 
 // Key files and the reloadable keyring.
 

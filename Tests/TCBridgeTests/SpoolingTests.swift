@@ -10,6 +10,7 @@ import NIOCore
 import TestSupport
 import Testing
 import TutorCruncher
+import TutorCruncherSignature
 
 /// Router-level: what happens when the broker cannot confirm and a spool is configured.
 @Suite struct SpoolingRouterTests {

@@ -4,6 +4,7 @@ import HummingbirdTesting
 import Logging
 import TCBridge
 import TutorCruncher
+import TutorCruncherSignature
 
 /// Runs the real receiver (real AMQPPublisher, real broker) and gives `body` its port.
 public func withLiveBridge(

@@ -1,5 +1,6 @@
 import Foundation
 import TutorCruncher
+import TutorCruncherSignature
 
 /// Builds signed webhook bodies for tests.
 public enum Webhooks {

@@ -1,6 +1,7 @@
 import TestSupport
 import TutorCruncher
 import TutorCruncherEvents
+import TutorCruncherSignature
 
 /// Builds envelopes exactly as the bridge does, from webhook bodies.
 enum Envelopes {

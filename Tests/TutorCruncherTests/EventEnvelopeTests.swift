@@ -1,5 +1,6 @@
 import Testing
 import TutorCruncher
+import TutorCruncherSignature
 
 @Suite struct EventEnvelopeTests {
     let receivedAt = UTCTimestamp(secondsSinceEpoch: 1_741_188_380, microseconds: 558_919)

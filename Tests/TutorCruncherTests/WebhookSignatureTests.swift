@@ -1,5 +1,6 @@
 import Testing
 import TutorCruncher
+import TutorCruncherSignature
 
 @Suite struct WebhookSignatureTests {
     let body = Array(#"{"request_time": 1700000000, "events": []}"#.utf8)

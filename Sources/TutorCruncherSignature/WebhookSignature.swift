@@ -71,7 +71,7 @@ public struct WebhookVerifier: Sendable {
     }
 
     public static func signature(for body: [UInt8], key: WebhookSigningKey) -> String {
-        hexString(HMAC<SHA256>.authenticationCode(for: body, using: key.key))
+        Hex.encode(HMAC<SHA256>.authenticationCode(for: body, using: key.key))
     }
 
     /// 64 hex digits (either case; surrounding spaces ignored) to 32 bytes, or `nil`.
@@ -91,10 +91,7 @@ public struct WebhookVerifier: Sendable {
     }
 }
 
-/// Lower-case hex of any byte sequence.
-public func hexString(_ bytes: some Sequence<UInt8>) -> String { Hex.encode(bytes) }
-
 /// Lower-case hex SHA-256 of `bytes`.
 public func sha256Hex(_ bytes: [UInt8]) -> String {
-    hexString(SHA256.hash(data: bytes))
+    Hex.encode(SHA256.hash(data: bytes))
 }
