@@ -136,6 +136,7 @@ let package = Package(
             name: "tc-consume",
             dependencies: [
                 "AMQPClient",
+                "TutorCruncher",
                 "TutorCruncherConsumer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -224,8 +224,9 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     /// still unacknowledged then is redelivered later.
     public var shutdownTimeout: Duration
     /// How long a re-queue or dead-letter publish may take, waiting while the broker blocks
-    /// publishing and then for its confirm (default 5 s).
-    public var confirmTimeout: Duration = .seconds(5)
+    /// publishing and then for its confirm (default 15 s: a quorum wait queue declared moments
+    /// before takes seconds to elect its leader and confirm its first message on a busy broker).
+    public var confirmTimeout: Duration = .seconds(15)
     /// The tracer ``TutorCruncherEventProcessor`` runs each handler in a span of: a `consumer`
     /// span continuing the trace the bridge's `traceparent` header carries (when the bridge runs
     /// with tracing on). `nil` (the default): the process's `InstrumentationSystem.tracer`, a no-op

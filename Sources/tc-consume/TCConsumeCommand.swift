@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import ServiceLifecycle
 import UnixSignals
+import TutorCruncher
 import TutorCruncherConsumer
 
 #if canImport(Glibc)
@@ -39,6 +40,9 @@ struct TCConsumeCommand: AsyncParsableCommand {
     @Option(help: "Most unacknowledged events at once.")
     var prefetch: UInt16 = 20
 
+    @Flag(help: "Print each message whole, one JSON object per line: routing key, message id, attempt, redelivered, every header, and the body (the envelope).")
+    var json = false
+
     func run() async throws {
         var logger = Logger(label: "tc-consume")
         logger.logLevel = .warning
@@ -52,7 +56,12 @@ struct TCConsumeCommand: AsyncParsableCommand {
         }
         // A watching tool: printing never fails, so no wait queues are declared for retries.
         configuration.retryPolicy.initialDelay = .zero
-        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: logger) { event in
+        let json = self.json
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: logger) { event, context in
+            if json {
+                write(line: Self.jsonLine(event: event, context: context))
+                return
+            }
             let model = event.subject?.model?.rawValue ?? "-"
             let id = event.subject?.id.map(String.init) ?? "-"
             write(line: "\(event.action)\t\(model)\t\(id)\t\(event.eventID)")
@@ -63,6 +72,29 @@ struct TCConsumeCommand: AsyncParsableCommand {
 }
 
 /// Writes one line to standard output unbuffered, so a pipe sees it at once.
+extension TCConsumeCommand {
+    /// One message as a JSON object: what the bridge published, headers and body included.
+    static func jsonLine(event: TutorCruncherEvent, context: TutorCruncherDeliveryContext) -> String {
+        var headers = JSONObject()
+        for (name, value) in context.headers {
+            switch value {
+            case .string(let text): headers[name] = .string(text)
+            case .int(let number): headers[name] = .number(String(number))
+            case .bool(let flag): headers[name] = .bool(flag)
+            }
+        }
+        let line = JSONObject([
+            "routing_key": .string(context.routingKey),
+            "message_id": context.messageID.map(JSONValue.string) ?? .null,
+            "attempt": .number(String(context.attempt)),
+            "redelivered": .bool(context.redelivered),
+            "headers": .object(headers),
+            "body": event.raw,
+        ])
+        return String(decoding: JSONWriter.bytes(.object(line)), as: UTF8.self)
+    }
+}
+
 private func write(line: String) {
     let bytes = Array((line + "\n").utf8)
     _ = bytes.withUnsafeBytes { Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }

@@ -47,20 +47,21 @@ import TutorCruncherConsumer
     @Test func aWaitingEventHoldsNoPrefetchSlotAndSurvivesARestartOfTheService() async throws {
         let exchange = uniqueExchange()
         var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice, .login], prefetch: 1)
-        configuration.retryPolicy = .init(maxAttempts: 2, initialDelay: .seconds(10), jitter: 0)
+        configuration.retryPolicy = .init(maxAttempts: 2, initialDelay: .seconds(20), jitter: 0)
+        configuration.confirmTimeout = .seconds(30)  // the wait queue was declared a moment ago
         let handled = Recorder<String>()
         let failing = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
             handled.append(event.action.rawValue)
             if event.action == .raisedInvoice { throw HandlerFailure(attempt: 1) }
         }
         let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
-        let waitQueue = configuration.waitQueue(for: .seconds(10))
+        let waitQueue = configuration.waitQueue(for: .seconds(20))
         try await withServices([failing]) {
             try await waitUntil("consumer connected") { failing.consumer.isConnected }
             _ = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["RAISED_INVOICE"])])
             _ = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["LOGIN"])])
             // With one prefetch slot, LOGIN is handled while RAISED_INVOICE waits on the broker.
-            try await waitUntil("LOGIN handled while the invoice waits") {
+            try await waitUntil(timeout: .seconds(60), "LOGIN handled while the invoice waits") {
                 guard handled.all == ["RAISED_INVOICE", "LOGIN"] else { return false }
                 return try await admin.messageCount(queue: waitQueue) == 1
             }
@@ -71,7 +72,7 @@ import TutorCruncherConsumer
         let secondAttempt = Recorder<Int>()
         let restarted = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { _ in secondAttempt.append(1) }
         try await withServices([restarted]) {
-            try await waitUntil(timeout: .seconds(30), "second attempt after the restart") { secondAttempt.count == 1 }
+            try await waitUntil(timeout: .seconds(60), "second attempt after the restart") { secondAttempt.count == 1 }
         }
     }
 
