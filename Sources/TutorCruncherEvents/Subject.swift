@@ -28,9 +28,19 @@ public struct Subject: Sendable, Decodable {
         url = try container.decodeIfPresent(String.self, forKey: .url)
     }
 
-    /// Decodes the subject as `type` (any `Decodable`, including your own), or `nil` when it does not fit.
+    /// Decodes the subject as `type` (any `Decodable`, including your own), or `nil` when it does
+    /// not fit (``decoded(as:)`` says why).
     public func decode<T: Decodable>(as type: T.Type) -> T? {
         try? JSONValueDecoder().decode(type, from: raw)
+    }
+
+    /// Decodes the subject as `type`, or throws why not, with the field path (`subject.amount`).
+    public func decoded<T: Decodable>(as type: T.Type) throws(TutorCruncherEventDecodingError) -> T {
+        do {
+            return try JSONValueDecoder().decode(type, from: raw)
+        } catch {
+            throw TutorCruncherEventDecodingError(error, context: "subject is not a \(T.self)", prefix: ["subject"])
+        }
     }
 
     private func view<T: Decodable>(_ type: T.Type, for models: SubjectType...) -> T? {

@@ -81,13 +81,47 @@ public struct TutorCruncherEvent: Sendable, Decodable {
         do {
             self = try JSONValueDecoder().decode(TutorCruncherEvent.self, from: value)
         } catch {
-            throw TutorCruncherEventDecodingError(reason: "not a TutorCruncher event envelope: \(error)")
+            throw TutorCruncherEventDecodingError(error, context: "not a TutorCruncher event envelope")
         }
     }
 }
 
-/// Why a message could not be decoded as a ``TutorCruncherEvent``.
+/// Why a message, or a subject, could not be decoded: a reason and the field it failed at.
 public struct TutorCruncherEventDecodingError: Error, Sendable, CustomStringConvertible {
     public var reason: String
-    public var description: String { reason }
+    /// Where decoding failed, as a path from the decoded value (`action`, `subject.amount`,
+    /// `subject.skills[2].id`); empty for the whole value (e.g. not JSON).
+    public var fieldPath: String
+
+    public init(reason: String, fieldPath: String = "") {
+        self.reason = reason
+        self.fieldPath = fieldPath
+    }
+
+    /// From a `DecodingError` (its coding path and what was wrong there), under `prefix`.
+    init(_ error: any Error, context: String, prefix: [String] = []) {
+        let (path, detail) = Self.describe(error)
+        let full = prefix + path
+        self.init(reason: "\(context): \(detail)", fieldPath: Self.join(full))
+    }
+
+    public var description: String { fieldPath.isEmpty ? reason : "\(reason) (at \(fieldPath))" }
+
+    static func describe(_ error: any Error) -> (path: [String], detail: String) {
+        func names(_ path: [any CodingKey]) -> [String] { path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue } }
+        guard let error = error as? DecodingError else { return ([], "\(error)") }
+        switch error {
+        case .keyNotFound(let key, let context): return (names(context.codingPath + [key]), "missing")
+        case .typeMismatch(let type, let context): return (names(context.codingPath), "expected \(type): \(context.debugDescription)")
+        case .valueNotFound(let type, let context): return (names(context.codingPath), "expected \(type), found null")
+        case .dataCorrupted(let context): return (names(context.codingPath), context.debugDescription)
+        @unknown default: return ([], "\(error)")
+        }
+    }
+
+    static func join(_ parts: [String]) -> String {
+        parts.reduce(into: "") { path, part in
+            if part.hasPrefix("[") || path.isEmpty { path += part } else { path += "." + part }
+        }
+    }
 }

@@ -212,3 +212,33 @@ import TutorCruncherEvents
         #expect(Duration(tutorCruncher: text) == nil)
     }
 }
+
+/// Decoding failures say what was wrong and where.
+@Suite struct DecodingErrorTests {
+    @Test func anEnvelopeWithoutAnActionNamesTheField() throws {
+        let body = Array(#"{"event_id": "abc-0", "verb": "Did"}"#.utf8)
+        do {
+            _ = try TutorCruncherEvent(envelope: body)
+            Issue.record("decoded an envelope without an action")
+        } catch let error as TutorCruncherEventDecodingError {
+            #expect(error.fieldPath == "action", "\(error)")
+            #expect(error.description.contains("missing"))
+        }
+    }
+
+    @Test func aSubjectThatDoesNotFitSaysWhichField() throws {
+        struct Order: Decodable {
+            struct Line: Decodable { let amount: Decimal }
+            let lines: [Line]
+        }
+        let event = try Envelopes.event(#"{"action": "RAISED_INVOICE", "subject": {"model": "Invoice", "id": 3, "lines": [{"amount": "1.00"}, {"amount": "lots"}]}}"#)
+        let subject = try #require(event.subject)
+        #expect(subject.decode(as: Order.self) == nil)
+        do {
+            _ = try subject.decoded(as: Order.self)
+            Issue.record("decoded a subject that does not fit")
+        } catch {
+            #expect(error.fieldPath == "subject.lines[1].amount", "\(error)")
+        }
+    }
+}
