@@ -90,6 +90,18 @@ public final class TutorCruncherConsumer: Service, Sendable {
                 try? await delivery.ack()
             case .deadLetter:
                 await deadLetter(delivery, reason: "unrecognised: \(reason)")
+            case .handle(let handler):
+                var path: String?
+                if case .string(let text)? = delivery.message.properties.header(BridgeContract.Header.requestPath) { path = text }
+                let message = UnrecognisedMessage(
+                    body: delivery.message.body, reason: reason, requestPath: path, messageID: delivery.message.properties.messageID)
+                do {
+                    try await handler(message)
+                    ConsumerMetrics.delivered(action: BridgeContract.unrecognisedRoutingKey, outcome: .acknowledged)
+                    try? await delivery.ack()
+                } catch {
+                    await deadLetter(delivery, reason: "unrecognised: handler failed: \(error)")
+                }
             }
             return nil
         }
@@ -142,6 +154,7 @@ public final class TutorCruncherConsumer: Service, Sendable {
         var properties = delivery.message.properties
         properties.headers = headers
         properties.persistent = true
+        properties.expiration = nil  // a dead-lettered event stays until someone looks at it
         let copy = AMQPOutboundMessage(exchange: "", routingKey: configuration.deadLetterQueue, properties: properties, body: delivery.message.body)
         do {
             try await delivery.republishThenAck(copy)
@@ -288,8 +301,9 @@ public struct TutorCruncherDelivery: Sendable {
     }
 
     /// Try again in `delay` (at most the retry policy's `maxDelay`; the wait ends between `delay`
-    /// and the shortest of the policy's waits that is at least as long), whatever the policy's
-    /// schedule says. Counts as an attempt: after `maxAttempts` the event is dead-lettered.
+    /// and the shortest of the policy's waits that is at least as long) instead of the policy's
+    /// next wait. Counts as an attempt: after `maxAttempts` the event is dead-lettered. With a
+    /// policy without waits (`initialDelay: .zero`) there are no wait queues: it is re-queued at once.
     public func retry(after delay: Duration, because error: (any Error)? = nil) async throws(AMQPError) {
         let reason = error.map { "\($0)" } ?? "retry requested"
         try await carryOut(consumer.configuration.retryPolicy.decision(afterFailedAttempt: attempt, error: reason, requestedWait: delay), error: reason)

@@ -20,7 +20,9 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     /// (`<queue>.retry.<milliseconds>ms`, a quorum queue per distinct delay, dead-lettering back into
     /// the queue when the time is up), so it survives restarts of the service and the broker and
     /// takes no prefetch slot. Wait queues of an older policy stay behind, empty, once their events
-    /// are back: delete them when you like. With the defaults an event is tried 5 times over about a minute and a quarter
+    /// are back: delete them once no instance of the service uses that policy any more (a copy
+    /// sent to a deleted wait queue is lost). The broker user needs configure permission on
+    /// `<queue>.retry.*` (declared on connect). With the defaults an event is tried 5 times over about a minute and a quarter
     /// (waits of 5, 10, 20 and 40 s, each shortened by up to 20% at random) before it is dead-lettered.
     public struct RetryPolicy: Sendable, Equatable {
         /// Handler attempts per event, the first included (default 5). After the last failure the
@@ -34,7 +36,9 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         /// No wait is longer (default 5 minutes); also the longest `retry(after:)` honours.
         public var maxDelay: Duration
         /// Each wait is shortened by a random fraction of up to this much (default 0.2), so events
-        /// that failed together do not all come back at the same instant. 0 to 1.
+        /// that failed at different moments spread out. 0 to 1. (A wait queue releases events in
+        /// order: a burst that failed at the same instant comes back as the running maximum of
+        /// its waits, close to the full wait.)
         public var jitter: Double
         /// Deliveries of one event that may end without being settled (the consumer crashed or lost
         /// its connection while handling it, or it was requeued with `nack(requeue: true)`) before
@@ -78,11 +82,22 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         }
 
         /// The waits events can be given, longest last: one wait queue each. Those of the policy,
-        /// and `maxDelay` (for ``TutorCruncherDelivery/retry(after:)``) when delays are on.
+        /// and `maxDelay` (for ``TutorCruncherDelivery/retry(after:because:)``) when delays are on.
+        /// At most a few dozen whatever `maxAttempts` is: the schedule stops growing at `maxDelay`.
         var waitTiers: [Duration] {
             guard initialDelay > .zero, maxAttempts > 1 else { return [] }
-            let waits = (1..<maxAttempts).map(delay(afterAttempt:)) + [.milliseconds(Self.milliseconds(maxDelay))]
-            return Array(Set(waits.filter { $0 > .zero })).sorted()
+            let cap = Duration.milliseconds(Self.milliseconds(maxDelay))
+            var waits: Set<Duration> = [cap]
+            var attempt = 1
+            // The schedule grows only until the cap (not at all with a multiplier of 1); a
+            // multiplier barely above 1 would make thousands of waits: at most 32 queues.
+            while attempt < maxAttempts, waits.count < 32 {
+                let wait = delay(afterAttempt: attempt)
+                if wait > .zero { waits.insert(wait) }
+                if wait >= cap || multiplier <= 1 { break }
+                attempt += 1
+            }
+            return waits.sorted()
         }
 
         /// What becomes of an event whose handler failed on attempt `attempt` (from 1) with `error`:
@@ -117,12 +132,15 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     /// What to do with the bridge's `unrecognised` messages (bodies or events that are not a
     /// TutorCruncher event, published unchanged under routing key `unrecognised`), which a
     /// consumer of every action (`actions: []`, bound to `#`) also receives.
-    public enum UnrecognisedBodies: Sendable, Equatable {
+    public enum UnrecognisedBodies: Sendable {
         /// Acknowledge them without a handler, counted as `tcconsumer_deliveries_total{outcome="skipped"}`
         /// and logged at debug (the default).
         case skip
         /// Send them to the dead-letter queue with the bridge's reason in `tc-error`, for someone to look at.
         case deadLetter
+        /// Hand each to `handler` as an ``UnrecognisedMessage``, then acknowledge it; a throw sends
+        /// it to the dead-letter queue with the error. Runs in the delivery loop: keep it short.
+        case handle(@Sendable (UnrecognisedMessage) async throws -> Void)
     }
 
     /// The bridge's alternate exchange (default `<exchange>.unroutable`, as `tc-bridge` declares it;
@@ -319,6 +337,10 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
                         "x-message-ttl": .int(RetryPolicy.milliseconds(wait)),
                         "x-dead-letter-exchange": .string(""),
                         "x-dead-letter-routing-key": .string(queue),
+                        // Back into the queue with a confirm, retried until it takes the event
+                        // (full, restarting, its node away): never dropped on the way.
+                        "x-dead-letter-strategy": .string("at-least-once"),
+                        "x-overflow": .string("reject-publish"),
                     ])
             } + [
                 AMQPQueueDeclaration(
@@ -337,5 +359,25 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
         configuration.failoverConnections = failoverConnections
         configuration.stopOnPermanentRefusal = true
         return configuration
+    }
+}
+
+/// A body the bridge published under `unrecognised`: not a TutorCruncher event (another sender, a
+/// changed payload format), kept exactly as it arrived.
+public struct UnrecognisedMessage: Sendable {
+    /// The body as received by the bridge.
+    public let body: [UInt8]
+    /// Why the bridge did not recognise it (`tc-unrecognised-reason`).
+    public let reason: String
+    /// The HTTP path it was posted to (`tc-request-path`), if known.
+    public let requestPath: String?
+    /// The message id (`<body sha256>-raw` for whole bodies).
+    public let messageID: String?
+
+    public init(body: [UInt8], reason: String, requestPath: String?, messageID: String?) {
+        self.body = body
+        self.reason = reason
+        self.requestPath = requestPath
+        self.messageID = messageID
     }
 }

@@ -64,7 +64,9 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
                         handlers.addTask {
                             if let turn { await turns?.wait(for: turn) }
                             await slots.acquire()
-                            await self.process(delivery)
+                            // Shut down while waiting for a slot or a turn: the connection is gone,
+                            // the event comes back; do not start work whose ack cannot be sent.
+                            if !Task.isCancelled { await self.process(delivery) }
                             slots.release()
                             if let turn { turns?.done(turn) }
                         }

@@ -6,7 +6,7 @@ import TutorCruncherEvents
 /// library's (`TutorCruncherEvent(envelope:)`). No broker, no network. Thread-safe.
 ///
 /// ```swift
-/// let event = try TestEvents.event(.clientPaidInvoice, subject: TestSubjects.invoice(id: 41, gross: "120.00"))
+/// let event = try TestEvents.event(.clientPaidInvoice, subject: TestSubjects.invoice(id: 41, [("gross", "120.00")]))
 /// #expect(event.subject?.invoice?.gross == Decimal(string: "120.00"))
 /// ```
 public enum TestEvents {

@@ -95,7 +95,7 @@ import TutorCruncherConsumer
             switch handling {
             case .skip:
                 #expect(try await admin.messageCount(queue: configuration.deadLetterQueue) == 0)
-            case .deadLetter:
+            case .deadLetter, .handle:
                 let deadLetters = try await QueueProbe(existingQueue: configuration.deadLetterQueue)
                 defer { Task { await deadLetters.stop() } }
                 let dead = try #require(try await deadLetters.waitForMessages(count: 1).first)
@@ -107,6 +107,23 @@ import TutorCruncherConsumer
                 #expect(error.hasPrefix("unrecognised"))
             }
         }
+    }
+
+    @Test func consumersThatAskGetUnrecognisedBodiesAsTypedValues() async throws {
+        let exchange = uniqueExchange()
+        var configuration = consumerConfiguration(exchange: exchange)
+        let unrecognised = Recorder<UnrecognisedMessage>()
+        configuration.unrecognisedBodies = .handle { unrecognised.append($0) }
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { _ in }
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            try await publishRaw(exchange: exchange, routingKey: "unrecognised", body: Array("<html>not an event</html>".utf8))
+            try await waitUntil("handed over") { unrecognised.count == 1 }
+            try await waitUntil("acknowledged") { try await admin.messageCount(queue: configuration.queue) == 0 }
+        }
+        #expect(unrecognised.all.first?.body == Array("<html>not an event</html>".utf8))
+        #expect(unrecognised.all.first?.reason == "not a TutorCruncher event")
     }
 
     @Test func undecodableMessageIsDeadLetteredAtOnceAndConsumptionContinues() async throws {

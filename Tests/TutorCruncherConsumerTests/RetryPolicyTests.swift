@@ -21,6 +21,12 @@ import Testing
         #expect(growing.delay(afterAttempt: .min) == .seconds(5))
     }
 
+    @Test func anyMaxAttemptsGivesAFewWaitQueues() {
+        #expect(Policy(maxAttempts: .max, initialDelay: .seconds(5), multiplier: 2, maxDelay: .seconds(300)).waitTiers.count == 7, "5, 10, 20, 40, 80, 160 and 300 s")
+        #expect(Policy(maxAttempts: .max, initialDelay: .seconds(5), multiplier: 1, maxDelay: .seconds(300)).waitTiers == [.seconds(5), .seconds(300)])
+        #expect(Policy(maxAttempts: .max, initialDelay: .seconds(5), multiplier: 1.0001, maxDelay: .seconds(300)).waitTiers.count <= 32)
+    }
+
     @Test func jitterOnlyEverShortensAWaitByUpToItsFraction() {
         let policy = Policy(initialDelay: .seconds(10), jitter: 0.2)
         for _ in 0..<1000 {

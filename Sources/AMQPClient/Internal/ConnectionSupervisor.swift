@@ -67,7 +67,9 @@ struct ConnectionSupervisor {
                 // The refusal that does not clear by itself wins: someone must act on it.
                 let error = failures.first(where: \.isConfigurationRefusal) ?? failures.last ?? AMQPError(.connectionFailed, "no broker configured")
                 setState(error.isConfigurationRefusal ? .misconfigured(reason: error.message) : .disconnected(reason: error.message))
-                if stopOnPermanentRefusal, !failures.isEmpty, failures.allSatisfy(\.isPermanentRefusal) {
+                // Only before the first connection: a configuration that once worked may be refused
+                // for a while (an auth backend down, users not loaded yet after a node restart).
+                if stopOnPermanentRefusal, !hasConnected, !failures.isEmpty, failures.allSatisfy(\.isPermanentRefusal) {
                     logger.error("the broker refuses this configuration; giving up", metadata: ["error": "\(error)"])
                     return error
                 }
@@ -112,8 +114,9 @@ extension AMQPError {
     /// existing queue or exchange), NOT_ALLOWED (530: virtual host). Not NOT_FOUND (404), which a
     /// cluster answers for a queue whose node is down.
     public var isPermanentRefusal: Bool {
-        guard let replyCode else { return false }
-        return [403, 406, 530].contains(replyCode)
+        guard let replyCode, [403, 406, 530].contains(replyCode) else { return false }
+        // 530 is also a virtual host's or user's connection limit, which clears by itself.
+        return !(replyCode == 530 && message.contains("limit"))
     }
 }
 
