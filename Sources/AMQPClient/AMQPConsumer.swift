@@ -360,8 +360,8 @@ private final class ConsumerLoop: @unchecked Sendable {
                         retake.append(contentsOf: machine.setBlocked(false))
                         consumer.setState(.connected)
                         logger.info("broker unblocked publishing")
-                    case .returned:
-                        break
+                    case .returned(_, _, let message):
+                        machine.returnedRepublish(routingKey: message.routingKey, messageID: message.properties.messageID)
                     }
                 }
             } catch {

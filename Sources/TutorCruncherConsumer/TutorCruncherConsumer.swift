@@ -155,7 +155,8 @@ public final class TutorCruncherConsumer: Service, Sendable {
         properties.headers = headers
         properties.persistent = true
         properties.expiration = nil  // a dead-lettered event stays until someone looks at it
-        let copy = AMQPOutboundMessage(exchange: "", routingKey: configuration.deadLetterQueue, properties: properties, body: delivery.message.body)
+        let copy = AMQPOutboundMessage(
+            exchange: "", routingKey: configuration.deadLetterQueue, properties: properties, body: delivery.message.body, mandatory: true)
         do {
             try await delivery.republishThenAck(copy)
         } catch {
@@ -206,8 +207,9 @@ public final class TutorCruncherConsumer: Service, Sendable {
         }
         properties.persistent = true
         properties.expiration = expiration
+        // `mandatory`: a copy that reaches no queue fails the call (the original stays) instead of vanishing.
         let copy = AMQPOutboundMessage(
-            exchange: "", routingKey: waitQueue ?? configuration.queue, properties: properties, body: delivery.message.body)
+            exchange: "", routingKey: waitQueue ?? configuration.queue, properties: properties, body: delivery.message.body, mandatory: true)
         try await delivery.republishThenAck(copy)
     }
 

@@ -74,6 +74,25 @@ import Testing
         #expect(machine.unsettled.contains(1))
     }
 
+    @Test func aCopyTheBrokerReturnedAsUnroutableFailsTheCallAndLeavesTheOriginalUnsettled() {
+        var machine = connectedMachine()
+        let (first, firstWaiter) = command(.republishThenAck(copy), 1)
+        var other = copy
+        other.routingKey = "elsewhere"
+        let (second, secondWaiter) = command(.republishThenAck(other), 2)
+        for command in [first, second] {
+            _ = machine.take(command, frameSize: 4096, now: start)
+            machine.wrote(command, now: start)
+        }
+        // basic.return for the first copy, then one confirm for both.
+        machine.returnedRepublish(routingKey: copy.routingKey, messageID: copy.properties.messageID)
+        let toAck = machine.confirmed(upTo: 2, multiple: true, success: true)
+        #expect(toAck.map(\.deliveryTag) == [2], "only the copy that reached a queue acknowledges its original")
+        #expect(firstWaiter.answers == [.failure(.nacked)])
+        #expect(secondWaiter.answers.isEmpty, "answered once its ack is written")
+        #expect(machine.unsettled.contains(1))
+    }
+
     @Test func anUnconfirmedCopyTimesOut() {
         var machine = connectedMachine()
         let (republish, waiter) = command(.republishThenAck(copy), 1)

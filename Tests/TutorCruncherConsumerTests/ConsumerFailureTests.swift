@@ -44,6 +44,27 @@ import TutorCruncherConsumer
         }
     }
 
+    @Test func aRetryWhoseWaitQueueWasDeletedIsNotLost() async throws {
+        let exchange = uniqueExchange()
+        var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice])
+        configuration.retryPolicy = .init(maxAttempts: 3, initialDelay: .seconds(1), jitter: 0)
+        let attempts = Recorder<Int>()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { _, context in
+            attempts.append(context.attempt)
+            throw HandlerFailure(attempt: attempts.count)
+        }
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            // An operator deletes the wait queue of the first retry while the service runs.
+            _ = try await admin.deleteQueue(configuration.waitQueue(for: .seconds(1)))
+            _ = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["RAISED_INVOICE"])])
+            // The copy reaches no queue: the original is requeued (not acknowledged) and handled again.
+            try await waitUntil("handled again after the failed retry") { attempts.count >= 2 }
+        }
+        #expect(attempts.all.prefix(2) == [1, 1], "the first attempt again: the retry copy never existed")
+    }
+
     @Test func aWaitingEventHoldsNoPrefetchSlotAndSurvivesARestartOfTheService() async throws {
         let exchange = uniqueExchange()
         var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice, .login], prefetch: 1)

@@ -47,7 +47,10 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
     /// Deliveries handed out on this connection and not yet settled.
     private(set) var unsettled: Set<UInt64> = []
     /// Republished copies waiting for their confirm: publish tag -> (delivery to ack, caller).
-    private var pendingRepublish = ConfirmLedger<(deliveryTag: UInt64, waiter: Waiter)>()
+    private var pendingRepublish = ConfirmLedger<(deliveryTag: UInt64, waiter: Waiter, key: String)>()
+    /// Republished copies the broker returned as unroutable (`basic.return`, which comes before the
+    /// copy's confirm), by ``returnKey(routingKey:messageID:)``, until that confirm.
+    private var returned: [String: Int] = [:]
     private var republishDeadlines: [(tag: UInt64, deadline: ContinuousClock.Instant)] = []
     /// Republishes taken while the broker blocks publishing, with their deadlines.
     private var held: Deque<(command: Command, deadline: ContinuousClock.Instant)> = []
@@ -74,6 +77,7 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
     /// The connection broke, or the consumer stops: every caller still waiting gets `error`.
     mutating func failOutstanding(_ error: AMQPError) {
         for pending in pendingRepublish.reset() { pending.waiter.answer(.failure(error)) }
+        returned.removeAll()
         for entry in held { entry.command.waiter.answer(.failure(error)) }
         held.removeAll()
         republishDeadlines.removeAll()
@@ -131,8 +135,9 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
         switch command.settlement {
         case .ack, .nack:
             command.waiter.answer(.success(()))
-        case .republishThenAck:
-            let tag = pendingRepublish.register((command.deliveryTag, command.waiter))
+        case .republishThenAck(let message):
+            let key = Self.returnKey(routingKey: message.routingKey, messageID: message.properties.messageID)
+            let tag = pendingRepublish.register((command.deliveryTag, command.waiter, key))
             republishDeadlines.append((tag, now.advanced(by: confirmTimeout)))
         }
     }
@@ -146,10 +151,29 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
             for pending in settled { pending.waiter.answer(.failure(AMQPError(.nacked, "broker rejected the republished message"))) }
             return []
         }
-        // Only originals still unsettled: a caller whose backstop gave up may have settled the
-        // delivery otherwise since (an ack of a settled tag would make the broker close the channel).
-        return settled.filter { unsettled.remove($0.deliveryTag) != nil }
+        var acknowledge: [(deliveryTag: UInt64, waiter: Waiter)] = []
+        for pending in settled {
+            // Confirmed, but it reached no queue (e.g. a wait queue someone deleted): the original
+            // stays unacknowledged, so the event is not lost.
+            if let count = returned[pending.key], count > 0 {
+                returned[pending.key] = count > 1 ? count - 1 : nil
+                pending.waiter.answer(.failure(AMQPError(.nacked, "the republished message reached no queue (unroutable)")))
+                continue
+            }
+            // Only originals still unsettled: a caller whose backstop gave up may have settled the
+            // delivery otherwise since (an ack of a settled tag would make the broker close the channel).
+            if unsettled.remove(pending.deliveryTag) != nil { acknowledge.append((pending.deliveryTag, pending.waiter)) }
+        }
+        return acknowledge
     }
+
+    /// `basic.return` of a republished copy (published `mandatory`): its confirm, which follows,
+    /// fails its caller instead of acknowledging the original.
+    mutating func returnedRepublish(routingKey: String, messageID: String?) {
+        returned[Self.returnKey(routingKey: routingKey, messageID: messageID), default: 0] += 1
+    }
+
+    static func returnKey(routingKey: String, messageID: String?) -> String { routingKey + "\u{0}" + (messageID ?? "") }
 
     /// `connection.blocked` / `connection.unblocked`. Unblocking returns the held republishes, to
     /// be taken again first.
