@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "TutorCruncherEvents", targets: ["TutorCruncherEvents"]),
         .library(name: "TutorCruncherConsumerTesting", targets: ["TutorCruncherConsumerTesting"]),
         .library(name: "TutorCruncher", targets: ["TutorCruncher"]),
+        .library(name: "TutorCruncherSignature", targets: ["TutorCruncherSignature"]),
         .library(name: "AMQPClient", targets: ["AMQPClient"]),
         .library(name: "TCBridgeContract", targets: ["TCBridgeContract"]),
     ],

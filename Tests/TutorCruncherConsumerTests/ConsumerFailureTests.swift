@@ -11,7 +11,8 @@ import TutorCruncherConsumer
         var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice])
         configuration.retryPolicy = .init(maxAttempts: 3, initialDelay: .milliseconds(400), multiplier: 2, jitter: 0)
         let attempts = Recorder<(id: String, at: ContinuousClock.Instant)>()
-        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
+        let log = CapturedLog()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: log.logger) { event in
             attempts.append((event.eventID, .now))
             throw HandlerFailure(attempt: attempts.count)
         }
@@ -38,6 +39,9 @@ import TutorCruncherConsumer
             }
             #expect(error.contains("failed 3 times"))
             #expect(error.contains("billing system said no (attempt 3)"))
+            // And one error line says so, with the event and the error.
+            let lines = log.all.filter { $0.hasPrefix("error event failed its last attempt; dead-lettering") }
+            #expect(lines.count == 1 && lines[0].contains(envelopes[0].eventID) && lines[0].contains("attempt 3"), "\(log.all)")
             let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
             #expect(try await admin.messageCount(queue: configuration.queue) == 0)
             #expect(try await admin.messageCount(queue: configuration.waitQueue(for: .milliseconds(400))) == 0)
