@@ -1,7 +1,6 @@
 import AMQPClient
 import Foundation
 import Logging
-import Synchronization
 import Testing
 import TestSupport
 
@@ -12,7 +11,7 @@ import TestSupport
 
     @Test func aChannelTheBrokerKeepsRefusingIsReplacedAndEveryCallIsAnswered() async throws {
         let exchange = "nack-ex-\(UUID().uuidString.prefix(8))"
-        let log = LogLines()
+        let log = CapturedLog()
         let publisher = AMQPPublisher(
             configuration: .init(
                 connection: node.connection,
@@ -24,7 +23,7 @@ import TestSupport
                         arguments: ["x-max-length": .int(0), "x-overflow": .string("reject-publish"), "x-expires": .int(60_000)],
                         bindings: [.init(exchange: exchange, routingKey: "full")])
                 ]),
-            logger: Logger(label: "nack-test") { _ in LogLines.Handler(lines: log) })
+            logger: log.logger(label: "nack-test", level: .trace))
         let runner = Task { try await publisher.run() }
         defer {
             publisher.requestStop()
@@ -48,24 +47,3 @@ import TestSupport
     }
 }
 
-/// Log lines (message and metadata) kept for a test to read. Thread-safe.
-final class LogLines: Sendable {
-    private let lines = Mutex<[String]>([])
-    var all: [String] { lines.withLock { $0 } }
-
-    struct Handler: LogHandler {
-        let lines: LogLines
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(
-            level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt
-        ) {
-            let all = self.metadata.merging(metadata ?? [:]) { $1 }
-            lines.lines.withLock { $0.append("\(level) \(message) \(all)") }
-        }
-    }
-}

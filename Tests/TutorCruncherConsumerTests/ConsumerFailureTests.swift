@@ -12,7 +12,7 @@ import TutorCruncherConsumer
         configuration.retryPolicy = .init(maxAttempts: 3, initialDelay: .milliseconds(400), multiplier: 2, jitter: 0)
         let attempts = Recorder<(id: String, at: ContinuousClock.Instant)>()
         let log = CapturedLog()
-        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: log.logger) { event in
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: log.logger(label: "consumer-under-test")) { event in
             attempts.append((event.eventID, .now))
             throw HandlerFailure(attempt: attempts.count)
         }

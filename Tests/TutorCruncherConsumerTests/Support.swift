@@ -1,7 +1,6 @@
 import Foundation
 import Logging
 import ServiceLifecycle
-import Synchronization
 import TestSupport
 import TutorCruncherConsumer
 
@@ -52,30 +51,3 @@ struct HandlerFailure: Error, CustomStringConvertible {
     var description: String { "billing system said no (attempt \(attempt))" }
 }
 
-/// A logger whose lines (level, message, metadata) are kept for the test to read. Thread-safe.
-final class CapturedLog: Sendable {
-    private let lines = Mutex<[String]>([])
-    var all: [String] { lines.withLock { $0 } }
-
-    var logger: Logger {
-        var logger = Logger(label: "consumer-under-test") { _ in Handler(log: self) }
-        logger.logLevel = .info
-        return logger
-    }
-
-    struct Handler: LogHandler {
-        let log: CapturedLog
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .info
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(
-            level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt
-        ) {
-            let all = self.metadata.merging(metadata ?? [:]) { $1 }
-            log.lines.withLock { $0.append("\(level) \(message) \(all)") }
-        }
-    }
-}
