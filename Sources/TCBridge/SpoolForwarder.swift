@@ -118,9 +118,11 @@ public struct SpoolForwarder: Service, Sendable {
         var retry: [SpoolRecord.ID] = []
         var rejected: [SpoolRecord] = []
         var failureKinds: Set<String> = []
+        var nacked = false
         for case (let record, let error?) in outcomes {
             let kind = "\(error.kind)"
             failureKinds.insert(kind)
+            if error.kind == .nacked { nacked = true }
             Counter(label: "tcbridge_spool_forward_failures_total", dimensions: [("kind", kind)]).increment()
             switch error.kind {
             case .unencodable:
@@ -161,7 +163,7 @@ public struct SpoolForwarder: Service, Sendable {
         if !confirmed.isEmpty, spool.depth.records == 0 {
             logger.info("spool drained")
         }
-        return retry.isEmpty ? .forwarded : .failed(nacked: failureKinds.contains("\(AMQPError.Kind.nacked)"))
+        return retry.isEmpty ? .forwarded : .failed(nacked: nacked)
     }
 
     private func setAside(_ records: [SpoolRecord], reason: String) async {

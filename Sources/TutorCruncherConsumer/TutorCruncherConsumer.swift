@@ -20,12 +20,15 @@ public final class TutorCruncherConsumer: Service, Sendable {
     let amqp: AMQPConsumer
     let logger: Logger
     let duplicateFilter: DuplicateFilter?
+    /// The retry policy's waits, one wait queue each (computed once).
+    let waitTiers: [Duration]
 
     public init(configuration: TutorCruncherConsumerConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
         self.amqp = AMQPConsumer(configuration: configuration.amqpConfiguration, logger: logger)
         self.duplicateFilter = configuration.duplicateFilterCapacity.map(DuplicateFilter.init(capacity:))
+        self.waitTiers = configuration.retryPolicy.waitTiers
     }
 
     /// Runs the broker connection until graceful shutdown or cancellation.
@@ -76,7 +79,7 @@ public final class TutorCruncherConsumer: Service, Sendable {
                 logger.warning("could not record the redelivery; handling it anyway", metadata: ["error": "\(error)"])
             }
         }
-        if originalRoutingKey(of: delivery.message) == BridgeContract.unrecognisedRoutingKey {
+        if Self.originalRoutingKey(of: delivery.message) == BridgeContract.unrecognisedRoutingKey {
             let reason: String
             if case .string(let text)? = delivery.message.properties.header(BridgeContract.Header.unrecognisedReason) {
                 reason = text
@@ -150,7 +153,7 @@ public final class TutorCruncherConsumer: Service, Sendable {
         }
         headers.append((ConsumerHeader.error, .string(String(reason.prefix(1000)))))
         headers.append((ConsumerHeader.originalQueue, .string(configuration.queue)))
-        headers.append((ConsumerHeader.originalRoutingKey, .string(originalRoutingKey(of: delivery.message))))
+        headers.append((ConsumerHeader.originalRoutingKey, .string(Self.originalRoutingKey(of: delivery.message))))
         var properties = delivery.message.properties
         properties.headers = headers
         properties.persistent = true
@@ -178,15 +181,16 @@ public final class TutorCruncherConsumer: Service, Sendable {
     /// acknowledges the original: into the shortest wait queue at least that long (the message
     /// expiring after `wait` itself), or, with no wait or no wait queues, to the back of the queue.
     func requeueForRetry(_ delivery: AMQPDelivery, attempt: Int, wait: Duration) async throws(AMQPError) {
-        let tiers = configuration.retryPolicy.waitTiers
-        guard wait > .zero, let tier = tiers.first(where: { $0 >= wait }) ?? tiers.last else {
-            try await requeue(delivery, attempt: attempt + 1, unsettledDeliveries: Self.unsettledDeliveries(of: delivery.message))
+        let unsettled = Self.unsettledDeliveries(of: delivery.message)
+        guard wait > .zero, let tier = waitTiers.first(where: { $0 >= wait }) ?? waitTiers.last else {
+            try await requeue(delivery, attempt: attempt + 1, unsettledDeliveries: unsettled)
             return
         }
-        let milliseconds = TutorCruncherConsumerConfiguration.RetryPolicy.milliseconds(min(wait, tier))
+        // The queue's TTL is the tier; a shorter wait expires the message itself.
+        let milliseconds = TutorCruncherConsumerConfiguration.RetryPolicy.milliseconds
+        let expiration = milliseconds(wait) < milliseconds(tier) ? String(milliseconds(wait)) : nil
         try await requeue(
-            delivery, attempt: attempt + 1, unsettledDeliveries: Self.unsettledDeliveries(of: delivery.message),
-            to: configuration.waitQueue(for: tier), expiration: milliseconds < TutorCruncherConsumerConfiguration.RetryPolicy.milliseconds(tier) ? String(milliseconds) : nil)
+            delivery, attempt: attempt + 1, unsettledDeliveries: unsettled, to: configuration.waitQueue(for: tier), expiration: expiration)
     }
 
     /// Re-queues a copy carrying the attempt and unsettled-delivery counts (at the back of the
@@ -201,7 +205,7 @@ public final class TutorCruncherConsumer: Service, Sendable {
         ] + (attempt == nil ? [] : [ConsumerHeader.attempt])
         properties.headers = properties.headers.filter { !replaced.contains($0.0) }
         if let attempt { properties.headers.append((ConsumerHeader.attempt, .int(Int64(attempt)))) }
-        properties.headers.append((ConsumerHeader.originalRoutingKey, .string(originalRoutingKey(of: delivery.message))))
+        properties.headers.append((ConsumerHeader.originalRoutingKey, .string(Self.originalRoutingKey(of: delivery.message))))
         if unsettledDeliveries > 0 {
             properties.headers.append((ConsumerHeader.unsettledDeliveries, .int(Int64(unsettledDeliveries))))
         }
@@ -230,7 +234,9 @@ public final class TutorCruncherConsumer: Service, Sendable {
         return count
     }
 
-    private func originalRoutingKey(of message: AMQPInboundMessage) -> String {
+    /// The routing key the bridge published `message` with (the action), also for a copy the
+    /// consumer re-queued or a wait queue dead-lettered back under the queue's name.
+    static func originalRoutingKey(of message: AMQPInboundMessage) -> String {
         if case .string(let key)? = message.properties.header(ConsumerHeader.originalRoutingKey) { return key }
         return message.routingKey
     }
@@ -377,11 +383,7 @@ public struct TutorCruncherDeliveryContext: Sendable {
         attempt = delivery.attempt
         redelivered = delivery.redelivered
         messageID = delivery.delivery.message.properties.messageID
-        if case .string(let key)? = delivery.delivery.message.properties.header(ConsumerHeader.originalRoutingKey) {
-            routingKey = key
-        } else {
-            routingKey = delivery.delivery.message.routingKey
-        }
+        routingKey = TutorCruncherConsumer.originalRoutingKey(of: delivery.delivery.message)
         headers = delivery.delivery.message.properties.headers
     }
 

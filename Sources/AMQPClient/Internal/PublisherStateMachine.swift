@@ -109,7 +109,7 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
     private var nacksInARow = 0
     /// The last time nacks had the connection replaced, and the interval before the next may.
     private var lastNackReconnect: ContinuousClock.Instant?
-    private var nackReconnectWait: Duration?
+    private var nackReconnectWait: Duration
     /// An ack arrived since the last reconnect for nacks (the fresh channel helped).
     private var ackedSinceNackReconnect = true
     /// The broker asked publishers to pause (`connection.blocked`).
@@ -132,6 +132,7 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
 
     init(configuration: Configuration, now: ContinuousClock.Instant) {
         self.configuration = configuration
+        self.nackReconnectWait = configuration.nackReconnectInterval
         self.windowProgress = now
         self.nextSweep = now
         self.roundTime = now
@@ -257,11 +258,10 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
             nextSweep = now.advanced(by: configuration.sweepInterval)
             if let outcome = sweep(now: now) { return outcome }
         }
-        let wait = nackReconnectWait ?? configuration.nackReconnectInterval
-        if nacksInARow >= configuration.nacksBeforeReconnect, lastNackReconnect.map({ now - $0 >= wait }) ?? true {
+        if nacksInARow >= configuration.nacksBeforeReconnect, lastNackReconnect.map({ now - $0 >= nackReconnectWait }) ?? true {
             // The last fresh channel did not help: wait longer before the next.
-            nackReconnectWait = ackedSinceNackReconnect || lastNackReconnect == nil
-                ? configuration.nackReconnectInterval : min(wait * 2, configuration.maxNackReconnectInterval)
+            nackReconnectWait = ackedSinceNackReconnect
+                ? configuration.nackReconnectInterval : min(nackReconnectWait * 2, configuration.maxNackReconnectInterval)
             ackedSinceNackReconnect = false
             lastNackReconnect = now
             // Calls still waiting are answered by the owner with this error (`connectionLost`:
