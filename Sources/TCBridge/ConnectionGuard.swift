@@ -132,8 +132,12 @@ struct GuardedHTTP1Channel: HTTPChannelHandler {
         }
     }
 
+    /// Serves the connection with its task preferring the channel's event loop (see
+    /// ``EventLoopTaskExecutor``).
     func handle(value: Value, logger: Logger) async {
-        await inner.handle(value: value, logger: logger)
+        await withTaskExecutorPreference(EventLoopTaskExecutor(loop: value.channel.eventLoop)) {
+            await inner.handle(value: value, logger: logger)
+        }
     }
 }
 
