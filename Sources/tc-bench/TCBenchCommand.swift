@@ -6,13 +6,19 @@ import TutorCruncherSignature
 
 /// `tc-bench`: the pieces `scripts/bench` drives. Distinct signed bodies for `wrk`, the bare
 /// publisher the bridge is compared with, and queue bookkeeping. Not part of the product.
-@main
 struct TCBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tc-bench",
         abstract: "Benchmark helpers for scripts/bench (bodies, signatures, a bare publisher, queue counts).",
-        subcommands: [Template.self, Signatures.self, Bare.self, ResetQueue.self, CountQueue.self]
+        subcommands: [Template.self, Signatures.self, Bare.self, HTTPFloor.self, ResetQueue.self, CountQueue.self]
     )
+}
+
+extension TCBenchCommand {
+    /// What `@main` would call (top-level code in `main.swift` would pick the synchronous `main()`).
+    static func asyncMain() async {
+        await main(nil)
+    }
 }
 
 /// The placeholder `benchmarks/signed-bodies.lua` and ``BodyTemplate`` replace, once per event.
