@@ -151,6 +151,7 @@ let package = Package(
             name: "tc-bench",
             dependencies: [
                 "AMQPClient",
+                "TCBridge",
                 "TutorCruncher",
                 "TutorCruncherSignature",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -217,7 +218,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TutorCruncherTests",
-            dependencies: ["TutorCruncher", "TutorCruncherSignature", "FuzzChecks"],
+            dependencies: ["TutorCruncher", "TutorCruncherSignature", "FuzzChecks", "TestSupport"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),

@@ -35,8 +35,12 @@ public enum FuzzChecks {
 
         // Parse: not JSON must say so (the bridge picks the content type from the reason's prefix).
         let isJSON = (try? JSONParser().parse(body)) != nil
+        let parsed = WebhookPayload.parse(body)
+        // The bridge's request path reads bodies with `scan`, which builds no tree: it must make of
+        // every input exactly what `parse` makes of it, down to the envelopes' bytes.
+        problems += scanDisagreements(body, parsed: parsed)
         let batch: EventBatch
-        switch WebhookPayload.parse(body) {
+        switch parsed {
         case .unrecognised(let reason):
             check(!reason.isEmpty, "empty unrecognised reason")
             check(reason.hasPrefix("not JSON") == !isJSON, "reason \(reason.prefix(80)) disagrees with JSONParser (JSON: \(isJSON))")
@@ -76,6 +80,30 @@ public enum FuzzChecks {
             }
         }
         return problems
+    }
+
+    /// Where ``WebhookPayload/scan(_:parser:)`` disagrees with `parsed`, the tree parser's reading of
+    /// `body`: the classification, the `unrecognised` reason (JSON errors included) or any envelope.
+    public static func scanDisagreements(_ body: [UInt8], parsed: WebhookPayload, parser: JSONParser = JSONParser()) -> [String] {
+        switch (parsed, WebhookPayload.scan(body, parser: parser)) {
+        case (.unrecognised(let expected), .unrecognised(let reason)):
+            return expected == reason ? [] : ["scan says unrecognised (\(reason.prefix(120))), parse (\(expected.prefix(120)))"]
+        case (.events(let batch), .events(let summaries)):
+            guard summaries.requestTime == batch.requestTime else { return ["scan read another request time"] }
+            guard summaries.events.count == batch.events.count else {
+                return ["scan found \(summaries.events.count) events, parse \(batch.events.count)"]
+            }
+            let receivedAt = UTCTimestamp(secondsSinceEpoch: 1_700_000_000, microseconds: 123_456)
+            let expected = EventEnvelope.envelopes(for: batch, bodyDigest: "d", receivedAt: receivedAt)
+            return summaries.events.enumerated().compactMap { index, summary in
+                let envelope = EventEnvelope(summary: summary, index: index, bodyDigest: "d", requestTime: summaries.requestTime, receivedAt: receivedAt)
+                return envelope == expected[index] ? nil : "scan's envelope \(index) differs from parse's"
+            }
+        case (.events, .unrecognised(let reason)):
+            return ["scan says unrecognised (\(reason.prefix(120))), parse found events"]
+        case (.unrecognised(let reason), .events):
+            return ["scan found events, parse says unrecognised (\(reason.prefix(120)))"]
+        }
     }
 
     static func isLowerHex(_ byte: UInt8) -> Bool {

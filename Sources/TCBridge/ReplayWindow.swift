@@ -1,4 +1,5 @@
 import HexCoding
+import TutorCruncher
 
 /// The sender's `request_time` as found in a body's root object, read without building a JSON tree.
 ///
@@ -13,6 +14,22 @@ public enum RequestTime: Sendable, Equatable {
     /// A JSON number, in seconds since the epoch. Fractions are kept; numbers beyond `Double`'s range
     /// are `±infinity` (never a crash, never an integer overflow).
     case seconds(Double)
+
+    /// The time of a body ``WebhookPayload/scan(_:parser:)`` read as events: the same answer
+    /// ``scan(_:)`` gives for it (a valid JSON object, so both read the same root members), without
+    /// scanning the body a second time.
+    public init(scanned batch: EventSummaries) {
+        guard batch.hasRequestTime else {
+            self = .absent
+            return
+        }
+        // A JSON number's literal always converts; out-of-range magnitudes become ±infinity.
+        if case .number(let literal) = batch.requestTime, let seconds = Double(literal) {
+            self = .seconds(seconds)
+        } else {
+            self = .notANumber
+        }
+    }
 
     /// Scans `body`. Linear in its size, no recursion, no allocation proportional to nesting; any bytes
     /// (invalid JSON, truncated input, invalid UTF-8) give an answer. On malformed input the value

@@ -10,12 +10,13 @@ extension WebhookIngest {
     var verifier: WebhookVerifier { keyring.verifier }
 
     /// Runs after the signature is verified, before dedup. Returns the 403 for a body whose
-    /// `request_time` lies outside the replay window (counted and logged), or `nil` to go on.
-    /// Bodies without a usable time go on and are counted. Never throws, never traps on any bytes.
-    func replayRefusal(body: [UInt8], path: String) -> IngestResponse? {
+    /// `request_time` (`time`, read from `body`) lies outside the replay window (counted and
+    /// logged), or `nil` to go on. Bodies without a usable time go on and are counted. Never throws,
+    /// never traps on any bytes.
+    func replayRefusal(_ time: @autoclosure () -> RequestTime, body: [UInt8], path: String) -> IngestResponse? {
         guard let replayWindow else { return nil }
         let now = Double(DedupWindow.wallClock()) / 1000
-        switch replayWindow.check(body: body, now: now) {
+        switch replayWindow.check(time(), now: now) {
         case .fresh:
             return nil
         case .absent:

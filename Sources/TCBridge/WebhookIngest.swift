@@ -113,8 +113,12 @@ public struct WebhookIngest: Sendable {
         guard verification == .valid else { return rejected(verification, path: path, bodyBytes: body.count) }
 
         let receivedAt = UTCTimestamp.now()
-        let (refusal, digest) = await offloaded(bodyBytes: body.count) {
-            (replayRefusal(body: body, path: path), sha256Hex(body))  // i7-secrets: replay window, before dedup
+        // One pass reads the events and the request time (the body is signed: its sender's own);
+        // a body that is not an event batch has its time read by the lenient root scan.
+        let (payload, refusal, digest) = await offloaded(bodyBytes: body.count) { () -> (ScannedWebhookPayload, IngestResponse?, String) in
+            let payload = WebhookPayload.scan(body, parser: parser)
+            let refusal = replayRefusal(Self.requestTime(of: payload, body: body), body: body, path: path)  // i7-secrets: before dedup
+            return (payload, refusal, sha256Hex(body))
         }
         if let refusal { return refusal }
         if let dedup {
@@ -126,7 +130,7 @@ public struct WebhookIngest: Sendable {
                 break
             }
         }
-        let response = await deliver(body: body, digest: digest, path: path, receivedAt: receivedAt)
+        let response = await deliver(payload, body: body, digest: digest, path: path, receivedAt: receivedAt)
         await dedup?.complete(digest, accepted: response.status == 200)
         return response
     }
@@ -154,7 +158,7 @@ public struct WebhookIngest: Sendable {
     /// Events per spool record for such bodies: the unit the forwarder confirms and resumes by.
     static let spoolChunkEvents = 1000
 
-    private func spoolInChunks(_ batch: EventBatch, digest: String, path: String, receivedAt: UTCTimestamp) async -> IngestResponse {
+    private func spoolInChunks(_ batch: EventSummaries, digest: String, path: String, receivedAt: UTCTimestamp) async -> IngestResponse {
         guard let spool else { return .error(503, "temporarily unable to accept events, retry later", .spoolRefused) }
         let count = batch.events.count
         let chunks = stride(from: 0, to: count, by: Self.spoolChunkEvents).map { $0..<min($0 + Self.spoolChunkEvents, count) }
@@ -169,8 +173,8 @@ public struct WebhookIngest: Sendable {
                 let messages = range.map { index in
                     factory.message(
                         for: EventEnvelope(
-                            event: batch.events[index], index: index, bodyDigest: digest, requestTime: batch.requestTime,
-                            receivedAt: receivedAt, source: batch.sources.isEmpty ? nil : batch.sources[index]),
+                            summary: batch.events[index], index: index, bodyDigest: digest, requestTime: batch.requestTime,
+                            receivedAt: receivedAt),
                         receivedAt: receivedAt)
                 }
                 let record = SpooledMessages.encode(Self.adding(trace, to: messages))
@@ -202,18 +206,25 @@ public struct WebhookIngest: Sendable {
             metadata: ["path": "\(path)", "events": "\(count)", "records": "\(chunks.count)", "body_sha256": "\(digest)"])
         var response = IngestResponse(status: 200, body: JSONObject(["events": .number(String(count)), "spooled": .bool(true)]), outcome: .spooled)
         response.eventCount = count
-        response.actions = Self.distinctActions(batch.events.lazy.map { $0["action"]?.stringValue ?? "" })
+        response.actions = Self.distinctActions(batch.events.lazy.map(\.action))
         return response
     }
 
-    private func deliver(body: [UInt8], digest: String, path: String, receivedAt: UTCTimestamp) async -> IngestResponse {
+    private func deliver(
+        _ payload: ScannedWebhookPayload, body: [UInt8], digest: String, path: String, receivedAt: UTCTimestamp
+    ) async -> IngestResponse {
         let prepared = await offloaded(bodyBytes: body.count) { () -> Prepared in
-            switch WebhookPayload.parse(body, parser: parser) {
+            switch payload {
             case .events(let batch) where spool != nil && batch.events.count > Self.directPublishLimit:
                 return .spoolInChunks(batch)
             case .events(let batch):
-                let envelopes = EventEnvelope.envelopes(for: batch, bodyDigest: digest, receivedAt: receivedAt)
-                return .publish(envelopes.map { factory.message(for: $0, receivedAt: receivedAt) }, eventCount: envelopes.count)
+                let messages = batch.events.enumerated().map { index, event in
+                    factory.message(
+                        for: EventEnvelope(
+                            summary: event, index: index, bodyDigest: digest, requestTime: batch.requestTime, receivedAt: receivedAt),
+                        receivedAt: receivedAt)
+                }
+                return .publish(messages, eventCount: messages.count)
             case .unrecognised(let reason):
                 logger.info("publishing unrecognised body", metadata: ["path": "\(path)", "reason": "\(reason)"])
                 return .publish(
@@ -270,10 +281,17 @@ public struct WebhookIngest: Sendable {
         }
     }
 
+    /// The body's `request_time`: from the scan when it read events, else by the lenient root scan
+    /// (a body that is not JSON, or not an event batch, may still carry one).
+    static func requestTime(of payload: ScannedWebhookPayload, body: [UInt8]) -> RequestTime {
+        if case .events(let batch) = payload { return RequestTime(scanned: batch) }
+        return RequestTime.scan(body)
+    }
+
     /// What a parsed body turns into.
     private enum Prepared: Sendable {
         case publish([AMQPOutboundMessage], eventCount: Int)
-        case spoolInChunks(EventBatch)
+        case spoolInChunks(EventSummaries)
     }
 
     /// Bodies above this size are verified, hashed and parsed on NIO's blocking pool: work of

@@ -49,37 +49,9 @@ public struct EventEnvelope: Sendable, Equatable {
         added.append(JSONObject.Member(key: "request_time", value: requestTime))
         added.append(JSONObject.Member(key: "received_at", value: .string(receivedAt.iso8601)))
         if let source, let members = source.members {
-            var body: [UInt8] = [UInt8(ascii: "{")]
-            body.reserveCapacity(source.range.count + 256)
-            var first = true
-            for member in members where !Self.bridgeKeys.contains(member.key) {
-                if !first { body.append(UInt8(ascii: ",")) }
-                first = false
-                body.append(contentsOf: source.body[member.range])
-            }
-            // The added members' names and the id and time need no escaping: written as they are.
-            for member in added.dropLast(3) {
-                if !first { body.append(UInt8(ascii: ",")) }
-                first = false
-                body.append(UInt8(ascii: "\""))
-                body.append(contentsOf: member.key.utf8)
-                body.append(contentsOf: #"":null"#.utf8)
-            }
-            if !first { body.append(UInt8(ascii: ",")) }
-            body.append(contentsOf: #""event_id":"#.utf8)
-            if eventID.utf8.allSatisfy({ $0 >= 0x21 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
-                body.append(UInt8(ascii: "\""))
-                body.append(contentsOf: eventID.utf8)
-                body.append(UInt8(ascii: "\""))
-            } else {
-                JSONWriter.writeString(eventID, into: &body)  // a digest from elsewhere than sha256Hex
-            }
-            body.append(contentsOf: #","request_time":"#.utf8)
-            JSONWriter.write(requestTime, into: &body)
-            body.append(contentsOf: #","received_at":""#.utf8)
-            body.append(contentsOf: receivedAt.iso8601.utf8)
-            body.append(contentsOf: #""}"#.utf8)
-            self.body = body
+            self.body = Self.splice(
+                members: members, of: source, missing: added.dropLast(3).map(\.key), eventID: eventID, requestTime: requestTime,
+                receivedAt: receivedAt)
         } else {
             let kept = event.members.filter { !Self.bridgeKeys.contains($0.key) }
             self.body = JSONWriter.bytes(.object(JSONObject(kept + added)))
@@ -94,6 +66,61 @@ public struct EventEnvelope: Sendable, Equatable {
         default: self.subjectID = nil
         }
         self.branch = event["branch"]?.int64Value
+    }
+
+    /// The envelope of an event read by ``WebhookPayload/scan(_:parser:)``: the same bytes as
+    /// ``init(event:index:bodyDigest:requestTime:receivedAt:source:)`` gives the parsed event with its
+    /// source, without the event's tree.
+    public init(summary: EventSummary, index: Int, bodyDigest: String, requestTime: JSONValue, receivedAt: UTCTimestamp) {
+        let eventID = "\(bodyDigest)-\(index)"
+        let members = summary.source.members ?? []
+        let missing = Self.optionalEventKeys.filter { key in !members.contains { $0.key == key } }
+        self.body = Self.splice(
+            members: members, of: summary.source, missing: missing, eventID: eventID, requestTime: requestTime, receivedAt: receivedAt)
+        self.eventID = eventID
+        self.action = summary.action
+        self.subjectModel = summary.subjectModel
+        self.subjectID = summary.subjectID
+        self.branch = summary.branch
+    }
+
+    /// The envelope's bytes: the event's members as sent (the bridge's keys dropped), `missing`
+    /// optional keys as `null`, then the bridge's three keys.
+    private static func splice(
+        members: [EventSource.Member], of source: EventSource, missing: [String], eventID: String, requestTime: JSONValue,
+        receivedAt: UTCTimestamp
+    ) -> [UInt8] {
+        var body: [UInt8] = [UInt8(ascii: "{")]
+        body.reserveCapacity(source.range.count + 256)
+        var first = true
+        for member in members where !bridgeKeys.contains(member.key) {
+            if !first { body.append(UInt8(ascii: ",")) }
+            first = false
+            body.append(contentsOf: source.body[member.range])
+        }
+        // The added members' names and the id and time need no escaping: written as they are.
+        for key in missing {
+            if !first { body.append(UInt8(ascii: ",")) }
+            first = false
+            body.append(UInt8(ascii: "\""))
+            body.append(contentsOf: key.utf8)
+            body.append(contentsOf: #"":null"#.utf8)
+        }
+        if !first { body.append(UInt8(ascii: ",")) }
+        body.append(contentsOf: #""event_id":"#.utf8)
+        if eventID.utf8.allSatisfy({ $0 >= 0x21 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
+            body.append(UInt8(ascii: "\""))
+            body.append(contentsOf: eventID.utf8)
+            body.append(UInt8(ascii: "\""))
+        } else {
+            JSONWriter.writeString(eventID, into: &body)  // a digest from elsewhere than sha256Hex
+        }
+        body.append(contentsOf: #","request_time":"#.utf8)
+        JSONWriter.write(requestTime, into: &body)
+        body.append(contentsOf: #","received_at":""#.utf8)
+        body.append(contentsOf: receivedAt.iso8601.utf8)
+        body.append(contentsOf: #""}"#.utf8)
+        return body
     }
 
     /// One envelope per event of `batch`, in order.

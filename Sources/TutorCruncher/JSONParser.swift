@@ -21,7 +21,7 @@ public struct JSONParser: Sendable {
 
     public func parse(_ bytes: some Collection<UInt8>) throws(JSONParseError) -> JSONValue {
         let array = Array(bytes)
-        var reader = Reader(bytes: array, maximumDepth: maximumDepth)
+        var reader = JSONReader(bytes: array, maximumDepth: maximumDepth)
         reader.skipWhitespace()
         let value = try reader.parseValue(depth: 0)
         reader.skipWhitespace()
@@ -33,7 +33,7 @@ public struct JSONParser: Sendable {
     /// returns where each element of that array (the last such key, as lookups use) and each of
     /// its members lie in `bytes`.
     public func parseWebhookBody(_ bytes: [UInt8]) throws(JSONParseError) -> (root: JSONValue, events: [EventSource]?) {
-        var reader = Reader(bytes: bytes, maximumDepth: maximumDepth)
+        var reader = JSONReader(bytes: bytes, maximumDepth: maximumDepth)
         reader.recordsEvents = true
         reader.skipWhitespace()
         let value = try reader.parseValue(depth: 0)
@@ -58,7 +58,8 @@ public struct EventSource: Sendable, Equatable {
     public var members: [Member]?
 }
 
-private struct Reader {
+/// The parser's cursor over one byte array; ``JSONParser`` and the webhook scan (WebhookScan.swift) drive it.
+struct JSONReader {
     let bytes: [UInt8]
     let maximumDepth: Int
     var index = 0
@@ -191,6 +192,11 @@ private struct Reader {
     }
 
     mutating func parseNumber() throws(JSONParseError) -> String {
+        String(decoding: bytes[try scanNumber()], as: UTF8.self)
+    }
+
+    /// Reads a number's bytes (the same rules and errors as ``parseNumber()``) without making a string.
+    mutating func scanNumber() throws(JSONParseError) -> Range<Int> {
         let start = index
         if bytes[index] == UInt8(ascii: "-") { index += 1 }
         guard index < bytes.count, isDigit(bytes[index]) else { throw error("invalid number") }
@@ -211,7 +217,7 @@ private struct Reader {
             guard index < bytes.count, isDigit(bytes[index]) else { throw error("invalid exponent") }
             while index < bytes.count, isDigit(bytes[index]) { index += 1 }
         }
-        return String(decoding: bytes[start..<index], as: UTF8.self)
+        return start..<index
     }
 
     mutating func parseString() throws(JSONParseError) -> String {

@@ -10,7 +10,7 @@ struct TCBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tc-bench",
         abstract: "Benchmark helpers for scripts/bench (bodies, signatures, a bare publisher, queue counts).",
-        subcommands: [Template.self, Signatures.self, Bare.self, HTTPFloor.self, ResetQueue.self, CountQueue.self]
+        subcommands: [Template.self, Signatures.self, Bare.self, HTTPFloor.self, Stages.self, ResetQueue.self, CountQueue.self]
     )
 }
 

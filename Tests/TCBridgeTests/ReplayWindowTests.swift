@@ -75,6 +75,32 @@ import TutorCruncher
         }
     }
 
+    /// The bridge reads the time of an event batch from its one scan (`RequestTime(scanned:)`) and
+    /// keeps the root scan for other bodies: on every event batch the two must agree.
+    @Test func theEventScanReadsTheSameTimeAsTheRootScan() throws {
+        let keys = [#""request_time""#, #""_request_time""#, #""request\u005ftime""#, #""other""#]
+        let values = [
+            "1700000000", "-1.5e3", "1e999", "-1e999", "0", "null", "true", #""1700000000""#, "[1]", #"{"request_time":1}"#, "1.0E+2",
+        ]
+        var generator = SplitMix64(seed: 11)
+        var bodies = try Fixture.examples.map { try Fixture.bytes($0) }
+        for _ in 0..<2000 {
+            var members = [#""events":[{"action":"a"}]"#]
+            for _ in 0..<Int(generator.next() % 4) {
+                members.append("\(keys[Int(generator.next() % UInt64(keys.count))]):\(values[Int(generator.next() % UInt64(values.count))])")
+            }
+            members.shuffle(using: &generator)
+            bodies.append(Array("{\(members.joined(separator: ","))}".utf8))
+        }
+        var compared = 0
+        for body in bodies {
+            guard case .events(let batch) = WebhookPayload.scan(body) else { continue }
+            compared += 1
+            #expect(RequestTime(scanned: batch) == RequestTime.scan(body), "\(String(decoding: body.prefix(200), as: UTF8.self))")
+        }
+        #expect(compared == bodies.count)
+    }
+
     @Test func anyBytesGiveAnAnswer() {
         let body = Array(#"{"request_time": 1700000000, "a": {"b": ["c\"]", {"d": -1.5e3}]}, "_request_time": 9, "e": "\u00e9"}"#.utf8)
         for end in 0...body.count { _ = RequestTime.scan(Array(body[0..<end])) }

@@ -1,0 +1,70 @@
+import AMQPClient
+import ArgumentParser
+import Foundation
+import TCBridge
+import TutorCruncher
+import TutorCruncherSignature
+
+extension TCBenchCommand {
+    /// The request path's CPU stages one by one, in this process, on distinct bodies of a template:
+    /// nanoseconds per body for each. Deterministic enough to compare two ways of doing one stage,
+    /// which the end-to-end run (three processes on two shared cores) cannot resolve below ~5 %.
+    struct Stages: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Time the request path's CPU stages per body, in process.")
+
+        @Option var template: String
+        @Option(help: "Bodies per stage.") var count = 20000
+
+        func run() throws {
+            let template = BodyTemplate(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: template))))
+            let bodies = (0..<count).map { template.body($0) }
+            let verifier = WebhookVerifier(keys: [WebhookSigningKey("bench-key")])
+            let signatures = bodies.map { verifier.signature(for: $0) }
+            let factory = MessageFactory(exchange: "bench", appID: "tc-bridge")
+            let receivedAt = UTCTimestamp.now()
+            var sink = 0
+
+            func stage(_ name: String, _ work: (Int) -> Int) {
+                for index in 0..<min(1000, count) { sink &+= work(index) }  // warm up
+                let started = ContinuousClock.now
+                for index in 0..<count { sink &+= work(index) }
+                let elapsed = ContinuousClock.now - started
+                let nanoseconds = Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9
+                print("\(name): \(String(format: "%.2f", nanoseconds / Double(count) / 1000)) µs per body")
+            }
+            stage("signature (HMAC-SHA256, constant-time compare)") { index in
+                verifier.verify(body: bodies[index], signatureHeader: signatures[index]) == .valid ? 1 : 0
+            }
+            stage("body digest (SHA-256, hex)") { index in sha256Hex(bodies[index]).utf8.count }
+            stage("request_time scan (replay window)") { index in
+                if case .seconds = RequestTime.scan(bodies[index]) { return 1 }
+                return 0
+            }
+            stage("before: request_time scan, then a tree parse + envelopes + messages") { index in
+                guard case .seconds = RequestTime.scan(bodies[index]) else { return 0 }
+                guard case .events(let batch) = WebhookPayload.parse(bodies[index]) else { return 0 }
+                return EventEnvelope.envelopes(for: batch, bodyDigest: "d", receivedAt: receivedAt)
+                    .map { factory.message(for: $0, receivedAt: receivedAt).body.count }.reduce(0, +)
+            }
+            stage("after: one scan (time included) + spliced envelopes + messages") { index in
+                guard case .events(let batch) = WebhookPayload.scan(bodies[index]) else { return 0 }
+                guard case .seconds = RequestTime(scanned: batch) else { return 0 }
+                return batch.events.enumerated().map { position, event in
+                    factory.message(
+                        for: EventEnvelope(summary: event, index: position, bodyDigest: "d", requestTime: batch.requestTime, receivedAt: receivedAt),
+                        receivedAt: receivedAt
+                    ).body.count
+                }.reduce(0, +)
+            }
+            stage("parse into a tree only") { index in
+                if case .events(let batch) = WebhookPayload.parse(bodies[index]) { return batch.events.count }
+                return 0
+            }
+            stage("scan only") { index in
+                if case .events(let batch) = WebhookPayload.scan(bodies[index]) { return batch.events.count }
+                return 0
+            }
+            print("(checksum \(sink))")
+        }
+    }
+}
