@@ -67,7 +67,7 @@ public enum FuzzChecks {
             }
             check(object["event_id"] == .string(envelope.eventID), "envelope \(index): body event_id differs")
             check(object["received_at"] == .string(receivedAt.iso8601), "envelope \(index): body received_at differs")
-            check(object["request_time"] == batch.requestTime, "envelope \(index): body request_time differs")
+            check(object["request_time"] == EventEnvelope.copiedRequestTime(batch.requestTime), "envelope \(index): body request_time differs")
             check(object["action"] == .string(envelope.action), "envelope \(index): body action differs")
             for key in EventEnvelope.optionalEventKeys {
                 check(object[key] != nil, "envelope \(index): no \(key)")

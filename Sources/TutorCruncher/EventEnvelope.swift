@@ -46,7 +46,7 @@ public struct EventEnvelope: Sendable, Equatable {
         }
         let eventID = "\(bodyDigest)-\(index)"
         added.append(JSONObject.Member(key: "event_id", value: .string(eventID)))
-        added.append(JSONObject.Member(key: "request_time", value: requestTime))
+        added.append(JSONObject.Member(key: "request_time", value: Self.copiedRequestTime(requestTime)))
         added.append(JSONObject.Member(key: "received_at", value: .string(receivedAt.iso8601)))
         if let source, let members = source.members {
             self.body = Self.splice(
@@ -66,6 +66,20 @@ public struct EventEnvelope: Sendable, Equatable {
         default: self.subjectID = nil
         }
         self.branch = event["branch"]?.int64Value
+    }
+
+    /// The value copied into every envelope's `request_time`: the sender's when it is `null`, a
+    /// boolean, a number of at most 64 characters or a string of at most 256 bytes; otherwise
+    /// `null`. An array, an object or an overlong value is no time, and copying it into each of a
+    /// body's events would multiply it (a 100 KB value and 1,000 events: 100 MB of envelopes).
+    /// O(1): only the value's kind and stored length are looked at.
+    public static func copiedRequestTime(_ value: JSONValue) -> JSONValue {
+        switch value {
+        case .null, .bool: value
+        case .number(let literal): literal.utf8.count <= 64 ? value : .null
+        case .string(let text): text.utf8.count <= 256 ? value : .null
+        case .array, .object: .null
+        }
     }
 
     /// The envelope of an event read by ``WebhookPayload/scan(_:parser:)``: the same bytes as
@@ -116,7 +130,7 @@ public struct EventEnvelope: Sendable, Equatable {
             JSONWriter.writeString(eventID, into: &body)  // a digest from elsewhere than sha256Hex
         }
         body.append(contentsOf: #","request_time":"#.utf8)
-        JSONWriter.write(requestTime, into: &body)
+        JSONWriter.write(copiedRequestTime(requestTime), into: &body)
         body.append(contentsOf: #","received_at":""#.utf8)
         body.append(contentsOf: receivedAt.iso8601.utf8)
         body.append(contentsOf: #""}"#.utf8)

@@ -31,7 +31,7 @@ public enum ScannedWebhookPayload: Sendable, Equatable {
 
 extension WebhookPayload {
     /// Classifies `body` exactly as ``parse(_:parser:)`` does (the same events, the same
-    /// `unrecognised` reasons, the same JSON errors at the same offsets) but builds no tree: every
+    /// `unrecognised` reasons, the same JSON errors at the same offsets) without the events' trees: every
     /// byte is validated, and only what a message needs is decoded (each event's `action`,
     /// `subject.model`, `subject.id`, `branch`, the body's request time). The bridge's request path
     /// uses this; ``EventEnvelope/init(summary:index:bodyDigest:requestTime:receivedAt:)`` splices

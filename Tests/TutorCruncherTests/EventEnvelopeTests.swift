@@ -32,6 +32,37 @@ import TutorCruncherSignature
         }
     }
 
+    /// A signed body whose `request_time` is large and no time (found in review: 115 KB of body
+    /// made 100 MB of envelopes) costs each envelope a `null`, not a copy.
+    @Test func aLargeOrNonScalarRequestTimeIsNotCopiedIntoEveryEnvelope() throws {
+        let zeros = Array(repeating: "0", count: 50_000).joined(separator: ",")
+        let events = Array(repeating: #"{"action":"a"}"#, count: 1000).joined(separator: ",")
+        let body = Array(#"{"request_time":[\#(zeros)],"events":[\#(events)]}"#.utf8)
+        let built = try envelopes(body)
+        #expect(built.count == 1000)
+        #expect(built.map(\.body.count).reduce(0, +) < 300 * 1000)  // about 220 bytes each; 100 MB before
+        #expect(try JSONParser().parse(try #require(built.first).body)["request_time"] == .null)
+        guard case .events(let summaries) = WebhookPayload.scan(body) else {
+            Issue.record("not events")
+            return
+        }
+        let scanned = EventEnvelope(summary: summaries.events[0], index: 0, bodyDigest: sha256Hex(body), requestTime: summaries.requestTime, receivedAt: receivedAt)
+        #expect(scanned == built[0])
+    }
+
+    @Test func requestTimesThatAreCopiedAndThoseThatAreNot() {
+        let long = String(repeating: "9", count: 65)
+        #expect(EventEnvelope.copiedRequestTime(.number("1741188380")) == .number("1741188380"))
+        #expect(EventEnvelope.copiedRequestTime(.number(String(long.dropLast()))) == .number(String(long.dropLast())))
+        #expect(EventEnvelope.copiedRequestTime(.number(long)) == .null)
+        #expect(EventEnvelope.copiedRequestTime(.string("2025-03-05T15:26:20Z")) == .string("2025-03-05T15:26:20Z"))
+        #expect(EventEnvelope.copiedRequestTime(.string(String(repeating: "x", count: 257))) == .null)
+        #expect(EventEnvelope.copiedRequestTime(.bool(true)) == .bool(true))
+        #expect(EventEnvelope.copiedRequestTime(.null) == .null)
+        #expect(EventEnvelope.copiedRequestTime(.array([.number("1")])) == .null)
+        #expect(EventEnvelope.copiedRequestTime(.object(JSONObject())) == .null)
+    }
+
     @Test func missingOptionalKeysBecomeExplicitNulls() throws {
         let body = Array(#"{"events": [{"action": "LOGIN", "verb": "Logged in", "timestamp": "2025-01-01T00:00:00.000001Z"}]}"#.utf8)
         let envelope = try #require(try envelopes(body).first)
