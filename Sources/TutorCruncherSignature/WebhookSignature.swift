@@ -10,11 +10,20 @@ import Foundation
 
 /// An integration's private API key, used as the HMAC key. Its description never shows the secret.
 public struct WebhookSigningKey: Sendable, CustomStringConvertible {
-    let key: SymmetricKey
+    /// An HMAC already keyed (its inner and outer pads hashed): each request copies it instead of
+    /// keying a new one (two SHA-256 blocks and a key copy saved per request and key).
+    let keyed: HMAC<SHA256>
 
     /// - Parameter secret: the key as configured in TutorCruncher (its UTF-8 bytes are the HMAC key).
     public init(_ secret: String) {
-        self.key = SymmetricKey(data: Array(secret.utf8))
+        self.keyed = HMAC<SHA256>(key: SymmetricKey(data: Array(secret.utf8)))
+    }
+
+    /// The authentication code of `body` under this key.
+    func authenticationCode(for body: [UInt8]) -> HashedAuthenticationCode<SHA256> {
+        var mac = keyed  // a copy: the digest contexts are copied on write
+        mac.update(data: body)
+        return mac.finalize()
     }
 
     public var description: String { "WebhookSigningKey(<redacted>)" }
@@ -53,7 +62,8 @@ public struct WebhookVerifier: Sendable {
         var valid = false
         for signingKey in keys {
             // Evaluate every key so the time taken does not reveal which one matched.
-            if HMAC<SHA256>.isValidAuthenticationCode(expected, authenticating: body, using: signingKey.key) { valid = true }
+            // `==` against bytes is swift-crypto's constant-time comparison.
+            if signingKey.authenticationCode(for: body) == expected { valid = true }
         }
         return valid ? .valid : .mismatch
     }
@@ -71,23 +81,28 @@ public struct WebhookVerifier: Sendable {
     }
 
     public static func signature(for body: [UInt8], key: WebhookSigningKey) -> String {
-        Hex.encode(HMAC<SHA256>.authenticationCode(for: body, using: key.key))
+        Hex.encode(key.authenticationCode(for: body))
     }
 
     /// 64 hex digits (either case; surrounding spaces ignored) to 32 bytes, or `nil`.
     static func decodeHex(_ text: String) -> [UInt8]? {
-        var utf8 = Substring(text).utf8[...]
-        while utf8.first == UInt8(ascii: " ") || utf8.first == 0x09 { utf8 = utf8.dropFirst() }
-        while utf8.last == UInt8(ascii: " ") || utf8.last == 0x09 { utf8 = utf8.dropLast() }
-        guard utf8.count == 64 else { return nil }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(32)
-        var iterator = utf8.makeIterator()
-        while let high = iterator.next(), let low = iterator.next() {
-            guard let h = Hex.value(of: high), let l = Hex.value(of: low) else { return nil }
-            bytes.append(h << 4 | l)
+        var text = text
+        // Native strings are contiguous UTF-8: one pass over the bytes, no index arithmetic.
+        return text.withUTF8 { utf8 in
+            var start = 0
+            var end = utf8.count
+            while start < end, utf8[start] == UInt8(ascii: " ") || utf8[start] == 0x09 { start += 1 }
+            while end > start, utf8[end - 1] == UInt8(ascii: " ") || utf8[end - 1] == 0x09 { end -= 1 }
+            guard end - start == 64 else { return nil }
+            var bytes = [UInt8](repeating: 0, count: 32)
+            for index in 0..<32 {
+                guard let high = Hex.value(of: utf8[start + 2 * index]), let low = Hex.value(of: utf8[start + 2 * index + 1]) else {
+                    return nil
+                }
+                bytes[index] = high << 4 | low
+            }
+            return bytes
         }
-        return bytes
     }
 }
 

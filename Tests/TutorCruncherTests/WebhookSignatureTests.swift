@@ -45,6 +45,22 @@ import TutorCruncherSignature
         #expect(verifier.verify(body: body, signatureHeader: "sha256=" + knownSignature.dropFirst(7)) == .malformed)
     }
 
+    @Test func surroundingSpacesAndTabsAndUpperCaseAreAccepted() {
+        #expect(verifier.verify(body: body, signatureHeader: " \t\(knownSignature.uppercased()) \t") == .valid)
+        #expect(WebhookVerifier.precheck(signatureHeader: "\t\(knownSignature)  ") == nil)
+    }
+
+    @Test(arguments: [
+        String(repeating: "é", count: 32),  // 64 bytes of UTF-8, no hex digit
+        String(repeating: "a", count: 62) + "é",  // 64 bytes with a multi-byte character at the end
+        " " + String(repeating: "a", count: 32) + " " + String(repeating: "a", count: 32),  // a space inside
+        String(repeating: "a", count: 63) + "\u{0}",
+    ])
+    func anythingButSixtyFourHexDigitsIsMalformed(header: String) {
+        #expect(verifier.verify(body: body, signatureHeader: header) == .malformed)
+        #expect(WebhookVerifier.precheck(signatureHeader: header) == .malformed)
+    }
+
     @Test func oneByteDifferenceIsAMismatch() {
         var changed = body
         changed[changed.count - 3] = UInt8(ascii: "1")
