@@ -18,6 +18,8 @@ public enum BarePublisher {
         public var confirmed: Int
         /// Wall-clock time from the first publish to the last confirm.
         public var elapsed: Duration
+        /// Each message's time from its publish to its confirm, in publish order.
+        public var latencies: [Duration]
     }
 
     /// Publishes `count` messages made by `message(index)` with at most `inFlight` unconfirmed at once.
@@ -34,10 +36,13 @@ public enum BarePublisher {
         var published = 0
         var confirmed = 0
         var isConfirmed = [Bool](repeating: false, count: count)
+        var sentAt = [ContinuousClock.Instant](repeating: started, count: count)
+        var latencies = [Duration](repeating: .zero, count: count)
         var lowestUnconfirmed = 1
         while confirmed < count {
             while published < count, published - confirmed < inFlight {
                 try connection.publish(message(published))
+                sentAt[published] = clock.now
                 published += 1
             }
             guard let event = try connection.nextEvent(timeout: .seconds(30)) else {
@@ -50,8 +55,10 @@ public enum BarePublisher {
                 guard upTo >= 1 else { continue }
                 let first = multiple ? lowestUnconfirmed : upTo
                 if first <= upTo {
+                    let now = clock.now
                     for index in first...upTo where !isConfirmed[index - 1] {
                         isConfirmed[index - 1] = true
+                        latencies[index - 1] = now - sentAt[index - 1]
                         confirmed += 1
                     }
                 }
@@ -62,6 +69,6 @@ public enum BarePublisher {
                 continue
             }
         }
-        return Outcome(confirmed: confirmed, elapsed: clock.now - started)
+        return Outcome(confirmed: confirmed, elapsed: clock.now - started, latencies: latencies)
     }
 }

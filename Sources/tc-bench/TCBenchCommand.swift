@@ -159,7 +159,15 @@ extension TCBenchCommand {
                     exchange: exchange, routingKey: routingKey, properties: properties, body: template.body(from + index), mandatory: true)
             }
             let seconds = Double(outcome.elapsed.components.seconds) + Double(outcome.elapsed.components.attoseconds) / 1e18
-            print("confirmed=\(outcome.confirmed) seconds=\(seconds) rate=\(Int(Double(outcome.confirmed) / seconds))")
+            let sorted = outcome.latencies.sorted()
+            func percentile(_ fraction: Double) -> Int {
+                guard !sorted.isEmpty else { return 0 }
+                let latency = sorted[min(sorted.count - 1, Int(Double(sorted.count) * fraction))]
+                return Int(latency.components.seconds) * 1_000_000 + Int(latency.components.attoseconds / 1_000_000_000_000)
+            }
+            print(
+                "confirmed=\(outcome.confirmed) seconds=\(seconds) rate=\(Int(Double(outcome.confirmed) / seconds)) "
+                    + "p50_us=\(percentile(0.5)) p99_us=\(percentile(0.99))")
         }
     }
 
