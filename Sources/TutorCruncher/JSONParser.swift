@@ -137,17 +137,8 @@ struct JSONReader {
             }
             spans?.append(EventSource.Member(key: key, range: memberStart..<index))
             members.append(JSONObject.Member(key: key, value: value))
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unterminated object") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "}") {
-                index += 1
-                return .object(JSONObject(members))
-            }
-            throw error("expected ',' or '}'")
+            if try separator(closing: UInt8(ascii: "}")) { continue }
+            return .object(JSONObject(members))
         }
     }
 
@@ -176,18 +167,9 @@ struct JSONReader {
             } else {
                 elements.append(try parseValue(depth: depth))
             }
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unterminated array") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "]") {
-                index += 1
-                if recordingEvents { events = sources }
-                return .array(elements)
-            }
-            throw error("expected ',' or ']'")
+            if try separator(closing: UInt8(ascii: "]")) { continue }
+            if recordingEvents { events = sources }
+            return .array(elements)
         }
     }
 
@@ -318,6 +300,23 @@ struct JSONReader {
             index += 1
         }
         return value
+    }
+
+    /// After a member or an element: skips whitespace, then consumes `,` (`true`: another follows)
+    /// or `close`, `}` or `]` (`false`: the container ended). Anything else is the container's error.
+    mutating func separator(closing close: UInt8) throws(JSONParseError) -> Bool {
+        skipWhitespace()
+        let inObject = close == UInt8(ascii: "}")
+        guard index < bytes.count else { throw error(inObject ? "unterminated object" : "unterminated array") }
+        if bytes[index] == UInt8(ascii: ",") {
+            index += 1
+            return true
+        }
+        if bytes[index] == close {
+            index += 1
+            return false
+        }
+        throw error(inObject ? "expected ',' or '}'" : "expected ',' or ']'")
     }
 
     func isDigit(_ byte: UInt8) -> Bool { byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }

@@ -131,17 +131,8 @@ extension JSONReader {
             index += 1
             skipWhitespace()
             try value(&self, key, memberStart)
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unterminated object") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "}") {
-                index += 1
-                return
-            }
-            throw error("expected ',' or '}'")
+            if try separator(closing: UInt8(ascii: "}")) { continue }
+            return
         }
     }
 
@@ -173,17 +164,8 @@ extension JSONReader {
                 if failure == nil { failure = "event \(position) is not an object" }
             }
             position += 1
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unterminated array") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "]") {
-                index += 1
-                return .array(summaries, failure: failure)
-            }
-            throw error("expected ',' or ']'")
+            if try separator(closing: UInt8(ascii: "]")) { continue }
+            return .array(summaries, failure: failure)
         }
     }
 
@@ -270,17 +252,8 @@ extension JSONReader {
         while true {
             skipWhitespace()
             try skipValue(depth: depth)
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unterminated array") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "]") {
-                index += 1
-                return
-            }
-            throw error("expected ',' or ']'")
+            if try separator(closing: UInt8(ascii: "]")) { continue }
+            return
         }
     }
 
