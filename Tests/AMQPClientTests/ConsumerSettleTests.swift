@@ -11,7 +11,7 @@ import TestSupport
 /// node (SIGKILL, memory alarm), so the suite runs serially.
 @Suite(.serialized) struct ConsumerSettleTests {
     @Test func everySettleCallReturnsWhenTheBrokerIsKilledWithAcksRejectionsAndRepublishesQueued() async throws {
-        let node = try RabbitMQNode.dedicated(name: "consumer-settle-kill", port: 5686)
+        let node = try await RabbitMQNode.dedicated(name: "consumer-settle-kill", port: 5686)
         defer { try? node.stop() }
         let names = QueueNames()
         let pause = OwnerPause()
@@ -39,7 +39,7 @@ import TestSupport
             }
         }
         try await waitUntil("60 settle calls queued") { consumer.queuedCommandCount == 60 }
-        try node.kill()
+        try await node.kill()
         pause.release()
 
         // confirmTimeout is 30 s here, so the backstop timer cannot be what answers them.
@@ -50,7 +50,7 @@ import TestSupport
         #expect(failures.allSatisfy { $0.kind == .connectionLost }, "\(failures)")
 
         // Consumption continues after the broker is back: the unsettled messages come again.
-        try node.start()
+        try await node.start()
         try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
         try await expectConsumptionResumes(deliveries, names, node)
         #expect(deliveries.acknowledgedAfterHold.all.filter { $0.properties.messageID != freshMessageID }.allSatisfy { $0.redelivered })
@@ -60,7 +60,7 @@ import TestSupport
     }
 
     @Test func republishConfirmsWhoseAcknowledgementsFailHalfWayAllReturn() async throws {
-        let node = try RabbitMQNode.dedicated(name: "consumer-settle-confirm", port: 5689)
+        let node = try await RabbitMQNode.dedicated(name: "consumer-settle-confirm", port: 5689)
         defer { try? node.stop() }
         let names = QueueNames()
         let pause = OwnerPause()
@@ -96,7 +96,7 @@ import TestSupport
         #expect(!failures.isEmpty)
         #expect(failures.allSatisfy { $0.kind == .connectionLost }, "\(failures)")
 
-        try node.start()
+        try await node.start()
         try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
         try await expectConsumptionResumes(deliveries, names, node)
         try await expectShutdownWithinDeadline(consumer, runner)
@@ -104,7 +104,7 @@ import TestSupport
     }
 
     @Test func aWriteTheBrokerNeverReadsIsAbortedAndEverySettleCallReturns() async throws {
-        let node = try RabbitMQNode.dedicated(name: "consumer-settle-stall", port: 5688)
+        let node = try await RabbitMQNode.dedicated(name: "consumer-settle-stall", port: 5688)
         defer {
             try? node.resume()
             try? node.stop()
@@ -122,7 +122,7 @@ import TestSupport
 
         // A frozen broker (SIGSTOP) reads nothing: a 32 MiB republish fills the socket and the owner
         // thread blocks in the write. The watchdog aborts it after confirmTimeout.
-        try node.pause()
+        try await node.pause()
         let outcomes = SettleOutcomes()
         let started = ContinuousClock.now
         do {
@@ -133,12 +133,12 @@ import TestSupport
             for delivery in held[1...] { outcomes.start { try await delivery.ack() } }
             try await waitUntil(timeout: .seconds(8), "every settle call returned or threw (\(outcomes.count) of 5)") { outcomes.count == 5 }
         } catch {
-            try? node.resume()
+            try? await node.resume()
             throw error
         }
         print("frozen broker: 5 settle calls answered after \(ContinuousClock.now - started): \(outcomes.failures.map(\.kind))")
         #expect(!outcomes.failures.isEmpty, "the stuck republish fails")
-        try node.resume()
+        try await node.resume()
         try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
         try await expectConsumptionResumes(deliveries, names, node)
         try await expectShutdownWithinDeadline(consumer, runner)
@@ -146,7 +146,7 @@ import TestSupport
     }
 
     @Test func connectionBlockedNeitherWedgesTheConsumerNorHangsARepublish() async throws {
-        let node = try RabbitMQNode.dedicated(name: "consumer-blocked", port: 5687)
+        let node = try await RabbitMQNode.dedicated(name: "consumer-blocked", port: 5687)
         defer {
             _ = try? node.ctl("set_vm_memory_high_watermark", "0.4")
             try? node.stop()
@@ -162,7 +162,7 @@ import TestSupport
         try await waitUntil("4 deliveries held") { deliveries.held.count == 4 }
         let held = deliveries.held.all
 
-        try node.ctl("set_vm_memory_high_watermark", "0.0001")
+        try await node.ctl("set_vm_memory_high_watermark", "0.0001")
         do {
             // The broker stops reading a connection that publishes during the alarm: the republish
             // fails within its deadline (blocked, or no confirm) instead of waiting for ever.
@@ -187,10 +187,10 @@ import TestSupport
             try await waitUntil(timeout: .seconds(6), "ack while blocked returned") { ack.count == 1 }
             #expect(ack.failures.isEmpty)
         } catch {
-            _ = try? node.ctl("set_vm_memory_high_watermark", "0.4")
+            _ = try? await node.ctl("set_vm_memory_high_watermark", "0.4")
             throw error
         }
-        try node.ctl("set_vm_memory_high_watermark", "0.4")
+        try await node.ctl("set_vm_memory_high_watermark", "0.4")
         try await waitUntil(timeout: .seconds(30), "consumer unblocked") { consumer.state == .connected }
         // The same deliveries can now be republished and settled: the consumer is not wedged.
         try await held[1].republishThenAck(deadLetterCopy(of: held[1], names))
@@ -267,7 +267,7 @@ func expectConsumptionResumes(_ deliveries: DeliveryCollector, _ names: QueueNam
             deliveries.acknowledgedAfterHold.all.contains { $0.properties.messageID == freshMessageID }
         }
     } catch {
-        let queues = (try? node.ctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers")) ?? "(list_queues failed)"
+        let queues = (try? await node.ctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers")) ?? "(list_queues failed)"
         print("consumption did not resume; acknowledged after the hold: \(deliveries.acknowledgedAfterHold.count); broker queues:\n\(queues)")
         throw error
     }

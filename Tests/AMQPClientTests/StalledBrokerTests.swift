@@ -10,7 +10,7 @@ import Testing
 /// must get callers answered and the connection torn down.
 @Suite(.serialized) struct StalledBrokerTests {
     @Test func frozenBrokerFailsPublishesWithinTheirDeadlineAndThePublisherRecovers() async throws {
-        let node = try RabbitMQNode.dedicated(name: "stall", port: 5694)
+        let node = try await RabbitMQNode.dedicated(name: "stall", port: 5694)
         defer {
             try? node.resume()
             try? node.stop()
@@ -25,7 +25,7 @@ import Testing
             confirmTimeout: .seconds(1), reconnectBackoff: .init(initial: .milliseconds(50), maximum: .milliseconds(500)))
         try await withPublisher(configuration) { publisher in
             try await waitUntil("publisher connected") { publisher.state == .connected }
-            try node.pause()
+            try await node.pause()
             // 1 MiB messages until the socket buffers are full and a write blocks.
             let big = message(exchange: exchange, key: "BIG", body: String(repeating: "x", count: 1 << 20))
             let outcomes = Recorder<AMQPError.Kind>()
@@ -48,7 +48,7 @@ import Testing
                 if case .disconnected = publisher.state { return true }
                 return false
             }
-            try node.resume()
+            try await node.resume()
             try await waitUntil(timeout: .seconds(60), "publisher reconnected") { publisher.state == .connected }
             try await publisher.publish([message(exchange: exchange, key: "AFTER", body: "recovered")])
         }

@@ -175,8 +175,8 @@ struct TLSBrokersTrait: SuiteTrait, TestScoping {
         let nodes = [try TLSBrokers.serverOnly, try TLSBrokers.mutual]
         defer { for node in nodes { try? node.stop() } }
         for node in nodes {
-            try node.stop()  // a node left by an interrupted run may hold older certificates
-            try node.start()
+            try await node.stop()  // a node left by an interrupted run may hold older certificates
+            try await node.start()
         }
         try await function()
     }

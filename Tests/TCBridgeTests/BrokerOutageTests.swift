@@ -8,7 +8,7 @@ import TutorCruncherSignature
 /// Tests that stop or restart a broker; each uses a node of its own.
 @Suite(.serialized) struct BrokerOutageTests {
     @Test func healthFollowsTheBrokerAndPublishingResumesWithoutRestart() async throws {
-        let node = try RabbitMQNode.dedicated(name: "health", port: 5691)
+        let node = try await RabbitMQNode.dedicated(name: "health", port: 5691)
         defer { try? node.stop() }
         let exchange = "outage-\(UUID().uuidString.prefix(8))"
         let probe = try await QueueProbe(node: node, exchange: exchange)
@@ -23,14 +23,14 @@ import TutorCruncherSignature
             let first = try await postSigned(port: port, body: before)
             #expect(first.status == 200)
 
-            try node.stop()
+            try await node.stop()
             try await waitUntil("/health to report 503") {
                 try await httpRequest(port: port, method: .get, path: "/health").status == 503
             }
             let refused = try await postSigned(port: port, body: during)
             #expect(refused.status == 503)
 
-            try node.start()
+            try await node.start()
             try await waitUntil(timeout: .seconds(60), "/health to report 200 again") {
                 try await httpRequest(port: port, method: .get, path: "/health").status == 200
             }

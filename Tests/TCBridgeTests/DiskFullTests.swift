@@ -24,11 +24,11 @@ import TutorCruncher
         let ballast = mountPoint + "/ballast"
         #expect(FileManager.default.createFile(atPath: ballast, contents: Data(count: 1 << 20)))
 
-        try Self.node.start()
+        try await Self.node.start()
         let exchange = "disk-full-\(UUID().uuidString.prefix(8))"
         let probe = try await QueueProbe(node: Self.node, exchange: exchange)
         defer { Task { await probe.stop() } }
-        try Self.node.stop()
+        try await Self.node.stop()
         let bridge = try await BridgeProcess(
             node: Self.node, arguments: ["--exchange", exchange, "--spool-dir", mountPoint + "/spool", "--confirm-timeout", "1"],
             environment: ["TC_BRIDGE_LOG_LEVEL": "critical"])
@@ -45,7 +45,7 @@ import TutorCruncher
         #expect(afterSpace.status == 200)
         #expect(afterSpace.body == "{\"events\":1,\"spooled\":true}\n")
 
-        try Self.node.start()
+        try await Self.node.start()
         try await waitForHealthy(bridge, timeout: .seconds(60))
         let report = try await stream.verifyDelivered(to: probe, name: "disk full (2 MiB tmpfs)")
         #expect(report.accepted == report.delivered)
@@ -58,6 +58,6 @@ import TutorCruncher
         #expect(direct.body == "{\"events\":1}\n")
         bridge.signal(SIGTERM)
         #expect(try await bridge.waitForExit() == 0)
-        try Self.node.stop()
+        try await Self.node.stop()
     }
 }

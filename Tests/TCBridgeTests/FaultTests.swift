@@ -13,8 +13,8 @@ import TutorCruncherSignature
 @Suite(.serialized) struct FaultTests {
     static let node = RabbitMQNode(name: "faults", port: 5693)
 
-    init() throws {
-        try Self.node.start()
+    init() async throws {
+        try await Self.node.start()
     }
 
     struct Setup {
@@ -34,9 +34,9 @@ import TutorCruncherSignature
         let stream = WebhookStream(port: bridge.port)
         try await stream.run {
             try await waitUntil("traffic before the outage") { stream.accepted.count >= 100 }
-            try Self.node.stop()
+            try await Self.node.stop()
             try await Task.sleep(for: .seconds(20))  // the injected outage, while the stream keeps sending
-            try Self.node.start()
+            try await Self.node.start()
             try await waitForHealthy(bridge, timeout: .seconds(60))
             let resumedAt = stream.accepted.count
             try await waitUntil("traffic after the outage") { stream.accepted.count >= resumedAt + 100 }
@@ -59,9 +59,9 @@ import TutorCruncherSignature
         let stream = WebhookStream(port: bridge.port)
         try await stream.run {
             try await waitUntil("traffic before the kill") { stream.accepted.count >= 200 }
-            try Self.node.kill()
+            try await Self.node.kill()
             try await Task.sleep(for: .seconds(3))  // the injected outage
-            try Self.node.start()
+            try await Self.node.start()
             try await waitForHealthy(bridge, timeout: .seconds(60))
             let resumedAt = stream.accepted.count
             try await waitUntil("traffic after the restart") { stream.accepted.count >= resumedAt + 100 }
@@ -77,7 +77,7 @@ import TutorCruncherSignature
         let setup = Setup()
         let probe = try await QueueProbe(node: Self.node, exchange: setup.exchange)
         defer { Task { await probe.stop() } }
-        try Self.node.stop()
+        try await Self.node.stop()
         let first = try await BridgeProcess(node: Self.node, arguments: setup.arguments(), environment: ["TC_BRIDGE_LOG_LEVEL": "error"])
         let stream = WebhookStream(port: first.port)
         try await stream.run(stopOnConnectionError: true) {
@@ -86,7 +86,7 @@ import TutorCruncherSignature
             _ = try await first.waitForExit()
         }
         #expect(stream.accepted.count >= 150)
-        try Self.node.start()
+        try await Self.node.start()
         let second = try await BridgeProcess(node: Self.node, arguments: setup.arguments(), environment: ["TC_BRIDGE_LOG_LEVEL": "error"])
         let report = try await stream.verifyDelivered(to: probe, name: "bridge SIGKILLed, broker down")
         #expect(report.fiveHundreds == 0)
@@ -99,7 +99,7 @@ import TutorCruncherSignature
         let setup = Setup()
         let probe = try await QueueProbe(node: Self.node, exchange: setup.exchange)
         defer { Task { await probe.stop() } }
-        try Self.node.stop()
+        try await Self.node.stop()
         let bridge = try await BridgeProcess(
             node: Self.node, arguments: setup.arguments(["--spool-max-bytes", "40000"]), environment: ["TC_BRIDGE_LOG_LEVEL": "critical"])
         let stream = WebhookStream(port: bridge.port)
@@ -107,7 +107,7 @@ import TutorCruncherSignature
             try await waitUntil("the spool fills and 503s follow") { stream.fiveHundredCount >= 20 }
         }
         #expect(stream.accepted.count > 10)
-        try Self.node.start()
+        try await Self.node.start()
         try await waitForHealthy(bridge, timeout: .seconds(60))
         let report = try await stream.verifyDelivered(to: probe, name: "spool limit reached")
         #expect(report.fiveHundreds >= 20)
@@ -147,7 +147,7 @@ import TutorCruncherSignature
         let setup = Setup()
         let probe = try await QueueProbe(node: Self.node, exchange: setup.exchange)
         defer { Task { await probe.stop() } }
-        try Self.node.stop()
+        try await Self.node.stop()
         let first = try await BridgeProcess(node: Self.node, arguments: setup.arguments(), environment: ["TC_BRIDGE_LOG_LEVEL": "critical"])
         let bodies = ["BEFORE_CORRUPTION", "CORRUPTED", "AFTER_CORRUPTION"].map { Webhooks.body(actions: [$0]) }
         for body in bodies {
@@ -167,7 +167,7 @@ import TutorCruncherSignature
         for offset in 0..<marker.count { bytes[position + offset] ^= 0x20 }
         try Data(bytes).write(to: URL(fileURLWithPath: path))
 
-        try Self.node.start()
+        try await Self.node.start()
         let second = try await BridgeProcess(node: Self.node, arguments: setup.arguments(), environment: ["TC_BRIDGE_LOG_LEVEL": "critical"])
         try await waitUntil(timeout: .seconds(60), "spool drained") { try await spoolRecords(second) == 0 }
         #expect(try await postSigned(port: second.port, body: Webhooks.body(actions: ["SENTINEL"])).status == 200)
@@ -192,14 +192,14 @@ import TutorCruncherSignature
         do {
             try await stream.run {
                 try await waitUntil("traffic before the alarm") { stream.accepted.count >= 50 }
-                try Self.node.ctl("set_vm_memory_high_watermark", "0.0001")
+                try await Self.node.ctl("set_vm_memory_high_watermark", "0.0001")
                 try await waitUntil(timeout: .seconds(30), "requests being spooled under the alarm") { stream.spooledCount >= 50 }
-                try Self.node.ctl("set_vm_memory_high_watermark", "0.4")
+                try await Self.node.ctl("set_vm_memory_high_watermark", "0.4")
                 let resumedAt = stream.accepted.count
                 try await waitUntil(timeout: .seconds(60), "traffic after the alarm") { stream.accepted.count >= resumedAt + 50 }
             }
         } catch {
-            _ = try? Self.node.ctl("set_vm_memory_high_watermark", "0.4")
+            _ = try? await Self.node.ctl("set_vm_memory_high_watermark", "0.4")
             throw error
         }
         let report = try await stream.verifyDelivered(to: probe, name: "memory alarm (connection.blocked)")
@@ -227,8 +227,8 @@ import TutorCruncherSignature
         var spooled = 0
         for round in 0..<rounds {
             // The broker flaps: down for rounds 1, 4, 7…, back up for the round after.
-            if round % 3 == 1 { try Self.node.stop() }
-            if round % 3 == 2 { try Self.node.start() }
+            if round % 3 == 1 { try await Self.node.stop() }
+            if round % 3 == 2 { try await Self.node.start() }
             let bridge = try await BridgeProcess(node: Self.node, arguments: setup.arguments(), environment: ["TC_BRIDGE_LOG_LEVEL": "error"])
             let stream = WebhookStream(port: bridge.port)
             let killAfter = Duration.milliseconds(Int64(random.next() % 2_500) + 200)
@@ -240,7 +240,7 @@ import TutorCruncherSignature
             accepted.formUnion(stream.accepted)
             spooled += stream.spooledCount
         }
-        try Self.node.start()
+        try await Self.node.start()
         let last = try await BridgeProcess(node: Self.node, arguments: setup.arguments(), environment: ["TC_BRIDGE_LOG_LEVEL": "error"])
         try await waitUntil(timeout: .seconds(120), "all \(accepted.count) accepted events delivered") {
             accepted.isSubset(of: Set(probe.messages.compactMap(\.properties.messageID)))

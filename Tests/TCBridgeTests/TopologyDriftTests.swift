@@ -29,7 +29,7 @@ import Testing
         #expect(second.standardError.contains(unroutable))
         #expect(second.standardError.contains("x-max-length"))
         // The queue keeps the arguments it was created with.
-        let queues = try RabbitMQNode.shared.ctl("list_queues", "name", "arguments", "--no-table-headers", "--quiet")
+        let queues = try await RabbitMQNode.shared.ctl("list_queues", "name", "arguments", "--no-table-headers", "--quiet")
         let line = queues.split(separator: "\n").first { $0.hasPrefix(unroutable + "\t") }
         #expect(line?.contains("1000") == true, "\(line ?? "queue not listed")")
         second.signal(SIGTERM)

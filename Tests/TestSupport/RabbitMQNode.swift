@@ -63,6 +63,30 @@ public struct RabbitMQNode: Sendable {
         try script(["ctl", "--name", name, "--"] + arguments)
     }
 
+    // The same operations for async code. Each runs `scripts/rabbitmq` (seconds: an Erlang boot, a
+    // rabbitmqctl call) on a thread of its own. Called synchronously from a test, they held one of the
+    // test process's two cooperative threads: two nodes booting at once (a suite's `init` and a
+    // trait) stalled every test in the process for 30 s, and tests waiting 30 s for a consumer failed.
+    // In async code the compiler picks these (and asks for `await`); `defer` blocks keep the others.
+
+    /// A node of its own for a disruptive test, started now.
+    public static func dedicated(name: String, port: Int, tls: TLSListener? = nil) async throws -> RabbitMQNode {
+        let node = RabbitMQNode(name: name, port: port, tls: tls)
+        try await node.start()
+        return node
+    }
+
+    public func start() async throws { try await onOwnThread { try self.start() } }
+    public func stop() async throws { try await onOwnThread { try self.stop() } }
+    public func kill() async throws { try await onOwnThread { try self.kill() } }
+    public func pause() async throws { try await onOwnThread { try self.pause() } }
+    public func resume() async throws { try await onOwnThread { try self.resume() } }
+
+    @discardableResult
+    public func ctl(_ arguments: String...) async throws -> String {
+        try await onOwnThread { try self.script(["ctl", "--name", self.name, "--"] + arguments) }
+    }
+
     @discardableResult
     private func script(_ arguments: String...) throws -> String { try script(arguments) }
 

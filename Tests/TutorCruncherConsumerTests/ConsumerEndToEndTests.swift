@@ -78,7 +78,7 @@ import TutorCruncherConsumer
             let envelopes = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["RAISED_INVOICE"])])
             try await waitUntil("event handled") { handled.all == [envelopes[0].eventID] }
         }
-        let types = try RabbitMQNode.shared.ctl("list_queues", "name", "type", "--no-table-headers", "--quiet")
+        let types = try await RabbitMQNode.shared.ctl("list_queues", "name", "type", "--no-table-headers", "--quiet")
         #expect(types.contains("\(configuration.queue)\tquorum"))
         #expect(types.contains("\(configuration.deadLetterQueue)\tquorum"))
     }

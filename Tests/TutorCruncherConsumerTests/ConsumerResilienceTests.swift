@@ -7,7 +7,7 @@ import TutorCruncherConsumer
 /// Broker restarts and graceful shutdown.
 @Suite(.serialized) struct ConsumerResilienceTests {
     @Test func brokerRestartWhileConsumingLosesNothing() async throws {
-        let node = try RabbitMQNode.dedicated(name: "consumer-restart", port: 5692)
+        let node = try await RabbitMQNode.dedicated(name: "consumer-restart", port: 5692)
         defer { try? node.stop() }
         let exchange = uniqueExchange()
         let configuration = consumerConfiguration(node: node, exchange: exchange, prefetch: 5)
@@ -26,10 +26,10 @@ import TutorCruncherConsumer
                 node: node, exchange: exchange, bodies: (0..<20).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) })
             // Five deliveries are in the handlers, unacknowledged, when the broker goes down.
             try await waitUntil("5 in flight") { meter.current == 5 }
-            try node.stop()
+            try await node.stop()
             gate.open()
             try await waitUntil("consumer noticed the outage") { !processor.consumer.isConnected }
-            try node.start()
+            try await node.start()
             try await waitUntil(timeout: .seconds(60), "consumer reconnected") { processor.consumer.isConnected }
             let after = try await publishWebhookBodies(
                 node: node, exchange: exchange, bodies: (20..<40).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) })
