@@ -95,9 +95,9 @@ public enum FuzzChecks {
             }
             let receivedAt = UTCTimestamp(secondsSinceEpoch: 1_700_000_000, microseconds: 123_456)
             let expected = EventEnvelope.envelopes(for: batch, bodyDigest: "d", receivedAt: receivedAt)
-            return summaries.events.enumerated().compactMap { index, summary in
-                let envelope = EventEnvelope(summary: summary, index: index, bodyDigest: "d", requestTime: summaries.requestTime, receivedAt: receivedAt)
-                return envelope == expected[index] ? nil : "scan's envelope \(index) differs from parse's"
+            return summaries.events.indices.compactMap { index in
+                summaries.envelope(at: index, bodyDigest: "d", receivedAt: receivedAt) == expected[index]
+                    ? nil : "scan's envelope \(index) differs from parse's"
             }
         case (.events, .unrecognised(let reason)):
             return ["scan says unrecognised (\(reason.prefix(120))), parse found events"]

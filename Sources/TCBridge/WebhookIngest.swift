@@ -171,11 +171,7 @@ public struct WebhookIngest: Sendable {
             func addNext() -> Bool {
                 guard let range = next.next() else { return false }
                 let messages = range.map { index in
-                    factory.message(
-                        for: EventEnvelope(
-                            summary: batch.events[index], index: index, bodyDigest: digest, requestTime: batch.requestTime,
-                            receivedAt: receivedAt),
-                        receivedAt: receivedAt)
+                    factory.message(for: batch.envelope(at: index, bodyDigest: digest, receivedAt: receivedAt), receivedAt: receivedAt)
                 }
                 let record = SpooledMessages.encode(Self.adding(trace, to: messages))
                 group.addTask {
@@ -218,11 +214,8 @@ public struct WebhookIngest: Sendable {
             case .events(let batch) where spool != nil && batch.events.count > Self.directPublishLimit:
                 return .spoolInChunks(batch)
             case .events(let batch):
-                let messages = batch.events.enumerated().map { index, event in
-                    factory.message(
-                        for: EventEnvelope(
-                            summary: event, index: index, bodyDigest: digest, requestTime: batch.requestTime, receivedAt: receivedAt),
-                        receivedAt: receivedAt)
+                let messages = batch.events.indices.map { index in
+                    factory.message(for: batch.envelope(at: index, bodyDigest: digest, receivedAt: receivedAt), receivedAt: receivedAt)
                 }
                 return .publish(messages, eventCount: messages.count)
             case .unrecognised(let reason):

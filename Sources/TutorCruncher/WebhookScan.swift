@@ -23,6 +23,13 @@ public struct EventSummaries: Sendable, Equatable {
     public var events: [EventSummary]
 }
 
+extension EventSummaries {
+    /// The envelope of the event at `index` (its position in the body).
+    public func envelope(at index: Int, bodyDigest: String, receivedAt: UTCTimestamp) -> EventEnvelope {
+        EventEnvelope(summary: events[index], index: index, bodyDigest: bodyDigest, requestTime: requestTime, receivedAt: receivedAt)
+    }
+}
+
 /// What ``WebhookPayload/scan(_:parser:)`` makes of a body.
 public enum ScannedWebhookPayload: Sendable, Equatable {
     case events(EventSummaries)
