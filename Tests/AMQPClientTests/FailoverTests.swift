@@ -24,9 +24,9 @@ import TestSupport
 
     @Test func publisherAndConsumerFailOverWhenTheirBrokerStopsAndComeBackToThePreferredOne() async throws {
         // Node starts and stops block for seconds: on threads of their own, not the test pool.
-        let first = try await onOwnThread { try RabbitMQNode.dedicated(name: "failover-a", port: 5682) }
+        let first = try await RabbitMQNode.dedicated(name: "failover-a", port: 5682)
         defer { try? first.stop() }
-        let second = try await onOwnThread { try RabbitMQNode.dedicated(name: "failover-b", port: 5684) }
+        let second = try await RabbitMQNode.dedicated(name: "failover-b", port: 5684)
         defer { try? second.stop() }
         let queue = "failover-\(UUID().uuidString.prefix(8))"
         let queues = [AMQPQueueDeclaration(name: queue)]
@@ -59,7 +59,7 @@ import TestSupport
             try await send("on-a")
             try await waitUntil(timeout: .seconds(30), "consumed on the first broker") { received.all.contains("\(queue):on-a") }
 
-            try await onOwnThread { try first.stop() }  // both fail over to the second broker
+            try await first.stop()  // both fail over to the second broker
             try await waitUntil(timeout: .seconds(60), "published on the second broker") { (try? await send("on-b")) != nil }
             try await waitUntil(timeout: .seconds(60), "consumed on the second broker") { received.all.contains("\(queue):on-b") }
 

@@ -83,12 +83,12 @@ import TutorCruncherConsumer
                 // stop a node only once every queue has all three online (in production queues are
                 // not seconds old; stopping earlier tests a queue with fewer than three members).
                 try await waitUntil(timeout: .seconds(60), "every quorum queue with three members online") {
-                    let listing = (try? await onOwnThread { try nodes[1].ctl("list_queues", "name", "online", "--no-table-headers") }) ?? ""
+                    let listing = (try? await nodes[1].ctl("list_queues", "name", "online", "--no-table-headers")) ?? ""
                     let lines = listing.split(separator: "\n").filter { $0.contains(exchange) || $0.contains(queue) }
                     return lines.count == 3 && lines.allSatisfy { $0.components(separatedBy: "@localhost").count - 1 == 3 }
                 }
                 stopped.update { $0 = outcome.okCount }
-                try await onOwnThread { try nodes[0].stop() }  // the node both are connected to
+                try await nodes[0].stop()  // the node both are connected to
                 let before = outcome.okCount
                 try await waitUntil(timeout: .seconds(90), "events accepted after the stop") { outcome.okCount >= before + 300 }
                 stop.update { $0 = true }
@@ -112,7 +112,7 @@ import TutorCruncherConsumer
                 }) ?? "(list_queues failed)"
                 print("queues on \(node.name):\n\(queues)")
             }
-            let consumers = (try? await onOwnThread { try nodes[1].ctl("list_consumers", "queue_name", "channel_pid", "prefetch_count") }) ?? ""
+            let consumers = (try? await nodes[1].ctl("list_consumers", "queue_name", "channel_pid", "prefetch_count")) ?? ""
             print("consumers:\n\(consumers)")
             let record = (try? await onOwnThread {
                 try nodes[1].ctl("eval", "rabbit_amqqueue:lookup(rabbit_misc:r(<<\"/\">>, queue, <<\"\(queue)\">>)).")

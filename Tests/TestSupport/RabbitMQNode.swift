@@ -35,13 +35,6 @@ public struct RabbitMQNode: Sendable {
         return node
     }()
 
-    /// A node of its own for a disruptive test, started now.
-    public static func dedicated(name: String, port: Int, tls: TLSListener? = nil) throws -> RabbitMQNode {
-        let node = RabbitMQNode(name: name, port: port, tls: tls)
-        try node.start()
-        return node
-    }
-
     public func start() throws {
         var arguments = ["start", "--name", name, "--port", String(port)]
         if let tls {

@@ -11,28 +11,20 @@ import TutorCruncherConsumer
         let exchange = uniqueExchange()
         var configuration = consumerConfiguration(exchange: exchange, prefetch: 10)
         configuration.concurrency = 2
-        let meter = ConcurrencyMeter()
-        let gate = Gate()
-        let handled = Recorder<String>()
-        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
-            meter.enter()
-            await gate.wait()
-            handled.append(event.eventID)
-            meter.leave()
-        }
+        let handlers = GatedHandlers()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger, handler: handlers.handler)
         let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
         try await withServices([processor]) {
             try await waitUntil("consumer connected") { processor.consumer.isConnected }
             _ = try await publishWebhookBodies(exchange: exchange, bodies: (0..<10).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) })
             // All ten are with the consumer (prefetch 10), two handlers run.
             try await waitUntil("2 handlers running, none left in the queue") {
-                guard meter.current == 2 else { return false }
+                guard handlers.meter.current == 2 else { return false }
                 return try await admin.messageCount(queue: configuration.queue) == 0
             }
-            gate.open()
-            try await waitUntil("all handled") { handled.count == 10 }
+            try await handlers.openAndWait(untilHandled: 10)
         }
-        #expect(meter.peak == 2)
+        #expect(handlers.meter.peak == 2)
     }
 
     @Test func eventsOfOneSubjectAreHandledOneAtATimeInArrivalOrder() async throws {
@@ -100,11 +92,34 @@ import TutorCruncherConsumer
         let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { _ in }
         try await withServices([processor]) {
             try await waitUntil("consumer connected") { processor.consumer.isConnected }
-            let listing = try await onOwnThread { try RabbitMQNode.shared.ctl("list_queues", "name", "arguments", "--no-table-headers") }
+            let listing = try await RabbitMQNode.shared.ctl("list_queues", "name", "arguments", "--no-table-headers")
             let line = try #require(listing.split(separator: "\n").first { $0.hasPrefix(configuration.queue + "\t") }, "\(listing)")
             for expected in ["x-message-ttl", "3600000", "x-max-length", "5000", "reject-publish", "x-single-active-consumer"] {
                 #expect(line.contains(expected), "\(line)")
             }
         }
+    }
+}
+
+/// Handlers that each wait at one gate while a meter counts how many run at once; the events they
+/// finish are recorded. Thread-safe.
+struct GatedHandlers: Sendable {
+    let meter = ConcurrencyMeter()
+    let gate = Gate()
+    let handled = Recorder<String>()
+
+    var handler: TutorCruncherEventProcessor.Handler {
+        { [meter, gate, handled] event in
+            meter.enter()
+            await gate.wait()
+            handled.append(event.eventID)
+            meter.leave()
+        }
+    }
+
+    /// Opens the gate and waits until `count` events were handled.
+    func openAndWait(untilHandled count: Int) async throws {
+        gate.open()
+        try await waitUntil("all handled") { handled.count == count }
     }
 }

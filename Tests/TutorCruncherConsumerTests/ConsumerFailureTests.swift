@@ -211,26 +211,18 @@ import TutorCruncherConsumer
     @Test func handlerConcurrencyNeverExceedsPrefetch() async throws {
         let exchange = uniqueExchange()
         let configuration = consumerConfiguration(exchange: exchange, prefetch: 4)
-        let meter = ConcurrencyMeter()
-        let gate = Gate()
-        let handled = Recorder<String>()
-        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
-            meter.enter()
-            await gate.wait()
-            handled.append(event.eventID)
-            meter.leave()
-        }
+        let handlers = GatedHandlers()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger, handler: handlers.handler)
         let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
         try await withServices([processor]) {
             try await waitUntil("consumer connected") { processor.consumer.isConnected }
             _ = try await publishWebhookBodies(exchange: exchange, bodies: (0..<10).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) })
             try await waitUntil("4 handlers running, 6 ready") {
                 let ready = try await admin.messageCount(queue: configuration.queue)
-                return meter.current == 4 && ready == 6
+                return handlers.meter.current == 4 && ready == 6
             }
-            gate.open()
-            try await waitUntil("all handled") { handled.count == 10 }
+            try await handlers.openAndWait(untilHandled: 10)
         }
-        #expect(meter.peak == 4)
+        #expect(handlers.meter.peak == 4)
     }
 }
