@@ -92,6 +92,9 @@ public final class AMQPPublisher: Service, Sendable {
     fileprivate let windowProgress = ProgressStamp()
     /// Calls waiting for their outcome, for the backstop.
     private let backstop = BackstopRegistry()
+    /// Held by the owner thread whenever it works on the connection and its state machine; free
+    /// only while the owner waits in `poll(2)`. See ``publish(_:)`` for the caller that takes it then.
+    fileprivate let gate = Mutex(OwnerGate())
 
     private struct SharedState {
         var commands: Deque<PublishCommand> = []
@@ -113,6 +116,14 @@ public final class AMQPPublisher: Service, Sendable {
     ///
     /// Messages of one call are published back to back and in order; calls from concurrent tasks
     /// share the channel and each waits only for its own delivery tags.
+    ///
+    /// Who writes: normally the owner thread, woken for the call. When the owner is waiting with
+    /// nothing unconfirmed and nothing queued (one request at a time, the common case at low load),
+    /// and the call's bodies total at most ``callerWriteLimit``, the calling thread writes the
+    /// messages itself under the owner's gate, saving the owner a wake-up on the way out. The
+    /// socket then holds nothing the broker has not read, so such a write does not block; the
+    /// owner still reads the confirm and answers the call. The gate is only ever tried, never
+    /// waited for: a caller never blocks on the owner.
     /// - Throws: ``AMQPError`` with kind `.notConnected` or `.blocked` at once (nothing was sent),
     ///   `.nacked`, `.connectionLost` or `.confirmTimeout` when the outcome is negative or unknown
     ///   (some messages may have reached the broker: publishing again is at-least-once),
@@ -128,6 +139,7 @@ public final class AMQPPublisher: Service, Sendable {
         defer { backstop.remove(ticket) }
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) in
             box.install(continuation)
+            if writeWhileOwnerWaits(messages, waiter: box) { return }
             let rejection: AMQPError? = shared.withLock { state in
                 if state.stopRequested || lifecycle.isFinished { return AMQPError(.shutdown, "publisher is shutting down") }
                 switch state.connectionState {
@@ -151,6 +163,61 @@ public final class AMQPPublisher: Service, Sendable {
             }
         }
         try result.get()
+    }
+
+    /// Total body bytes up to which a call may be written by its caller while the owner waits
+    /// (see ``publish(_:)``): far below any TCP send buffer, so the write cannot block.
+    public static let callerWriteLimit = 16 << 10
+    /// Messages up to which a call may be written by its caller (a webhook's events, not a spool chunk).
+    static let callerWriteMessages = 16
+
+    /// Calls whose messages their caller wrote while the owner waited, or tried to (the write
+    /// failed); see ``publish(_:)``.
+    @_spi(Testing) public var callerWriteCount: Int { gate.withLock { $0.callerWrites } }
+
+    /// `true` while the owner thread waits with nothing unconfirmed or queued, so that a call now
+    /// is written by its caller (unless the owner wakes first).
+    @_spi(Testing) public var ownerWaitsIdle: Bool { gate.withLock { $0.parked != nil } }
+
+    /// Shuts down the sending side of the connection's socket while the owner waits idle, so the
+    /// next write fails as it would on a connection the network broke. `false` if the owner was busy.
+    @_spi(Testing) public func breakSendingSideWhileOwnerWaits() -> Bool {
+        gate.withLock { gate in
+            guard let parked = gate.parked else { return false }
+            return shutdown(parked.connection.fileDescriptor, Int32(SHUT_WR)) == 0
+        }
+    }
+
+    /// Writes `messages` on the calling thread if the owner is parked idle (see ``publish(_:)``).
+    /// Returns `false` when the call must go through the owner's inbox instead; `true` when it was
+    /// written or answered (the owner answers it when the broker confirms).
+    private func writeWhileOwnerWaits(_ messages: [AMQPOutboundMessage], waiter: ResultBox) -> Bool {
+        guard messages.count <= Self.callerWriteMessages,
+              messages.reduce(0, { $0 + $1.body.count }) <= Self.callerWriteLimit
+        else { return false }
+        return gate.withLockIfAvailable { gate -> Bool in
+            guard let parked = gate.parked, gate.callerWriteFailure == nil else { return false }
+            let open = shared.withLock { state in
+                state.connectionState == .connected && !state.stopRequested && state.commands.isEmpty && !lifecycle.isFinished
+            }
+            guard open else { return false }
+            switch parked.loop.write(messages, waiter: waiter, on: parked.connection, ownerWakesAt: parked.wakesAt) {
+            case .notIdle:
+                return false
+            case .written(let ownerMustWake):
+                gate.callerWrites += 1
+                if ownerMustWake { wakeup.signal() }
+                return true
+            case .failed(let error):
+                // The connection is broken: the owner finds this on waking and reconnects, which
+                // answers the call (`.connectionLost`) with everything else outstanding.
+                gate.callerWrites += 1
+                gate.callerWriteFailure = error
+                gate.parked = nil
+                wakeup.signal()
+                return true
+            }
+        } ?? false
     }
 
     /// Messages the broker returned as unroutable (`mandatory` publishes no queue was bound for and
@@ -283,10 +350,41 @@ extension ResultBox: PublishWaiter {
     func answer(_ result: Result<Void, AMQPError>) { resume(result) }
 }
 
+/// What a caller may see of the owner thread through ``AMQPPublisher``'s gate.
+fileprivate struct OwnerGate: ~Copyable {
+    /// Set by the owner just before it waits with its state machine idle; cleared as soon as it
+    /// takes the gate again (and before it leaves the connection).
+    var parked: ParkedOwner?
+    /// A caller's write failed while the owner waited: the connection is broken.
+    var callerWriteFailure: AMQPError?
+    /// Calls whose callers wrote (or tried to write) them so far.
+    var callerWrites = 0
+}
+
+/// The owner's loop and connection while it waits, for a caller holding the gate.
+/// @unchecked: only touched by whoever holds ``AMQPPublisher``'s gate.
+fileprivate struct ParkedOwner: @unchecked Sendable {
+    let loop: PublisherLoop
+    let connection: AMQPConnection
+    /// When the owner wakes by itself at the latest (to check deadlines).
+    let wakesAt: ContinuousClock.Instant
+}
+
+/// The outcome of a caller's write while the owner waited.
+fileprivate enum CallerWrite {
+    /// The owner is not idle (messages unconfirmed or queued): go through the inbox.
+    case notIdle
+    /// Written; `ownerMustWake` when the owner has to look sooner than it would by itself.
+    case written(ownerMustWake: Bool)
+    /// The socket write failed: the connection is broken.
+    case failed(AMQPError)
+}
+
 /// The owner thread's loop: connect, declare, then drive the ``PublisherStateMachine`` with what
 /// the connection and the callers bring, doing the writes and waits it asks for; reconnect.
 private final class PublisherLoop: @unchecked Sendable {
-    // @unchecked: after `spawn`, only the owner thread touches this object.
+    // @unchecked: after `spawn`, only the owner thread touches this object, or a caller holding
+    // the publisher's gate while the owner waits outside it (see `write(_:waiter:on:ownerWakesAt:)`).
     private let configuration: AMQPPublisherConfiguration
     private var logger: Logger
     private let publisher: AMQPPublisher
@@ -327,79 +425,134 @@ private final class PublisherLoop: @unchecked Sendable {
         publisher.markFinished()
     }
 
+    /// What the owner does after one turn under the gate.
+    private enum Step {
+        case again
+        case wait(Duration)
+        case finished(ServeOutcome)
+    }
+
     private func serve(_ connection: AMQPConnection) -> ServeOutcome {
         while true {
-            let (commands, stopRequested) = publisher.takeCommands()
-            var now = clock.now
-            if stopRequested { machine.requestStop(now: now) }
-            let frameSize = connection.frameSize
-            for command in commands {
-                machine.submit(command.messages, waiter: command.result, frameSize: frameSize, now: now)
-            }
-
-            // One round of writes; corked when several messages go out in a row, so they leave
-            // in full segments.
-            let corked = machine.nextRoundWritesSeveral
-            if corked { connection.setCorked(true) }
-            while let message = machine.nextMessage(now: now) {
-                publisher.writes.begin(socket: connection.fileDescriptor)
-                defer { publisher.writes.end() }
-                do {
-                    try connection.publish(message)
-                } catch {
-                    return .lost(error)  // the connection is gone; `lost` answers the waiters
+            let step = publisher.gate.withLock { gate -> Step in
+                gate.parked = nil
+                if let failure = gate.callerWriteFailure {
+                    gate.callerWriteFailure = nil
+                    return .finished(.lost(failure))
                 }
-                machine.wrote()
-            }
-            if corked { connection.setCorked(false) }
-            now = clock.now
-            machine.endRound(now: now)
-
-            do {
-                while let event = try connection.nextEvent(timeout: .zero) {
-                    switch event {
-                    case .ack(let tag, let multiple):
-                        machine.confirmed(upTo: tag, multiple: multiple, now: clock.now)
-                        publisher.windowProgress.note()
-                    case .nack(let tag, let multiple):
-                        machine.rejected(upTo: tag, multiple: multiple)
-                    case .returned(let code, let text, let message):
-                        // The confirm that follows settles it; the message itself reached no queue.
-                        publisher.countReturned()
-                        Counter(label: "amqp_messages_returned_total").increment()
-                        logger.warning(
-                            "broker returned an unroutable message",
-                            metadata: [
-                                "code": "\(code)", "reason": "\(text)", "routing_key": "\(message.routingKey)",
-                                "message_id": "\(message.properties.messageID ?? "")",
-                            ])
-                    case .blocked(let reason):
-                        machine.setBlocked(true)
-                        publisher.setState(.blocked(reason: reason))
-                        logger.warning("broker blocked publishing", metadata: ["reason": "\(reason)"])
-                    case .unblocked:
-                        machine.setBlocked(false)
-                        publisher.setState(.connected)
-                        logger.info("broker unblocked publishing")
-                    case .delivery, .consumerCancelled:
-                        break
-                    }
+                let step = turn(connection)
+                if case .wait(let timeout) = step, machine.isIdle {
+                    gate.parked = ParkedOwner(loop: self, connection: connection, wakesAt: clock.now.advanced(by: timeout))
                 }
-            } catch {
-                return .lost(error)
+                return step
             }
-
-            switch machine.tick(now: clock.now) {
-            case .stopped:
-                return .stopped
-            case .reconnect(let error):
-                return .lost(error)
-            case .writeMore:
+            switch step {
+            case .again:
                 continue
             case .wait(let timeout):
-                if connection.hasBufferedInput { continue }
                 publisher.wakeupHandle.wait(socket: connection.fileDescriptor, timeout: timeout)
+            case .finished(let outcome):
+                return outcome
             }
+        }
+    }
+
+    /// A caller's write while the owner waits, under the gate: the owner's own round of writing
+    /// for one call, if the machine is idle.
+    fileprivate func write(
+        _ messages: [AMQPOutboundMessage], waiter: ResultBox, on connection: AMQPConnection, ownerWakesAt: ContinuousClock.Instant
+    ) -> CallerWrite {
+        guard machine.isIdle else { return .notIdle }
+        let now = clock.now
+        machine.submit(messages, waiter: waiter, frameSize: connection.frameSize, now: now)
+        while let message = machine.nextMessage(now: now) {
+            publisher.writes.begin(socket: connection.fileDescriptor)
+            defer { publisher.writes.end() }
+            do {
+                try connection.publish(message)
+            } catch {
+                return .failed(error)
+            }
+            machine.wrote()
+        }
+        machine.endRound(now: clock.now)
+        // rabbitmq-c may have read frames while writing (it checks heartbeats): the owner's poll
+        // would not see them. And the owner checks this call's deadline only when it wakes.
+        let mustWake = connection.hasBufferedInput || now.advanced(by: configuration.confirmTimeout) < ownerWakesAt
+        return .written(ownerMustWake: mustWake)
+    }
+
+    /// One turn of the owner: take the inbox, write a round, read what the broker sent, check deadlines.
+    private func turn(_ connection: AMQPConnection) -> Step {
+        let (commands, stopRequested) = publisher.takeCommands()
+        var now = clock.now
+        if stopRequested { machine.requestStop(now: now) }
+        let frameSize = connection.frameSize
+        for command in commands {
+            machine.submit(command.messages, waiter: command.result, frameSize: frameSize, now: now)
+        }
+
+        // One round of writes; corked when several messages go out in a row, so they leave
+        // in full segments.
+        let corked = machine.nextRoundWritesSeveral
+        if corked { connection.setCorked(true) }
+        while let message = machine.nextMessage(now: now) {
+            publisher.writes.begin(socket: connection.fileDescriptor)
+            defer { publisher.writes.end() }
+            do {
+                try connection.publish(message)
+            } catch {
+                return .finished(.lost(error))  // the connection is gone; `lost` answers the waiters
+            }
+            machine.wrote()
+        }
+        if corked { connection.setCorked(false) }
+        now = clock.now
+        machine.endRound(now: now)
+
+        do {
+            while let event = try connection.nextEvent(timeout: .zero) {
+                switch event {
+                case .ack(let tag, let multiple):
+                    machine.confirmed(upTo: tag, multiple: multiple, now: clock.now)
+                    publisher.windowProgress.note()
+                case .nack(let tag, let multiple):
+                    machine.rejected(upTo: tag, multiple: multiple)
+                case .returned(let code, let text, let message):
+                    // The confirm that follows settles it; the message itself reached no queue.
+                    publisher.countReturned()
+                    Counter(label: "amqp_messages_returned_total").increment()
+                    logger.warning(
+                        "broker returned an unroutable message",
+                        metadata: [
+                            "code": "\(code)", "reason": "\(text)", "routing_key": "\(message.routingKey)",
+                            "message_id": "\(message.properties.messageID ?? "")",
+                        ])
+                case .blocked(let reason):
+                    machine.setBlocked(true)
+                    publisher.setState(.blocked(reason: reason))
+                    logger.warning("broker blocked publishing", metadata: ["reason": "\(reason)"])
+                case .unblocked:
+                    machine.setBlocked(false)
+                    publisher.setState(.connected)
+                    logger.info("broker unblocked publishing")
+                case .delivery, .consumerCancelled:
+                    break
+                }
+            }
+        } catch {
+            return .finished(.lost(error))
+        }
+
+        switch machine.tick(now: clock.now) {
+        case .stopped:
+            return .finished(.stopped)
+        case .reconnect(let error):
+            return .finished(.lost(error))
+        case .writeMore:
+            return .again
+        case .wait(let timeout):
+            return connection.hasBufferedInput ? .again : .wait(timeout)
         }
     }
 }

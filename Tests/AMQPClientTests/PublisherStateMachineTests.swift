@@ -41,6 +41,29 @@ import Testing
         #expect(machine.unconfirmed == 0)
     }
 
+    /// Idle (a caller may write its call itself) only with nothing unconfirmed, nothing left to
+    /// write, not blocked and not stopping.
+    @Test func isIdleOnlyWithNothingOutstandingQueuedBlockedOrStopping() {
+        var machine = machine(maxUnconfirmed: 2)
+        #expect(machine.isIdle)
+        machine.submit(messages(3), waiter: FakeWaiter(), frameSize: 4096, now: start)
+        #expect(!machine.isIdle)  // queued
+        #expect(writeRound(&machine).count == 2)
+        #expect(!machine.isIdle)  // unconfirmed, and one left to write
+        machine.confirmed(upTo: 2, multiple: true, now: start)
+        #expect(!machine.isIdle)  // one left to write
+        #expect(writeRound(&machine).count == 1)
+        #expect(!machine.isIdle)  // unconfirmed
+        machine.confirmed(upTo: 3, multiple: false, now: start)
+        #expect(machine.isIdle)
+        machine.setBlocked(true)
+        #expect(!machine.isIdle)
+        machine.setBlocked(false)
+        #expect(machine.isIdle)
+        machine.requestStop(now: start)
+        #expect(!machine.isIdle)
+    }
+
     @Test func emptyBlockedAndUnencodableCallsAreAnsweredAtOnceWithNothingWritten() {
         var machine = machine()
         let empty = FakeWaiter()

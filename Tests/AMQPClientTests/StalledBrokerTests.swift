@@ -1,4 +1,4 @@
-import AMQPClient
+@_spi(Testing) import AMQPClient
 import Foundation
 import Logging
 import Synchronization
@@ -53,5 +53,42 @@ import Testing
             try await publisher.publish([message(exchange: exchange, key: "AFTER", body: "recovered")])
         }
         try await waitUntil(timeout: .seconds(30), "post-recovery message") { probe.messages.contains { $0.routingKey == "AFTER" } }
+    }
+
+    /// The caller's own write (owner waiting idle) fails on a broken socket: the call is answered
+    /// `.connectionLost`, the owner drops the connection and connects again. The broker is frozen
+    /// so that only the caller's write can notice the break.
+    @Test func aCallersWriteOnABrokenSocketFailsTheCallAndThePublisherReconnects() async throws {
+        let node = try await RabbitMQNode.dedicated(name: "stall", port: 5694)
+        defer {
+            try? node.resume()
+            try? node.stop()
+        }
+        var connection = node.connection
+        connection.heartbeat = .seconds(60)
+        let exchange = "broken-\(UUID().uuidString.prefix(8))"
+        let probe = try await QueueProbe(node: node, exchange: exchange)
+        defer { Task { await probe.stop() } }
+        let configuration = AMQPPublisherConfiguration(
+            connection: connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)],
+            reconnectBackoff: .init(initial: .milliseconds(50), maximum: .milliseconds(500)))
+        try await withPublisher(configuration) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try await waitUntil("owner waiting idle") { publisher.ownerWaitsIdle }
+            let before = publisher.callerWriteCount
+            try await node.pause()
+            #expect(publisher.breakSendingSideWhileOwnerWaits())
+            let error = await #expect(throws: AMQPError.self) {
+                try await publisher.publish([message(exchange: exchange, key: "LOST", body: "lost")])
+            }
+            #expect(error?.kind == .connectionLost)
+            #expect(publisher.callerWriteCount == before + 1)  // the caller's write, not the owner's
+            try await node.resume()
+            try await waitUntil(timeout: .seconds(60), "publisher reconnected") {
+                (try? await publisher.publish([message(exchange: exchange, key: "AFTER", body: "after")])) != nil
+            }
+        }
+        try await waitUntil(timeout: .seconds(30), "post-recovery message") { probe.messages.contains { $0.routingKey == "AFTER" } }
+        #expect(!probe.messages.contains { $0.routingKey == "LOST" })
     }
 }

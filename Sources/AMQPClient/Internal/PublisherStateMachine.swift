@@ -173,6 +173,10 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
         if messages.count <= configuration.smallBatch { writing.prepend(batch) } else { writing.append(batch) }
     }
 
+    /// Nothing written and unconfirmed, nothing waiting to be written, not blocked, not stopping:
+    /// a call submitted now is written at once, and the socket holds nothing the broker has not read.
+    var isIdle: Bool { unconfirmed == 0 && writing.isEmpty && !isBlocked && stopDeadline == nil }
+
     /// `true` when the next round will write more than one message (worth corking the socket for).
     var nextRoundWritesSeveral: Bool {
         guard !isBlocked, unconfirmed + 1 < configuration.maxUnconfirmed else { return false }

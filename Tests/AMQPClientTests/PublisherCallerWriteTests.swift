@@ -1,0 +1,52 @@
+@_spi(Testing) import AMQPClient
+import Foundation
+import Testing
+import TestSupport
+
+/// A call made while the owner thread waits idle is written by the calling thread itself (one
+/// wake-up fewer per call at low load); everything else goes through the owner's inbox. Either
+/// way the owner reads the confirm and answers the call.
+@Suite struct PublisherCallerWriteTests {
+    let node = RabbitMQNode.shared
+
+    func exchangeName() -> String { "caller-write-\(UUID().uuidString.prefix(8))" }
+
+    @Test func callsOneAtATimeAreWrittenByTheirCallersAndConfirmed() async throws {
+        let exchange = exchangeName()
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        let calls = 20
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            for index in 0..<calls {
+                try await waitUntil("owner waiting idle") { publisher.ownerWaitsIdle }
+                try await publisher.publish([message(exchange: exchange, key: "ONE", body: "one-\(index)")])
+            }
+            // The owner wakes by itself at most once a second: a call may rarely find it awake.
+            #expect(publisher.callerWriteCount >= calls - 2)
+        }
+        let received = try await probe.waitForMessages(count: calls)
+        #expect(received.map { String(decoding: $0.body, as: UTF8.self) } == (0..<calls).map { "one-\($0)" })
+    }
+
+    @Test(arguments: [
+        ("a body over the limit", [AMQPPublisher.callerWriteLimit + 1]),
+        ("more messages than a caller writes", Array(repeating: 10, count: 17)),
+    ])
+    func aLargerCallGoesThroughTheOwner(what: String, bodySizes: [Int]) async throws {
+        let exchange = exchangeName()
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try await waitUntil("owner waiting idle") { publisher.ownerWaitsIdle }
+            let messages = bodySizes.enumerated().map { index, size in
+                message(exchange: exchange, key: "BIG", body: String(repeating: "x", count: max(0, size - 3)) + String(format: "%03d", index))
+            }
+            try await publisher.publish(messages)
+            #expect(publisher.callerWriteCount == 0, "\(what)")
+        }
+        let received = try await probe.waitForMessages(count: bodySizes.count)
+        #expect(received.map(\.body.count) == bodySizes.map { max(3, $0) })
+    }
+}
