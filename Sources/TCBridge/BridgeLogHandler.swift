@@ -47,15 +47,14 @@ public struct BridgeLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(
-        level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String, file: String,
-        function: String, line: UInt
-    ) {
+    /// Writes the event as one line: the handler's metadata, then the provider's, then the call's
+    /// (later wins); an error attached to the call is rendered as `error` unless the call set one.
+    public func log(event: LogEvent) {
         var merged = metadata
         if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
-        if let explicit { merged.merge(explicit) { _, new in new } }
-        let line = render(level: level, message: message.description, metadata: merged, source: source, time: Self.timestamp())
-        output.write(line)
+        if let explicit = event.metadata { merged.merge(explicit) { _, new in new } }
+        if let error = event.error, merged["error"] == nil { merged["error"] = "\(error)" }
+        output.write(render(level: event.level, message: event.message.description, metadata: merged, source: event.source, time: Self.timestamp()))
     }
 
     /// Waits (briefly) until the lines logged so far are handed to standard error; call before exiting.

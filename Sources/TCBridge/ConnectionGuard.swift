@@ -122,14 +122,15 @@ struct GuardedHTTP1Channel: HTTPChannelHandler {
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
-        return inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
+        // NIO runs `setup` on the channel's event loop, where the future completes too.
+        return inner.setup(channel: channel, logger: logger).assumeIsolated().flatMapThrowing { value in
             let operations = channel.pipeline.syncOperations
             // Right after NIO's HTTP/1 decoder (the encoder comes before it): inbound it sees
             // decoded request parts, outbound the response parts on their way to the encoder.
             let decoder = try operations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
             try operations.addHandler(RequestPartGuard(state: state), position: .after(decoder))
             return value
-        }
+        }.nonisolated()
     }
 
     /// Serves the connection with its task preferring the channel's event loop (see
@@ -311,7 +312,7 @@ final class RawConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         }
         answered = true
         let buffer = context.channel.allocator.buffer(bytes: Self.overloaded)
-        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in context.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -393,7 +394,7 @@ final class RequestPartGuard: ChannelDuplexHandler, RemovableChannelHandler {
         if state.closeAfterResponse || state.phase == .body || state.phase == .head {
             let future = context.writeAndFlush(data)
             future.cascade(to: promise)
-            future.whenComplete { _ in context.close(promise: nil) }
+            future.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             // A client that does not read cannot keep the connection: closed shortly regardless.
             state.enter(.closing, context: context)
             return

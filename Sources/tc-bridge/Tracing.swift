@@ -115,11 +115,9 @@ struct OTelDiagnosticsLogHandler: LogHandler {
         }
     }
 
-    func log(
-        level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt
-    ) {
-        base.log(
-            level: level, message: message, metadata: metadata?.filter { !Self.withheld.contains($0.key) }, source: source, file: file,
-            function: function, line: line)
+    func log(event: LogEvent) {
+        var event = event
+        event.metadata = event.metadata?.filter { !Self.withheld.contains($0.key) }
+        base.log(event: event)
     }
 }

@@ -41,6 +41,16 @@ import Testing
         #expect(object["messages"] as? String == "3")
     }
 
+    @Test func anErrorPassedWithTheLineIsRenderedUnlessTheLineNamesOne() throws {
+        struct Refused: Error, CustomStringConvertible { var description: String { "spool full" } }
+        let output = LogOutput(capturing: true)
+        let logger = Logger(label: "test") { label in BridgeLogHandler(label: label, format: .json, output: output) }
+        logger.error("spool refused", error: Refused())
+        logger.error("spool refused", error: Refused(), metadata: ["error": "named by the line"])
+        let objects = try output.captured.map { try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]) }
+        #expect(objects.map { $0["error"] as? String } == ["spool full", "named by the line"])
+    }
+
     @Test func textLinesEscapeLineBreaksSoAValueCannotForgeALine() {
         let handler = BridgeLogHandler(label: "tc-bridge", format: .text, output: LogOutput(capturing: true))
         let line = handler.render(
