@@ -191,6 +191,40 @@ extension AMQPOutboundMessage {
     /// rabbitmq-c writes the method frame before it encodes the properties, so an encoding failure
     /// half-way would leave the connection unusable: the publisher checks first and refuses the
     /// message instead. Pure; thread-safe.
+    /// The content header frame's size in bytes: frame header and end (8), class, weight, body
+    /// size, flags (14), then the properties that are set.
+    var contentHeaderFrameSize: Int {
+        var size = 8 + 14
+        for text in [properties.contentType, properties.messageID, properties.type, properties.appID, properties.expiration] {
+            if let text { size += 1 + text.utf8.count }
+        }
+        size += 1  // delivery mode
+        if properties.timestamp != nil { size += 8 }
+        if !properties.headers.isEmpty {
+            size += 4
+            for (key, value) in properties.headers {
+                size += 1 + key.utf8.count + 1
+                switch value {
+                case .string(let text): size += 4 + text.utf8.count
+                case .int: size += 8
+                case .bool: size += 1
+                }
+            }
+        }
+        return size
+    }
+
+    /// Bytes this message takes on the wire in frames of `frameSize` (at least 4096): the
+    /// `basic.publish` method frame, the content header frame and the body frames.
+    func encodedSize(frameSize: Int) -> Int {
+        // Method frame: frame header and end (8), class and method (4), reserved (2), the two short
+        // strings with their lengths, flags (1).
+        let method = 8 + 4 + 2 + 1 + exchange.utf8.count + 1 + routingKey.utf8.count + 1
+        let perFrame = max(frameSize, Self.minimumFrameSize) - 8
+        let bodyFrames = (body.count + perFrame - 1) / perFrame
+        return method + contentHeaderFrameSize + body.count + 8 * bodyFrames
+    }
+
     public func encodingProblem(frameSize: Int = AMQPOutboundMessage.minimumFrameSize) -> String? {
         func shortString(_ value: String?, _ name: String) -> String? {
             guard let count = value?.utf8.count, count > 255 else { return nil }
@@ -203,25 +237,8 @@ extension AMQPOutboundMessage {
         {
             return problem
         }
-        // Content header frame: frame header and end (8), class, weight, body size, flags (14).
-        var size = 8 + 14
-        for text in [properties.contentType, properties.messageID, properties.type, properties.appID, properties.expiration] {
-            if let text { size += 1 + text.utf8.count }
-        }
-        size += 1  // delivery mode
-        if properties.timestamp != nil { size += 8 }
-        if !properties.headers.isEmpty {
-            size += 4
-            for (key, value) in properties.headers {
-                if let problem = shortString(key, "header name") { return problem }
-                size += 1 + key.utf8.count + 1
-                switch value {
-                case .string(let text): size += 4 + text.utf8.count
-                case .int: size += 8
-                case .bool: size += 1
-                }
-            }
-        }
+        if let problem = properties.headers.lazy.compactMap({ shortString($0.0, "header name") }).first { return problem }
+        let size = contentHeaderFrameSize
         if size > frameSize {
             return "message properties take \(size) bytes; the frame size is \(frameSize)"
         }

@@ -74,7 +74,8 @@ public enum AMQPConnectionState: Sendable, Equatable {
 /// concurrent callers.
 ///
 /// Threading: one dedicated OS thread owns the rabbitmq-c connection; ``publish(_:)`` may be called
-/// from any task and only enqueues work and waits, never blocking a cooperative thread. The owner
+/// from any task and enqueues work and waits, or, when the owner is idle, writes a small call on
+/// the calling thread (a write that cannot block: see ``publish(_:)``). The owner
 /// thread keeps servicing heartbeats, confirms and `connection.blocked` while idle, and reconnects
 /// with capped exponential backoff when the connection breaks, redeclaring the configured exchanges.
 ///
@@ -119,11 +120,13 @@ public final class AMQPPublisher: Service, Sendable {
     ///
     /// Who writes: normally the owner thread, woken for the call. When the owner is waiting with
     /// nothing unconfirmed and nothing queued (one request at a time, the common case at low load),
-    /// and the call's bodies total at most ``callerWriteLimit``, the calling thread writes the
-    /// messages itself under the owner's gate, saving the owner a wake-up on the way out. The
-    /// socket then holds nothing the broker has not read, so such a write does not block; the
-    /// owner still reads the confirm and answers the call. The gate is only ever tried, never
-    /// waited for: a caller never blocks on the owner.
+    /// the call is at most ``callerWriteMessages`` messages and ``callerWriteLimit`` bytes on the
+    /// wire, and the connection is plain TCP, the calling thread writes the messages itself under
+    /// the owner's gate, saving the owner a wake-up on the way out. Only when the socket is quiet
+    /// (the broker has acknowledged every byte sent, no input waits to be read) and its send buffer
+    /// has room for the whole call, so the write cannot block. The owner still reads the confirm
+    /// and answers the call. The gate is only ever tried, never waited for: a caller never blocks
+    /// on the owner.
     /// - Throws: ``AMQPError`` with kind `.notConnected` or `.blocked` at once (nothing was sent),
     ///   `.nacked`, `.connectionLost` or `.confirmTimeout` when the outcome is negative or unknown
     ///   (some messages may have reached the broker: publishing again is at-least-once),
@@ -165,38 +168,46 @@ public final class AMQPPublisher: Service, Sendable {
         try result.get()
     }
 
-    /// Total body bytes up to which a call may be written by its caller while the owner waits
-    /// (see ``publish(_:)``): far below any TCP send buffer, so the write cannot block.
+    /// Bytes on the wire (frames included) up to which a call may be written by its caller while
+    /// the owner waits (see ``publish(_:)``).
     public static let callerWriteLimit = 16 << 10
     /// Messages up to which a call may be written by its caller (a webhook's events, not a spool chunk).
-    static let callerWriteMessages = 16
+    public static let callerWriteMessages = 16
 
-    /// Calls whose messages their caller wrote while the owner waited, or tried to (the write
+    /// Calls their caller took on while the owner waited: wrote, or tried to write (the write
     /// failed); see ``publish(_:)``.
-    @_spi(Testing) public var callerWriteCount: Int { gate.withLock { $0.callerWrites } }
+    @_spi(Testing) public var callerWriteCount: Int { callerWrites.load(ordering: .relaxed) }
+    private let callerWrites = Atomic<Int>(0)
 
     /// `true` while the owner thread waits with nothing unconfirmed or queued, so that a call now
-    /// is written by its caller (unless the owner wakes first).
-    @_spi(Testing) public var ownerWaitsIdle: Bool { gate.withLock { $0.parked != nil } }
+    /// is written by its caller (unless the owner wakes first). `false` while the owner is busy.
+    @_spi(Testing) public var ownerWaitsIdle: Bool { gate.withLockIfAvailable { $0.parked != nil } ?? false }
+
+    /// `true` while the owner waits idle and its socket is quiet (see ``publish(_:)``): a small
+    /// call now is its caller's to write. `false` while the owner is busy.
+    @_spi(Testing) public var ownerSocketIsQuiet: Bool {
+        gate.withLockIfAvailable { $0.parked?.connection.quietSendCapacity != nil } ?? false
+    }
 
     /// Shuts down the sending side of the connection's socket while the owner waits idle, so the
     /// next write fails as it would on a connection the network broke. `false` if the owner was busy.
     @_spi(Testing) public func breakSendingSideWhileOwnerWaits() -> Bool {
-        gate.withLock { gate in
+        gate.withLockIfAvailable { gate in
             guard let parked = gate.parked else { return false }
             return shutdown(parked.connection.fileDescriptor, Int32(SHUT_WR)) == 0
-        }
+        } ?? false
     }
 
     /// Writes `messages` on the calling thread if the owner is parked idle (see ``publish(_:)``).
     /// Returns `false` when the call must go through the owner's inbox instead; `true` when it was
     /// written or answered (the owner answers it when the broker confirms).
     private func writeWhileOwnerWaits(_ messages: [AMQPOutboundMessage], waiter: ResultBox) -> Bool {
+        // Cheap checks first; the exact size is checked under the gate.
         guard messages.count <= Self.callerWriteMessages,
               messages.reduce(0, { $0 + $1.body.count }) <= Self.callerWriteLimit
         else { return false }
         return gate.withLockIfAvailable { gate -> Bool in
-            guard let parked = gate.parked, gate.callerWriteFailure == nil else { return false }
+            guard let parked = gate.parked, gate.callerWriteFailure == nil, parked.connection.configuration.tls == nil else { return false }
             let open = shared.withLock { state in
                 state.connectionState == .connected && !state.stopRequested && state.commands.isEmpty && !lifecycle.isFinished
             }
@@ -205,13 +216,14 @@ public final class AMQPPublisher: Service, Sendable {
             case .notIdle:
                 return false
             case .written(let ownerMustWake):
-                gate.callerWrites += 1
+                callerWrites.add(1, ordering: .relaxed)
+                gate.parked = nil  // no longer idle; the owner parks again once it has read the confirm
                 if ownerMustWake { wakeup.signal() }
                 return true
             case .failed(let error):
                 // The connection is broken: the owner finds this on waking and reconnects, which
                 // answers the call (`.connectionLost`) with everything else outstanding.
-                gate.callerWrites += 1
+                callerWrites.add(1, ordering: .relaxed)
                 gate.callerWriteFailure = error
                 gate.parked = nil
                 wakeup.signal()
@@ -357,12 +369,12 @@ fileprivate struct OwnerGate: ~Copyable {
     var parked: ParkedOwner?
     /// A caller's write failed while the owner waited: the connection is broken.
     var callerWriteFailure: AMQPError?
-    /// Calls whose callers wrote (or tried to write) them so far.
-    var callerWrites = 0
 }
 
 /// The owner's loop and connection while it waits, for a caller holding the gate.
-/// @unchecked: only touched by whoever holds ``AMQPPublisher``'s gate.
+/// @unchecked: only touched by whoever holds ``AMQPPublisher``'s gate. The supervisor's `connected`,
+/// `lost` and `close` touch the machine and connection outside it, but only while no owner is parked
+/// (`serve` clears `parked` on every turn and returns only from one).
 fileprivate struct ParkedOwner: @unchecked Sendable {
     let loop: PublisherLoop
     let connection: AMQPConnection
@@ -433,6 +445,7 @@ private final class PublisherLoop: @unchecked Sendable {
     }
 
     private func serve(_ connection: AMQPConnection) -> ServeOutcome {
+        let socket = connection.fileDescriptor  // read once: outside the gate a caller may be using the connection
         while true {
             let step = publisher.gate.withLock { gate -> Step in
                 gate.parked = nil
@@ -450,7 +463,7 @@ private final class PublisherLoop: @unchecked Sendable {
             case .again:
                 continue
             case .wait(let timeout):
-                publisher.wakeupHandle.wait(socket: connection.fileDescriptor, timeout: timeout)
+                publisher.wakeupHandle.wait(socket: socket, timeout: timeout)
             case .finished(let outcome):
                 return outcome
             }
@@ -458,13 +471,20 @@ private final class PublisherLoop: @unchecked Sendable {
     }
 
     /// A caller's write while the owner waits, under the gate: the owner's own round of writing
-    /// for one call, if the machine is idle.
+    /// for one call, if the machine is idle, the socket quiet and its send buffer has room for the
+    /// whole call (so the write cannot block).
     fileprivate func write(
         _ messages: [AMQPOutboundMessage], waiter: ResultBox, on connection: AMQPConnection, ownerWakesAt: ContinuousClock.Instant
     ) -> CallerWrite {
-        guard machine.isIdle else { return .notIdle }
+        guard machine.isIdle, let capacity = connection.quietSendCapacity else { return .notIdle }
+        let frameSize = connection.frameSize
+        let bytes = messages.reduce(0) { $0 + $1.encodedSize(frameSize: frameSize) }
+        guard bytes <= min(AMQPPublisher.callerWriteLimit, capacity) else { return .notIdle }
         let now = clock.now
-        machine.submit(messages, waiter: waiter, frameSize: connection.frameSize, now: now)
+        machine.submit(messages, waiter: waiter, frameSize: frameSize, now: now)
+        let corked = messages.count > 1
+        if corked { connection.setCorked(true) }
+        defer { if corked { connection.setCorked(false) } }
         while let message = machine.nextMessage(now: now) {
             publisher.writes.begin(socket: connection.fileDescriptor)
             defer { publisher.writes.end() }

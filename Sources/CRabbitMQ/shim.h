@@ -8,6 +8,10 @@
 #include <amqp_tcp_socket.h>
 #include <amqp_ssl_socket.h>
 #include <sys/prctl.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <poll.h>
+#include <linux/sockios.h>
 
 // amqp_login_with_properties is C-variadic, which Swift refuses: a fixed-signature PLAIN login.
 static inline amqp_rpc_reply_t tcb_login_plain(amqp_connection_state_t state, const char *vhost,
@@ -35,6 +39,21 @@ static inline uint8_t tcb_kind_i64(void) { return AMQP_FIELD_KIND_I64; }
 static inline uint8_t tcb_kind_i32(void) { return AMQP_FIELD_KIND_I32; }
 static inline uint8_t tcb_kind_boolean(void) { return AMQP_FIELD_KIND_BOOLEAN; }
 static inline uint8_t tcb_kind_table(void) { return AMQP_FIELD_KIND_TABLE; }
+
+// For a write from outside the connection owner's turn: -1 when the socket holds bytes the peer has
+// not acknowledged (SIOCOUTQ, an ioctl, which is C-variadic) or has input waiting to be read;
+// otherwise half its send buffer, the payload a write can hand the kernel without blocking (the
+// kernel counts its own overhead against SO_SNDBUF, which it reports doubled).
+static inline int tcb_quiet_send_capacity(int fd) {
+    int unsent = 0;
+    if (ioctl(fd, SIOCOUTQ, &unsent) != 0 || unsent != 0) return -1;
+    struct pollfd readable = { .fd = fd, .events = POLLIN, .revents = 0 };
+    if (poll(&readable, 1, 0) != 0) return -1;
+    int send_buffer = 0;
+    socklen_t length = sizeof(send_buffer);
+    if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_buffer, &length) != 0) return -1;
+    return send_buffer / 2;
+}
 
 // Names the calling thread (visible in top -H, gdb, perf).
 static inline void tcb_set_current_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }

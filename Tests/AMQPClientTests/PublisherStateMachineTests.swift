@@ -64,6 +64,17 @@ import Testing
         #expect(!machine.isIdle)
     }
 
+    /// A call submitted to an idle machine bounds the owner's next wait by its deadline at once,
+    /// not only after the next sweep (a caller may write it while the owner sleeps).
+    @Test func aCallsDeadlineBoundsTheNextWaitBeforeAnySweepFindsIt() {
+        var machine = machine(confirmTimeout: .milliseconds(300))
+        #expect(machine.tick(now: start) == .wait(.seconds(1)))  // swept: nothing due
+        let submitted = start.advanced(by: .milliseconds(10))
+        machine.submit(messages(1), waiter: FakeWaiter(), frameSize: 4096, now: submitted)
+        #expect(writeRound(&machine, at: submitted) == ["m0"])
+        #expect(machine.tick(now: start.advanced(by: .milliseconds(20))) == .wait(.milliseconds(290)))
+    }
+
     @Test func emptyBlockedAndUnencodableCallsAreAnsweredAtOnceWithNothingWritten() {
         var machine = machine()
         let empty = FakeWaiter()

@@ -77,7 +77,9 @@ import Testing
             try await waitUntil("owner waiting idle") { publisher.ownerWaitsIdle }
             let before = publisher.callerWriteCount
             try await node.pause()
-            #expect(publisher.breakSendingSideWhileOwnerWaits())
+            try await waitUntil("socket broken while the owner waits") { publisher.breakSendingSideWhileOwnerWaits() }
+            // Once the broker's kernel has acknowledged our FIN the socket looks quiet: only a write can tell.
+            try await waitUntil("socket quiet again") { publisher.ownerSocketIsQuiet }
             let error = await #expect(throws: AMQPError.self) {
                 try await publisher.publish([message(exchange: exchange, key: "LOST", body: "lost")])
             }

@@ -1,4 +1,4 @@
-import AMQPClient
+@_spi(Testing) import AMQPClient
 import Foundation
 import TestSupport
 import Testing
@@ -132,7 +132,10 @@ import Testing
                     Issue.record("publisher state: \(publisher.state)")
                     throw error
                 }
+                try await waitUntil("owner waiting idle") { publisher.ownerWaitsIdle }
                 try await publisher.publish([message(exchange: exchange, key: "TLS.OK", body: #"{"tls":true}"#, id: "tls-1")])
+                // Over TLS the owner writes every call: a record's write is not the socket's.
+                #expect(publisher.callerWriteCount == 0)
             }
             messages = try await probe.waitForMessages(count: 1)
         } catch {

@@ -8,8 +8,9 @@ import Darwin
 
 /// One rabbitmq-c connection with one channel.
 ///
-/// Threading: not thread-safe and never shared. It is created, used and destroyed by exactly one
-/// owner thread (see ``ConnectionOwnerThread``); every call may block that thread on the socket.
+/// Threading: not thread-safe. It is created and destroyed by its owner thread, and used by one
+/// thread at a time: the owner, or (the publisher's) a caller holding the owner's gate while the
+/// owner waits (see ``AMQPPublisher/publish(_:)``). Every call may block its thread on the socket.
 /// Errors: every failure is thrown as ``AMQPError``; after `.connectionLost`, `.channelClosed` or
 /// `.protocolError` the connection is unusable and must be discarded.
 final class AMQPConnection {
@@ -399,8 +400,21 @@ final class AMQPConnection {
         #endif
     }
 
+    /// How many bytes a write can hand the kernel now without blocking, or `nil` when the socket is
+    /// not quiet: bytes the broker has not acknowledged, or input waiting (in rabbitmq-c's buffers
+    /// or the kernel's) that the owner must read first. Three system calls; Linux only (`nil` elsewhere).
+    var quietSendCapacity: Int? {
+        #if os(Linux)
+        guard !hasBufferedInput else { return nil }
+        let capacity = tcb_quiet_send_capacity(fileDescriptor)
+        return capacity >= 0 ? Int(capacity) : nil
+        #else
+        return nil
+        #endif
+    }
+
     /// Shuts the socket down from any thread, so a call blocked on it returns with an error.
-    /// The only method that may be called off the owner thread.
+    /// The only method that may be called without holding the connection (see the type's threading note).
     static func abortSocket(fileDescriptor: Int32) {
         if fileDescriptor >= 0 { _ = shutdown(fileDescriptor, Int32(SHUT_RDWR)) }
     }

@@ -118,7 +118,7 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
     private var windowProgress: ContinuousClock.Instant
     private var stopDeadline: ContinuousClock.Instant?
     private var nextSweep: ContinuousClock.Instant
-    /// The earliest deadline the last sweep found (progress only moves deadlines later).
+    /// The earliest deadline the last sweep found, or of a call submitted since (progress only moves deadlines later).
     private var earliestDeadline: ContinuousClock.Instant?
     /// The batch the current round is writing, and how much of its turn and of the round is used.
     private var current: Batch?
@@ -170,11 +170,15 @@ struct PublisherStateMachine<Waiter: PublishWaiter> {
         }
         let batch = Batch(messages: messages, waiter: waiter, now: now)
         inFlight.append(batch)
+        // Its deadline, for the owner's next wait (a sweep finds the rest).
+        let deadline = now.advanced(by: configuration.confirmTimeout)
+        earliestDeadline = min(earliestDeadline ?? deadline, deadline)
         if messages.count <= configuration.smallBatch { writing.prepend(batch) } else { writing.append(batch) }
     }
 
-    /// Nothing written and unconfirmed, nothing waiting to be written, not blocked, not stopping:
-    /// a call submitted now is written at once, and the socket holds nothing the broker has not read.
+    /// Nothing written and unconfirmed, nothing waiting to be written, not blocked, not stopping: a
+    /// call submitted now is written at once (as much of it as the window takes), and the broker has
+    /// read everything written before.
     var isIdle: Bool { unconfirmed == 0 && writing.isEmpty && !isBlocked && stopDeadline == nil }
 
     /// `true` when the next round will write more than one message (worth corking the socket for).
