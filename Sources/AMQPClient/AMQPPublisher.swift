@@ -482,7 +482,16 @@ private final class PublisherLoop: @unchecked Sendable {
         guard bytes <= min(AMQPPublisher.callerWriteLimit, capacity) else { return .notIdle }
         let now = clock.now
         machine.submit(messages, waiter: waiter, frameSize: frameSize, now: now)
-        let corked = messages.count > 1
+        if let error = writeRound(on: connection, corked: messages.count > 1, now: now) { return .failed(error) }
+        // rabbitmq-c may have read frames while writing (it checks heartbeats): the owner's poll
+        // would not see them. And the owner checks this call's deadline only when it wakes.
+        let mustWake = connection.hasBufferedInput || now.advanced(by: configuration.confirmTimeout) < ownerWakesAt
+        return .written(ownerMustWake: mustWake)
+    }
+
+    /// Writes what the machine says for one round, each write watched for a stall. Returns the
+    /// error when a write fails: the connection is then unusable.
+    private func writeRound(on connection: AMQPConnection, corked: Bool, now: ContinuousClock.Instant) -> AMQPError? {
         if corked { connection.setCorked(true) }
         defer { if corked { connection.setCorked(false) } }
         while let message = machine.nextMessage(now: now) {
@@ -491,15 +500,12 @@ private final class PublisherLoop: @unchecked Sendable {
             do {
                 try connection.publish(message)
             } catch {
-                return .failed(error)
+                return error
             }
             machine.wrote()
         }
         machine.endRound(now: clock.now)
-        // rabbitmq-c may have read frames while writing (it checks heartbeats): the owner's poll
-        // would not see them. And the owner checks this call's deadline only when it wakes.
-        let mustWake = connection.hasBufferedInput || now.advanced(by: configuration.confirmTimeout) < ownerWakesAt
-        return .written(ownerMustWake: mustWake)
+        return nil
     }
 
     /// One turn of the owner: take the inbox, write a round, read what the broker sent, check deadlines.
@@ -512,23 +518,11 @@ private final class PublisherLoop: @unchecked Sendable {
             machine.submit(command.messages, waiter: command.result, frameSize: frameSize, now: now)
         }
 
-        // One round of writes; corked when several messages go out in a row, so they leave
-        // in full segments.
-        let corked = machine.nextRoundWritesSeveral
-        if corked { connection.setCorked(true) }
-        while let message = machine.nextMessage(now: now) {
-            publisher.writes.begin(socket: connection.fileDescriptor)
-            defer { publisher.writes.end() }
-            do {
-                try connection.publish(message)
-            } catch {
-                return .finished(.lost(error))  // the connection is gone; `lost` answers the waiters
-            }
-            machine.wrote()
+        // Corked when several messages go out in a row, so they leave in full segments.
+        if let error = writeRound(on: connection, corked: machine.nextRoundWritesSeveral, now: now) {
+            return .finished(.lost(error))  // the connection is gone; `lost` answers the waiters
         }
-        if corked { connection.setCorked(false) }
         now = clock.now
-        machine.endRound(now: now)
 
         do {
             while let event = try connection.nextEvent(timeout: .zero) {
