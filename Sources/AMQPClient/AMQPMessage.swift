@@ -185,12 +185,6 @@ extension AMQPOutboundMessage {
     /// RabbitMQ's default `max_message_size` (128 MiB); larger bodies are refused by the broker.
     public static let maximumBodySize = 128 << 20
 
-    /// Why this message cannot travel as one `basic.publish` with content header and body frames
-    /// in a connection whose frame size is `frameSize`, or `nil` when it can.
-    ///
-    /// rabbitmq-c writes the method frame before it encodes the properties, so an encoding failure
-    /// half-way would leave the connection unusable: the publisher checks first and refuses the
-    /// message instead. Pure; thread-safe.
     /// The content header frame's size in bytes: frame header and end (8), class, weight, body
     /// size, flags (14), then the properties that are set.
     var contentHeaderFrameSize: Int {
@@ -225,6 +219,12 @@ extension AMQPOutboundMessage {
         return method + contentHeaderFrameSize + body.count + 8 * bodyFrames
     }
 
+    /// Why this message cannot travel as one `basic.publish` with content header and body frames
+    /// in a connection whose frame size is `frameSize`, or `nil` when it can.
+    ///
+    /// rabbitmq-c writes the method frame before it encodes the properties, so an encoding failure
+    /// half-way would leave the connection unusable: the publisher checks first and refuses the
+    /// message instead. Pure; thread-safe.
     public func encodingProblem(frameSize: Int = AMQPOutboundMessage.minimumFrameSize) -> String? {
         func shortString(_ value: String?, _ name: String) -> String? {
             guard let count = value?.utf8.count, count > 255 else { return nil }

@@ -215,6 +215,8 @@ public final class AMQPPublisher: Service, Sendable {
             switch parked.loop.write(messages, waiter: waiter, on: parked.connection, ownerWakesAt: parked.wakesAt) {
             case .notIdle:
                 return false
+            case .answered:
+                return true
             case .written(let ownerMustWake):
                 callerWrites.add(1, ordering: .relaxed)
                 gate.parked = nil  // no longer idle; the owner parks again once it has read the confirm
@@ -384,8 +386,10 @@ fileprivate struct ParkedOwner: @unchecked Sendable {
 
 /// The outcome of a caller's write while the owner waited.
 fileprivate enum CallerWrite {
-    /// The owner is not idle (messages unconfirmed or queued): go through the inbox.
+    /// The owner is not idle (messages unconfirmed or queued), or the socket not quiet: go through the inbox.
     case notIdle
+    /// Answered without writing anything (empty, unencodable, or the broker blocks publishing).
+    case answered
     /// Written; `ownerMustWake` when the owner has to look sooner than it would by itself.
     case written(ownerMustWake: Bool)
     /// The socket write failed: the connection is broken.
@@ -482,6 +486,7 @@ private final class PublisherLoop: @unchecked Sendable {
         guard bytes <= min(AMQPPublisher.callerWriteLimit, capacity) else { return .notIdle }
         let now = clock.now
         machine.submit(messages, waiter: waiter, frameSize: frameSize, now: now)
+        if machine.isIdle { return .answered }  // nothing was queued: the call has its answer
         if let error = writeRound(on: connection, corked: messages.count > 1, now: now) { return .failed(error) }
         // rabbitmq-c may have read frames while writing (it checks heartbeats): the owner's poll
         // would not see them. And the owner checks this call's deadline only when it wakes.

@@ -41,9 +41,13 @@ static inline uint8_t tcb_kind_boolean(void) { return AMQP_FIELD_KIND_BOOLEAN; }
 static inline uint8_t tcb_kind_table(void) { return AMQP_FIELD_KIND_TABLE; }
 
 // For a write from outside the connection owner's turn: -1 when the socket holds bytes the peer has
-// not acknowledged (SIOCOUTQ, an ioctl, which is C-variadic) or has input waiting to be read;
-// otherwise half its send buffer, the payload a write can hand the kernel without blocking (the
-// kernel counts its own overhead against SO_SNDBUF, which it reports doubled).
+// not acknowledged (SIOCOUTQ, an ioctl, which is C-variadic), has input waiting to be read, or
+// cannot be asked; otherwise half its send buffer (SO_SNDBUF, auto-tuned: tens of KiB to MiBs).
+// With nothing unacknowledged the send queue is empty, and the kernel checks the buffer's limit
+// only before it starts a new segment buffer, so a write of that much (each buffer costs about
+// 1 KiB of overhead on top of its bytes) is taken without waiting. Host-wide TCP memory pressure
+// can still make the kernel refuse it: the caller then waits as the owner would, until the
+// write watchdog gives up on the connection.
 static inline int tcb_quiet_send_capacity(int fd) {
     int unsent = 0;
     if (ioctl(fd, SIOCOUTQ, &unsent) != 0 || unsent != 0) return -1;

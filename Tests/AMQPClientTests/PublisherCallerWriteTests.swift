@@ -19,7 +19,7 @@ import TestSupport
         try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
             try await waitUntil("publisher connected") { publisher.state == .connected }
             for index in 0..<calls {
-                try await waitUntil("owner waiting idle") { publisher.ownerWaitsIdle }
+                try await waitUntil("owner waiting idle on a quiet socket") { publisher.ownerSocketIsQuiet }
                 try await publisher.publish([message(exchange: exchange, key: "ONE", body: "one-\(index)")])
             }
             // The owner wakes by itself at least once a second: a call may rarely find it awake.
@@ -30,26 +30,32 @@ import TestSupport
     }
 
     @Test(arguments: [
-        ("one message of 15 KiB", [15 << 10], 1),
-        ("as many small messages as a caller writes", Array(repeating: 10, count: AMQPPublisher.callerWriteMessages), 1),
-        ("one message more", Array(repeating: 10, count: AMQPPublisher.callerWriteMessages + 1), 0),
-        ("a body of the limit, which its frames take over it", [AMQPPublisher.callerWriteLimit], 0),
-        ("a body over the limit", [AMQPPublisher.callerWriteLimit + 1], 0),
+        ("one message of 15 KiB", [15 << 10], true),
+        ("as many small messages as a caller writes", Array(repeating: 10, count: AMQPPublisher.callerWriteMessages), true),
+        ("one message more", Array(repeating: 10, count: AMQPPublisher.callerWriteMessages + 1), false),
+        ("a body of the limit, which its frames take over it", [AMQPPublisher.callerWriteLimit], false),
+        ("a body over the limit", [AMQPPublisher.callerWriteLimit + 1], false),
     ])
-    func whoWritesACallDependsOnItsSize(what: String, bodySizes: [Int], callerWrites: Int) async throws {
+    func whoWritesACallDependsOnItsSize(what: String, bodySizes: [Int], callersCall: Bool) async throws {
         let exchange = exchangeName()
         let probe = try await QueueProbe(exchange: exchange)
         defer { Task { await probe.stop() } }
+        var calls = 0
         try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
             try await waitUntil("publisher connected") { publisher.state == .connected }
-            try await waitUntil("owner waiting idle") { publisher.ownerWaitsIdle }
-            let messages = bodySizes.enumerated().map { index, size in
-                message(exchange: exchange, key: "SIZED", body: String(repeating: "x", count: max(0, size - 3)) + String(format: "%03d", index))
-            }
-            try await publisher.publish(messages)
-            #expect(publisher.callerWriteCount == callerWrites, "\(what)")
+            // The owner may wake (its timer, a heartbeat) between the check and the call, and then
+            // writes the call itself: a caller's call gets a few tries.
+            repeat {
+                try await waitUntil("owner waiting idle on a quiet socket") { publisher.ownerSocketIsQuiet }
+                let messages = bodySizes.enumerated().map { index, size in
+                    message(exchange: exchange, key: "SIZED", body: String(repeating: "x", count: max(0, size - 6)) + String(format: "%03d%03d", calls, index))
+                }
+                try await publisher.publish(messages)
+                calls += 1
+            } while callersCall && publisher.callerWriteCount == 0 && calls < 5
+            #expect(publisher.callerWriteCount == (callersCall ? 1 : 0), "\(what)")
         }
-        let received = try await probe.waitForMessages(count: bodySizes.count)
-        #expect(received.map(\.body.count) == bodySizes.map { max(3, $0) })
+        let received = try await probe.waitForMessages(count: bodySizes.count * calls)
+        #expect(received.map(\.body.count) == Array((0..<calls).map { _ in bodySizes.map { max(6, $0) } }.joined()))
     }
 }

@@ -526,7 +526,8 @@ func withBytes<R>(_ text: String, _ body: (amqp_bytes_t) -> R) -> R {
     }
 }
 
-private func withProperties<R>(_ properties: AMQPProperties, _ body: (amqp_basic_properties_t) -> R) -> R {
+/// `properties` as rabbitmq-c's struct, valid inside `body` (internal for the encoding tests).
+func withProperties<R>(_ properties: AMQPProperties, _ body: (amqp_basic_properties_t) -> R) -> R {
     var arena = StringArena()
     defer { arena.free() }
     var props = amqp_basic_properties_t()

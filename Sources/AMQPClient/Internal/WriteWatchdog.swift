@@ -18,15 +18,15 @@ final class WriteWatchdog: Sendable {
     func run(limit: Duration, logger: Logger) async {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(250))
-            let stalled: Int32? = writing.withLock { writing in
-                guard let since = writing.since, ContinuousClock.now - since > limit, writing.socket >= 0 else { return nil }
+            // Aborted under the lock: the write's `end()` waits for it, so the descriptor cannot
+            // be closed and reused by a new connection in between.
+            let aborted: Bool = writing.withLock { writing in
+                guard let since = writing.since, ContinuousClock.now - since > limit, writing.socket >= 0 else { return false }
                 writing.since = nil
-                return writing.socket
+                AMQPConnection.abortSocket(fileDescriptor: writing.socket)
+                return true
             }
-            if let socket = stalled {
-                logger.warning("socket write stalled; aborting the connection", metadata: ["limit": "\(limit)"])
-                AMQPConnection.abortSocket(fileDescriptor: socket)
-            }
+            if aborted { logger.warning("socket write stalled; aborting the connection", metadata: ["limit": "\(limit)"]) }
         }
     }
 }
