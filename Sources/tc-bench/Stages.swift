@@ -1,6 +1,7 @@
 import AMQPClient
 import ArgumentParser
 import Foundation
+import Logging
 import TCBridge
 import TutorCruncher
 import TutorCruncherSignature
@@ -61,6 +62,20 @@ extension TCBenchCommand {
                 if case .events(let batch) = WebhookPayload.scan(bodies[index]) { return batch.events.count }
                 return 0
             }
+            // The bridge's line per request at info, as `buildRouter` logs it (lines go to standard
+            // error: run with 2>/dev/null).
+            var logger = Logger(label: "tc-bridge") { BridgeLogHandler(label: $0, format: .text) }
+            logger.logLevel = .info
+            stage("request log line at info (text format; metadata, render, hand-off to the writer)") { index in
+                logger.info(
+                    "webhook",
+                    metadata: [
+                        "request_id": "\(index)", "outcome": "published", "status": "200", "events": "1",
+                        "actions": "CHANGED_CONTRACTOR_STATUS", "bytes": "\(bodies[index].count)", "ms": "\(index % 7)",
+                    ])
+                return 1
+            }
+            BridgeLogHandler.flush()
             print("(checksum \(sink))")
         }
     }
