@@ -54,7 +54,8 @@ public struct BridgeLogHandler: LogHandler {
         if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
         if let explicit = event.metadata { merged.merge(explicit) { _, new in new } }
         if let error = event.error, merged["error"] == nil { merged["error"] = "\(error)" }
-        output.write(render(level: event.level, message: event.message.description, metadata: merged, source: event.source, time: Self.timestamp()))
+        let line = render(level: event.level, message: event.message.description, metadata: merged, source: event.source, time: Self.timestamp())
+        output.write(line, urgent: event.level >= .error)
     }
 
     /// Waits (briefly) until the lines logged so far are handed to standard error; call before exiting.
@@ -158,23 +159,29 @@ public struct BridgeLogHandler: LogHandler {
 ///
 /// A line is handed over under a lock and written by the writer thread, so a logging thread (an
 /// event loop) never blocks on a slow or stuck standard error (a full pipe, a log driver that
-/// stopped reading). At most `maximumQueuedBytes` wait; beyond that lines are dropped and their
-/// number is written once the writer catches up. Thread-safe.
+/// stopped reading). Lines wait up to `maximumQueuedBytes` (a single line of any size is taken when
+/// nothing else waits); beyond that they are dropped, and their number is written after the lines
+/// before them once the writer catches up. While standard error is stuck, memory holds the queue
+/// and the batch being written: about three times the limit. Thread-safe.
 ///
 /// The writer is woken only when it waits idle, takes every queued line at once and writes them
 /// with one call, then lingers for `linger` before it looks again: under load a batch of lines
 /// costs one wake-up and one `write(2)` instead of one each per line (a line per request at info
-/// level). A line reaches standard error at most `linger` plus one write after it was logged.
+/// level). An urgent line (`error` and above) ends the linger at once.
 final class LogOutput: Sendable {
     private struct Queue {
         var lines: [String] = []
         var bytes = 0
         var dropped = 0
         var captured: [String]?
-        /// The writer waits on `ready` and must be signalled for new lines.
+        /// The writer waits on `ready` for any line; while it lingers, only for urgent ones.
         var writerWaits = false
-        /// The writer is handing a batch to its sink.
-        var writing = false
+        var writerLingers = false
+        /// Lines queued and written so far, and notices of dropped lines written so far: `flush`
+        /// waits for what was queued before it.
+        var queued = 0
+        var written = 0
+        var notices = 0
     }
 
     private let queue = Mutex(Queue())
@@ -188,8 +195,9 @@ final class LogOutput: Sendable {
     static let standardError = LogOutput(sink: LogOutput.writeToStandardError)
 
     /// A capture for tests: lines are kept, nothing is written.
-    init(capturing: Bool) {
-        precondition(capturing, "use LogOutput.standardError or init(sink:)")
+    static func capture() -> LogOutput { LogOutput(capturing: ()) }
+
+    private init(capturing: Void) {
         maximumQueuedBytes = Self.defaultMaximumQueuedBytes
         queue.withLock { $0.captured = [] }
     }
@@ -207,47 +215,51 @@ final class LogOutput: Sendable {
 
     var captured: [String] { queue.withLock { $0.captured ?? [] } }
 
-    /// Waits (at most `timeout`) until the writer has written every queued line; for exit paths.
+    /// Waits (at most `timeout`) until the lines queued before this call, and any notice of dropped
+    /// lines, are written; for exit paths.
     func flush(timeout: Duration = .seconds(1)) {
+        let (lines, notices) = queue.withLock { ($0.queued, $0.notices + ($0.dropped > 0 ? 1 : 0)) }
         let deadline = ContinuousClock.now + timeout
-        while queue.withLock({ !$0.lines.isEmpty || $0.dropped > 0 || $0.writing }), ContinuousClock.now < deadline {
+        while queue.withLock({ $0.written < lines || $0.notices < notices }), ContinuousClock.now < deadline {
             usleep(1000)
         }
     }
 
-    func write(_ line: String) {
+    /// Queues `line` (newline included) for the writer. `urgent`: end the writer's linger for it.
+    func write(_ line: String, urgent: Bool = false) {
         let wake = queue.withLock { queue -> Bool in
             if queue.captured != nil {
                 queue.captured?.append(line)
                 return false
             }
-            guard queue.bytes + line.utf8.count <= maximumQueuedBytes else {
+            if queue.lines.isEmpty || queue.bytes + line.utf8.count <= maximumQueuedBytes {
+                queue.lines.append(line)
+                queue.bytes += line.utf8.count
+                queue.queued += 1
+            } else {
                 queue.dropped += 1
-                return false
             }
-            queue.lines.append(line)
-            queue.bytes += line.utf8.count
-            guard queue.writerWaits else { return false }
-            queue.writerWaits = false
-            return true
+            if queue.writerWaits || (urgent && queue.writerLingers) {
+                queue.writerWaits = false
+                queue.writerLingers = false
+                return true
+            }
+            return false
         }
         if wake { ready.signal() }
     }
 
     private func writeForever(to sink: ([UInt8]) -> Void, linger: Duration) {
-        let lingerMicroseconds = useconds_t(clamping: linger.components.seconds * 1_000_000 + linger.components.attoseconds / 1_000_000_000_000)
+        let (seconds, attoseconds) = linger.components
+        let lingerNanoseconds = Int(clamping: seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
         while true {
             let (lines, bytes, dropped) = queue.withLock { queue -> ([String], Int, Int) in
                 defer {
-                    queue.lines.removeAll(keepingCapacity: true)
+                    queue.lines = []
                     queue.bytes = 0
                     queue.dropped = 0
                 }
-                if queue.lines.isEmpty && queue.dropped == 0 {
-                    queue.writerWaits = true
-                } else {
-                    queue.writing = true
-                }
+                if queue.lines.isEmpty && queue.dropped == 0 { queue.writerWaits = true }
                 return (queue.lines, queue.bytes, queue.dropped)
             }
             if lines.isEmpty && dropped == 0 {
@@ -255,28 +267,41 @@ final class LogOutput: Sendable {
                 continue
             }
             var batch: [UInt8] = []
-            batch.reserveCapacity(bytes + (dropped > 0 ? 64 : 0))
-            if dropped > 0 { batch.append(contentsOf: "tc-bridge: \(dropped) log lines dropped (standard error too slow)\n".utf8) }
+            batch.reserveCapacity(bytes + (dropped > 0 ? 80 : 0))
             for line in lines { batch.append(contentsOf: line.utf8) }
+            if dropped > 0 { batch.append(contentsOf: "tc-bridge: \(dropped) log lines dropped (standard error too slow)\n".utf8) }
             sink(batch)
-            queue.withLock { $0.writing = false }
-            if lingerMicroseconds > 0 { usleep(lingerMicroseconds) }
+            let lingering = queue.withLock { queue -> Bool in
+                queue.written += lines.count
+                if dropped > 0 { queue.notices += 1 }
+                queue.writerLingers = lingerNanoseconds > 0
+                return queue.writerLingers
+            }
+            if lingering {
+                _ = ready.wait(timeout: .now() + .nanoseconds(lingerNanoseconds))
+                queue.withLock { $0.writerLingers = false }
+            }
         }
     }
 
-    /// Writes all of `bytes` to file descriptor 2, retrying after interrupts and partial writes;
-    /// gives up on an error (there is nowhere left to report it).
+    /// Writes all of `bytes` to file descriptor 2, retrying after interrupts, partial writes and a
+    /// full non-blocking descriptor; gives up on any other error (there is nowhere left to report it).
     @Sendable static func writeToStandardError(_ bytes: [UInt8]) {
         bytes.withUnsafeBufferPointer { buffer in
             guard let base = buffer.baseAddress else { return }
             var offset = 0
             while offset < buffer.count {
                 let written = systemWrite(2, base + offset, buffer.count - offset)
-                if written <= 0 {
-                    if written < 0, errno == EINTR { continue }
+                if written > 0 {
+                    offset += written
+                } else if written < 0, errno == EINTR {
+                    continue
+                } else if written < 0, errno == EAGAIN || errno == EWOULDBLOCK {
+                    var writable = pollfd(fd: 2, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&writable, 1, 1000)
+                } else {
                     return
                 }
-                offset += written
             }
         }
     }

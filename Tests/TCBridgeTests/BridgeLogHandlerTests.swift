@@ -8,13 +8,13 @@ import Testing
     let time = "2026-11-30T12:00:00.000Z"
 
     @Test func textLinesCarrySortedMetadataSourceAndMessage() {
-        let handler = BridgeLogHandler(label: "tc-bridge", format: .text, output: LogOutput(capturing: true))
+        let handler = BridgeLogHandler(label: "tc-bridge", format: .text, output: LogOutput.capture())
         let line = handler.render(level: .warning, message: "broker down", metadata: ["b": "2", "a": "1"], source: "AMQPClient", time: time)
         #expect(line == "2026-11-30T12:00:00.000Z warning tc-bridge: a=1 b=2 [AMQPClient] broker down\n")
     }
 
     @Test func jsonLinesAreOneValidObjectEachWithEscapes() throws {
-        let handler = BridgeLogHandler(label: "tc-bridge", format: .json, output: LogOutput(capturing: true))
+        let handler = BridgeLogHandler(label: "tc-bridge", format: .json, output: LogOutput.capture())
         let line = handler.render(
             level: .info, message: "quote \" backslash \\ newline \n bell \u{7}",
             metadata: ["request_id": "r-1", "nested": ["k": ["x", "y"]], "message": "ignored: reserved"],
@@ -29,7 +29,7 @@ import Testing
     }
 
     @Test func metadataSetOnTheLoggerAndPassedWithTheLineAreMerged() throws {
-        let output = LogOutput(capturing: true)
+        let output = LogOutput.capture()
         var logger = Logger(label: "test") { label in BridgeLogHandler(label: label, format: .json, output: output) }
         logger[metadataKey: "request_id"] = "r-7"
         logger.info("published", metadata: ["messages": "3"])
@@ -43,7 +43,7 @@ import Testing
 
     @Test func anErrorPassedWithTheLineIsRenderedUnlessTheLineNamesOne() throws {
         struct Refused: Error, CustomStringConvertible { var description: String { "spool full" } }
-        let output = LogOutput(capturing: true)
+        let output = LogOutput.capture()
         let logger = Logger(label: "test") { label in BridgeLogHandler(label: label, format: .json, output: output) }
         logger.error("spool refused", error: Refused())
         logger.error("spool refused", error: Refused(), metadata: ["error": "named by the line"])
@@ -52,7 +52,7 @@ import Testing
     }
 
     @Test func textLinesEscapeLineBreaksSoAValueCannotForgeALine() {
-        let handler = BridgeLogHandler(label: "tc-bridge", format: .text, output: LogOutput(capturing: true))
+        let handler = BridgeLogHandler(label: "tc-bridge", format: .text, output: LogOutput.capture())
         let line = handler.render(
             level: .info, message: "webhook\n2026-11-30T00:00:00.000Z critical forged", metadata: ["action": "A\r\nB\u{1b}"],
             source: "TCBridge", time: time)

@@ -36,7 +36,7 @@ import Testing
         #expect(sink.writes < threads * perThread / 2)
     }
 
-    @Test func aStuckSinkDropsLinesBeyondTheLimitAndSaysHowManyOnceItMoves() {
+    @Test func aStuckSinkDropsLinesBeyondTheLimitAndSaysHowManyOnceItMoves() throws {
         let sink = Sink()
         let entered = DispatchSemaphore(value: 0)
         let release = DispatchSemaphore(value: 0)
@@ -50,7 +50,7 @@ import Testing
                 sink.take(batch)
             }, maximumQueuedBytes: 100, linger: .zero)
         output.write("first\n")
-        entered.wait()
+        try #require(entered.wait(timeout: .now() + 30) == .success)
         func line(_ index: Int) -> String { "line \(index < 10 ? "0" : "")\(index)" }
         for index in 0..<30 { output.write(line(index) + "\n") }  // 8 bytes each: 12 fit in 100
         release.signal()
@@ -59,5 +59,55 @@ import Testing
         #expect(lines.first == "first")
         #expect(lines.contains("tc-bridge: 18 log lines dropped (standard error too slow)"))
         #expect(lines.filter { $0.hasPrefix("line ") }.map(String.init) == (0..<12).map(line))
+    }
+
+    /// A sink that stops on its first batch until released, and counts the batches it got.
+    final class GatedSink: Sendable {
+        let sink = Sink()
+        let entered = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let batches = DispatchSemaphore(value: 0)
+        private let first = Atomic<Bool>(true)
+        func take(_ batch: [UInt8]) {
+            if first.exchange(false, ordering: .relaxed) {
+                entered.signal()
+                release.wait()
+            }
+            sink.take(batch)
+            batches.signal()
+        }
+    }
+
+    @Test func linesQueuedWhileAWriteIsUnderwayGoOutInOneWrite() throws {
+        let gated = GatedSink()
+        let output = LogOutput(sink: { gated.take($0) })
+        output.write("first\n")
+        try #require(gated.entered.wait(timeout: .now() + 30) == .success)
+        for index in 0..<100 { output.write("line \(index)\n") }
+        gated.release.signal()
+        output.flush(timeout: .seconds(30))
+        #expect(gated.sink.writes == 2)
+        #expect(gated.sink.lines.count == 101)
+    }
+
+    @Test func aLineLongerThanTheLimitIsWrittenWhenNothingElseWaits() {
+        let sink = Sink()
+        let output = LogOutput(sink: { sink.take($0) }, maximumQueuedBytes: 10)
+        output.write("a line longer than ten bytes\n")
+        output.flush(timeout: .seconds(30))
+        #expect(sink.lines == ["a line longer than ten bytes"])
+    }
+
+    /// The writer lingers between batches; an error line does not wait for the linger to end.
+    @Test func anUrgentLineEndsTheLinger() throws {
+        let gated = GatedSink()
+        gated.release.signal()  // the first batch passes
+        let output = LogOutput(sink: { gated.take($0) }, linger: .seconds(300))
+        output.write("first\n")
+        try #require(gated.batches.wait(timeout: .now() + 30) == .success)
+        output.write("routine\n")
+        output.write("urgent\n", urgent: true)
+        try #require(gated.batches.wait(timeout: .now() + 30) == .success, "the second batch came before the linger ended")
+        #expect(gated.sink.lines == ["first", "routine", "urgent"])
     }
 }
