@@ -105,8 +105,11 @@ public final class BridgeProcess: @unchecked Sendable {
     /// What the process wrote to stderr so far (its log), when started with `captureStandardError`.
     public var standardError: String { errorLog.text.withLock { $0 } }
 
+    /// A bridge the test did not stop is killed outright: one stuck in its shutdown (SIGTERM
+    /// handled, never finishing) would otherwise outlive the test process and, holding its standard
+    /// error, keep `swift test` waiting for ever.
     deinit {
-        if process.isRunning { process.terminate() }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 }
 
