@@ -174,9 +174,11 @@ final class LogOutput: Sendable {
         var bytes = 0
         var dropped = 0
         var captured: [String]?
-        /// The writer waits on `ready` for any line; while it lingers, only for urgent ones.
+        /// The writer waits idle on `ready` and must be signalled for any line.
         var writerWaits = false
-        var writerLingers = false
+        /// An urgent line has signalled `ready` since the writer last took the queue: the writer
+        /// skips or ends its linger (busy or lingering, it looks at `ready` before it lingers on).
+        var urgentSignalled = false
         /// Lines queued and written so far, and notices of dropped lines written so far: `flush`
         /// waits for what was queued before it.
         var queued = 0
@@ -239,9 +241,12 @@ final class LogOutput: Sendable {
             } else {
                 queue.dropped += 1
             }
-            if queue.writerWaits || (urgent && queue.writerLingers) {
+            if queue.writerWaits {
                 queue.writerWaits = false
-                queue.writerLingers = false
+                return true
+            }
+            if urgent && !queue.urgentSignalled {
+                queue.urgentSignalled = true
                 return true
             }
             return false
@@ -258,6 +263,7 @@ final class LogOutput: Sendable {
                     queue.lines = []
                     queue.bytes = 0
                     queue.dropped = 0
+                    queue.urgentSignalled = false
                 }
                 if queue.lines.isEmpty && queue.dropped == 0 { queue.writerWaits = true }
                 return (queue.lines, queue.bytes, queue.dropped)
@@ -271,16 +277,12 @@ final class LogOutput: Sendable {
             for line in lines { batch.append(contentsOf: line.utf8) }
             if dropped > 0 { batch.append(contentsOf: "tc-bridge: \(dropped) log lines dropped (standard error too slow)\n".utf8) }
             sink(batch)
-            let lingering = queue.withLock { queue -> Bool in
+            queue.withLock { queue in
                 queue.written += lines.count
                 if dropped > 0 { queue.notices += 1 }
-                queue.writerLingers = lingerNanoseconds > 0
-                return queue.writerLingers
             }
-            if lingering {
-                _ = ready.wait(timeout: .now() + .nanoseconds(lingerNanoseconds))
-                queue.withLock { $0.writerLingers = false }
-            }
+            // Ends early for an urgent line (its signal); a signal left over makes one spare turn.
+            if lingerNanoseconds > 0 { _ = ready.wait(timeout: .now() + .nanoseconds(lingerNanoseconds)) }
         }
     }
 
