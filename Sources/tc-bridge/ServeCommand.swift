@@ -71,6 +71,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Signed bodies whose request_time is more than this many seconds in the future get 403 (env: TC_BRIDGE_MAX_FUTURE_SKEW; default 300).")
     var maxFutureSkew: Int?
 
+    @Option(help: "Seconds a graceful shutdown (SIGTERM, SIGINT) may take before the process exits anyway with status 70; answered events are already confirmed or spooled (env: TC_BRIDGE_SHUTDOWN_DEADLINE; default 30).")
+    var shutdownDeadline: Double?
+
     @Option(help: "Alternate exchange and queue keeping events no service is bound for; 'none' disables (env: TC_BRIDGE_ALTERNATE_EXCHANGE; default <exchange>.unroutable).")
     var alternateExchange: String?
 
@@ -151,6 +154,9 @@ struct ServeCommand: AsyncParsableCommand {
             for await _ in hangups { Self.reloadKeys(from: keySource, into: keyring, logger: logger) }
         }
         defer { reloader.cancel() }
+        let deadline = await ShutdownDeadline.arm(
+            limit: try Environment.resolveSeconds(shutdownDeadline, env: "TC_BRIDGE_SHUTDOWN_DEADLINE", default: 30), logger: logger)
+        defer { deadline.cancel() }
 
         let urls = amqpURL.isEmpty
             ? (Environment.value("AMQP_URL") ?? "amqp://guest:guest@127.0.0.1:5672/%2F").split(separator: ",").map {

@@ -2,6 +2,7 @@ import AMQPClient
 import Foundation
 import HTTPTypes
 import TestSupport
+import NIOPosix
 import Testing
 import TutorCruncherSignature
 
@@ -87,6 +88,26 @@ import TutorCruncherSignature
         let deliveredIDs = Set(delivered.compactMap(\.properties.messageID))
         #expect(accepted.isSubset(of: deliveredIDs), "lost \(accepted.subtracting(deliveredIDs).count) of \(accepted.count)")
         print("signal \(signal): sent \(outcome.sentCount), 2xx \(accepted.count) (\(outcome.okAfterSignal) after the signal), delivered \(deliveredIDs.count)")
+    }
+}
+
+/// A graceful shutdown that cannot finish (here: a request whose body stops coming, which the
+/// server waits for up to its body timeout of 10 s) ends at the shutdown deadline with status 70.
+@Suite struct ShutdownDeadlineTests {
+    @Test func aShutdownThatDoesNotFinishInTimeExitsWithStatus70() async throws {
+        let bridge = try await BridgeProcess(
+            node: .shared, arguments: ["--exchange", "deadline-\(UUID().uuidString.prefix(8))"],
+            environment: ["TC_BRIDGE_SHUTDOWN_DEADLINE": "1"], captureStandardError: true)
+        try await waitUntil("bridge healthy") {
+            (try? await httpRequest(port: bridge.port, method: .get, path: "/health").status) == 200
+        }
+        let head = "POST /webhook HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n"
+            + "webhook-signature: \(HostileConnection.wrongSignature)\r\n\r\n0123456789"
+        let stalled = try await HostileConnection.open(.raw(Array(head.utf8), thenPush: 0), port: bridge.port, group: .singleton)
+        defer { stalled.close() }
+        bridge.signal(SIGTERM)
+        #expect(try await bridge.waitForExit(timeout: .seconds(30)) == 70)
+        #expect(bridge.standardError.contains("graceful shutdown did not finish in time"))
     }
 }
 
