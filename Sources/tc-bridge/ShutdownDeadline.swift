@@ -30,7 +30,8 @@ enum ShutdownDeadline {
                         "graceful shutdown did not finish in time; exiting",
                         metadata: ["signal": "\(signal)", "limit_seconds": "\(Double(seconds) + Double(attoseconds) / 1e18)"])
                     BridgeLogHandler.flush()
-                    exit(exitStatus)
+                    // `_exit`: no atexit handlers or library destructors racing threads still running.
+                    _exit(exitStatus)
                 }
                 thread.name = "shutdown-deadline"
                 thread.start()
