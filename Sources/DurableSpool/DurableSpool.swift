@@ -84,6 +84,11 @@ public struct SpoolDepth: Sendable, Equatable {
 /// Threading: all file I/O runs on one serial dispatch queue, never on Swift's cooperative pool.
 /// Every method is safe from any task.
 public final class DurableSpool: Sendable {
+    /// Attempts to hold the directory's lock before the spool is refused as in use elsewhere, 20 ms
+    /// apart. A lock just released can still be held for a moment: a child this process (or the
+    /// previous owner) is spawning holds a copy of the descriptor between its fork and its exec.
+    static let lockAttempts = 10
+
     public let configuration: DurableSpoolConfiguration
     private let logger: Logger
     private let queue = DispatchQueue(label: "tc-bridge.spool")
@@ -326,6 +331,19 @@ private final class Store {
 
     deinit { closeAll(reason: "spool closed") }
 
+    /// `flock` on `descriptor`, retried briefly while another holder may be letting go (see `DurableSpool.lockAttempts`).
+    static func lockExclusive(_ descriptor: Int32, fileSystem: any SpoolFileSystem) -> Result<Void, SpoolErrno> {
+        var attempt = 1
+        while true {
+            let result = fileSystem.lockExclusive(descriptor)
+            guard case .failure(let error) = result, error.code == EWOULDBLOCK || error.code == EAGAIN, attempt < DurableSpool.lockAttempts else {
+                return result
+            }
+            attempt += 1
+            usleep(20_000)
+        }
+    }
+
     var outstandingCount: Int { available.count + leased.count + held.count }
     var totalBytes: Int64 { segments.values.reduce(0) { $0 + $1.size } }
 
@@ -354,7 +372,7 @@ private final class Store {
         case .failure(let error):
             return markUnavailable("cannot open \(lockPath): \(error)")
         case .success(let descriptor):
-            switch fileSystem.lockExclusive(descriptor) {
+            switch Self.lockExclusive(descriptor, fileSystem: fileSystem) {
             case .success:
                 lockDescriptor = descriptor
             case .failure(let error):

@@ -35,6 +35,8 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
     private var handles: [Int32: Handle] = [:]
     private var nextDescriptor: Int32 = 3
     private var lockHolders: [ObjectIdentifier: Int32] = [:]
+    /// `flock` calls still to fail with `EWOULDBLOCK` as if someone else held the lock for a moment.
+    private var lockRefusals = 0
     /// Probability that each call of an operation fails.
     private var rates: [Operation: Double] = [:]
     /// The next `n` calls of an operation fail.
@@ -276,9 +278,16 @@ final class SimulatedFileSystem: SpoolFileSystem, @unchecked Sendable {
         }
     }
 
+    /// The next `times` lock attempts fail with `EWOULDBLOCK` (a holder letting go).
+    func refuseLock(times: Int) { locked { lockRefusals = times } }
+
     func lockExclusive(_ descriptor: Int32) -> Result<Void, SpoolErrno> {
         locked {
             guard let inode = fileInode(descriptor) else { return .failure(SpoolErrno(EBADF)) }
+            if lockRefusals > 0 {
+                lockRefusals -= 1
+                return .failure(SpoolErrno(EWOULDBLOCK))
+            }
             if let holder = lockHolders[ObjectIdentifier(inode)], holder != descriptor { return .failure(SpoolErrno(EWOULDBLOCK)) }
             lockHolders[ObjectIdentifier(inode)] = descriptor
             return .success(())

@@ -131,6 +131,20 @@ private func record(_ index: Int, size: Int = 100) -> [UInt8] {
         #expect(fileSystem.files(in: "/spool").filter { $0.hasSuffix(".spool") }.isEmpty, "nothing was written")
     }
 
+    /// A lock just let go can be held for a moment longer (a child being spawned holds a copy of
+    /// the descriptor until its exec): the spool tries again briefly before it gives up.
+    @Test func aLockHeldForAMomentIsWaitedForAndOneHeldLongerIsNot() async throws {
+        let briefly = SimulatedFileSystem(seed: 29)
+        briefly.refuseLock(times: DurableSpool.lockAttempts - 1)
+        let spool = simulatedSpool(briefly)
+        #expect(!spool.isLockedByAnotherProcess)
+        try await spool.append(record(0))
+
+        let longer = SimulatedFileSystem(seed: 31)
+        longer.refuseLock(times: DurableSpool.lockAttempts)
+        #expect(simulatedSpool(longer).isLockedByAnotherProcess)
+    }
+
     @Test func aSecondSpoolOnTheSameDirectoryIsRefusedAndTouchesNothing() async throws {
         let fileSystem = SimulatedFileSystem(seed: 23)
         let first = simulatedSpool(fileSystem)
