@@ -195,6 +195,29 @@ import Testing
         }
     }
 
+    /// A call far larger than the confirm deadline allows to write and confirm at once succeeds as
+    /// long as it keeps making progress: 5,000 messages, 1 s deadline, 10 s of steady confirms.
+    @Test func aLargeCallThatKeepsProgressingOutlastsItsDeadline() {
+        var machine = machine(maxUnconfirmed: 256, confirmTimeout: .seconds(1))
+        let waiter = FakeWaiter()
+        machine.submit(messages(5000), waiter: waiter, frameSize: 4096, now: start)
+        var now = start
+        var confirmed: UInt64 = 0
+        var steps = 0
+        while waiter.answers.isEmpty, steps < 1000 {
+            steps += 1
+            now = now + .milliseconds(500)
+            confirmed += UInt64(writeRound(&machine, at: now).count)
+            if confirmed > 0 { machine.confirmed(upTo: confirmed, multiple: true, now: now) }
+            switch machine.tick(now: now) {
+            case .reconnect(let error): Issue.record("reconnected: \(error)")
+            default: break
+            }
+        }
+        #expect(waiter.answers == [.success])
+        #expect(now - start >= .seconds(10), "the call lasted ten times its deadline")
+    }
+
     @Test func confirmsForOthersCountAsProgressForCallsWaitingBehindThem() {
         var machine = machine(maxUnconfirmed: 1, confirmTimeout: .seconds(5))
         let first = FakeWaiter()
