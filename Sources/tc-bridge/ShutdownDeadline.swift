@@ -23,9 +23,8 @@ enum ShutdownDeadline {
             for await signal in signals {
                 let thread = Thread {
                     let (seconds, attoseconds) = limit.components
-                    var pause = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
-                    var remaining = timespec()
-                    while nanosleep(&pause, &remaining) != 0, errno == EINTR { pause = remaining }
+                    // Foundation's sleep resumes after a signal interrupts it.
+                    Thread.sleep(forTimeInterval: Double(seconds) + Double(attoseconds) / 1e18)
                     logger.critical(
                         "graceful shutdown did not finish in time; exiting",
                         metadata: ["signal": "\(signal)", "limit_seconds": "\(Double(seconds) + Double(attoseconds) / 1e18)"])
