@@ -167,7 +167,7 @@ extension TCBenchCommand {
             }
             print(
                 "confirmed=\(outcome.confirmed) seconds=\(seconds) rate=\(Int(Double(outcome.confirmed) / seconds)) "
-                    + "p50_us=\(percentile(0.5)) p99_us=\(percentile(0.99))")
+                    + "p50_us=\(percentile(0.5)) p99_us=\(percentile(0.99)) p999_us=\(percentile(0.999)) max_us=\(percentile(1))")
         }
     }
 
