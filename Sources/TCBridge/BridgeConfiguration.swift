@@ -31,7 +31,7 @@ public struct BridgeConfiguration: Sendable {
     /// Identical bodies answered 2xx within this window are answered 200 again without publishing
     /// (default one hour; `nil` or zero: off).
     public var dedupWindow: Duration?
-    /// Most bodies the dedup window remembers (default 100,000; about 150 bytes each).
+    /// Most bodies the dedup window remembers (default 100,000; about 70 bytes each).
     public var dedupMaxEntries: Int
     /// Timeouts, the connection cap and the budget for bodies not yet verified.
     public var limits: ConnectionLimits

@@ -196,8 +196,7 @@ struct DedupEntry: Sendable, Equatable {
 /// The in-memory side of ``DedupWindow``; shared with its journal for compaction snapshots.
 final class DedupMemory: Sendable {
     private struct State {
-        var accepted: [BodyDigest: Int64] = [:]
-        var order: Deque<DedupEntry> = []
+        var accepted: DedupTable
         var inProgress: [BodyDigest: [CheckedContinuation<Void, Never>]] = [:]
         var warnedFull = false
     }
@@ -206,7 +205,7 @@ final class DedupMemory: Sendable {
     let maxEntries: Int
     private let now: DedupWindow.Clock
     private let logger: Logger
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     init(window: Duration, maxEntries: Int, now: @escaping DedupWindow.Clock, logger: Logger) {
         let (seconds, attoseconds) = window.components
@@ -215,6 +214,7 @@ final class DedupMemory: Sendable {
         self.maxEntries = maxEntries
         self.now = now
         self.logger = logger
+        self.state = Mutex(State(accepted: DedupTable(maxEntries: maxEntries)))
     }
 
     var count: Int { state.withLock { $0.accepted.count } }
@@ -236,7 +236,7 @@ final class DedupMemory: Sendable {
                 // In progress first: an accepted entry is in memory before it is durable, and an
                 // identical request must not be answered until it is.
                 if state.inProgress[digest] != nil { return .wait }
-                if state.accepted[digest] != nil { return .proceed(.duplicate) }
+                if state.accepted.contains(digest) { return .proceed(.duplicate) }
                 state.inProgress[digest] = []
                 return .proceed(.new)
             }
@@ -272,7 +272,7 @@ final class DedupMemory: Sendable {
     func liveEntries() -> [DedupEntry] {
         state.withLock { state in
             expire(&state)
-            return state.order.filter { state.accepted[$0.digest] == $0.at }
+            return state.accepted.liveEntries()
         }
     }
 
@@ -285,12 +285,9 @@ final class DedupMemory: Sendable {
     }
 
     private func insert(_ entry: DedupEntry, into state: inout State) {
-        state.accepted[entry.digest] = entry.at
-        state.order.append(entry)
-        while state.accepted.count > maxEntries, let oldest = state.order.popFirst() {
-            guard state.accepted[oldest.digest] == oldest.at else { continue }
-            state.accepted[oldest.digest] = nil
-            Counter(label: "tcbridge_dedup_evicted_total").increment()
+        let evicted = state.accepted.insert(entry)
+        if evicted > 0 {
+            Counter(label: "tcbridge_dedup_evicted_total").increment(by: evicted)
             if !state.warnedFull {
                 state.warnedFull = true
                 logger.warning(
@@ -301,10 +298,6 @@ final class DedupMemory: Sendable {
     }
 
     private func expire(_ state: inout State) {
-        let cutoff = now() - windowMillis
-        while let oldest = state.order.first, oldest.at <= cutoff {
-            state.order.removeFirst()
-            if state.accepted[oldest.digest] == oldest.at { state.accepted[oldest.digest] = nil }
-        }
+        state.accepted.expire(through: now() - windowMillis)
     }
 }

@@ -10,13 +10,33 @@ extension TCBenchCommand {
     /// The request path's CPU stages one by one, in this process, on distinct bodies of a template:
     /// nanoseconds per body for each. Deterministic enough to compare two ways of doing one stage,
     /// which the end-to-end run (three processes on two shared cores) cannot resolve below ~5 %.
-    struct Stages: ParsableCommand {
+    struct Stages: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Time the request path's CPU stages per body, in process.")
 
         @Option var template: String
         @Option(help: "Bodies per stage.") var count = 20000
+        @Option(help: "The dedup window's limit; as many distinct bodies fill it before it is timed, at its limit.")
+        var dedupEntries = 100_000
 
-        func run() throws {
+        /// The dedup window (in memory, as `buildApplication` makes it): claim and complete of a
+        /// distinct digest each, once the window is full, so every completion also evicts.
+        func timeDedupWindow() async {
+            var generator = SystemRandomNumberGenerator()
+            let digests: [BodyDigest] = (0..<(dedupEntries + count)).compactMap { _ in
+                BodyDigest(bytes: (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+            }
+            let window = DedupWindow(window: .seconds(3600), maxEntries: dedupEntries)
+            for digest in digests[..<dedupEntries] where await window.claim(digest) == .new { await window.complete(digest, accepted: true) }
+            let started = ContinuousClock.now
+            for digest in digests[dedupEntries...] where await window.claim(digest) == .new { await window.complete(digest, accepted: true) }
+            let elapsed = ContinuousClock.now - started
+            let nanoseconds = Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9
+            print(
+                "dedup window claim + complete, full at \(dedupEntries) entries (\(window.count) held): "
+                    + "\(String(format: "%.2f", nanoseconds / Double(count) / 1000)) µs per body")
+        }
+
+        func run() async throws {
             let template = BodyTemplate(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: template))))
             let bodies = (0..<count).map { template.body($0) }
             let verifier = WebhookVerifier(keys: [WebhookSigningKey("bench-key")])
@@ -76,6 +96,7 @@ extension TCBenchCommand {
                 return 1
             }
             BridgeLogHandler.flush()
+            await timeDedupWindow()
             print("(checksum \(sink))")
         }
     }

@@ -1,0 +1,131 @@
+import DequeModule
+@testable import TCBridge
+import TestSupport
+import Testing
+
+// The dedup window's compact table, checked against a model built from a dictionary and a deque
+// (how the window kept its entries before the table), over random inserts, re-inserts and expiries.
+
+@Suite struct DedupTableTests {
+    /// What the table must behave like: every entry in a deque, the newest entry of each digest in
+    /// a dictionary; an entry older than the dictionary's is stale.
+    struct Model {
+        let maxEntries: Int
+        var order: Deque<(entry: DedupEntry, sequence: Int)> = []
+        var newest: [BodyDigest: (at: Int64, sequence: Int)] = [:]
+        var nextSequence = 0
+
+        mutating func insert(_ entry: DedupEntry) -> Int {
+            var evicted = 0
+            while order.count >= maxEntries {
+                if popOldest() { evicted += 1 }
+            }
+            order.append((entry, nextSequence))
+            newest[entry.digest] = (entry.at, nextSequence)
+            nextSequence += 1
+            return evicted
+        }
+
+        mutating func expire(through cutoff: Int64) {
+            while let oldest = order.first, oldest.entry.at <= cutoff { popOldest() }
+        }
+
+        @discardableResult
+        mutating func popOldest() -> Bool {
+            guard let oldest = order.popFirst() else { return false }
+            guard newest[oldest.entry.digest]?.sequence == oldest.sequence else { return false }
+            newest[oldest.entry.digest] = nil
+            return true
+        }
+
+        var live: [DedupEntry] { order.filter { newest[$0.entry.digest]?.sequence == $0.sequence }.map(\.entry) }
+    }
+
+    static func digest(_ generator: inout SplitMix64) -> BodyDigest {
+        var bytes: [UInt8] = []
+        for _ in 0..<4 {
+            let word = generator.next()
+            for shift in stride(from: 0, to: 64, by: 8) { bytes.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) }
+        }
+        guard let digest = BodyDigest(bytes: bytes) else { preconditionFailure("32 bytes") }
+        return digest
+    }
+
+    /// (seed, most entries, distinct digests drawn from, first sequence number). Small pools make
+    /// re-inserts (stale entries) common; a pool above 512 with room for it makes the index grow
+    /// past its first 1,024 slots; first sequences near 2^32 make the sequence numbers wrap.
+    static let cases: [(UInt64, Int, Int, UInt32)] = [
+        (1, 1, 8, 0), (2, 7, 20, 0), (3, 100, 150, 0), (4, 100, 5_000, .max - 50),
+        (5, 2_000, 3_000, 0), (6, 5_000, 4_000, .max - 1_000), (7, 300, 300, 0), (8, 3_000, 20_000, .max),
+    ]
+
+    @Test(arguments: cases)
+    func behavesLikeTheModelUnderRandomInsertsReinsertsAndExpiries(_ testCase: (UInt64, Int, Int, UInt32)) {
+        let (seed, maxEntries, poolSize, firstSequence) = testCase
+        var generator = SplitMix64(seed: seed)
+        let pool = (0..<poolSize).map { _ in Self.digest(&generator) }
+        var table = DedupTable(maxEntries: maxEntries, firstSequence: firstSequence)
+        var model = Model(maxEntries: maxEntries)
+        var clock: Int64 = 1_000
+
+        for step in 0..<8_000 {
+            clock += Int64.random(in: 0...3, using: &generator)
+            if Int.random(in: 0..<50, using: &generator) == 0 {
+                let cutoff = clock - Int64.random(in: 0...2_000, using: &generator)
+                table.expire(through: cutoff)
+                model.expire(through: cutoff)
+            } else {
+                let entry = DedupEntry(digest: pool[Int.random(in: 0..<poolSize, using: &generator)], at: clock)
+                let evicted = table.insert(entry)
+                #expect(evicted == model.insert(entry), "seed \(seed), step \(step): evicted")
+            }
+            #expect(table.count == model.newest.count, "seed \(seed), step \(step): count")
+            for _ in 0..<8 {
+                let digest = pool[Int.random(in: 0..<poolSize, using: &generator)]
+                #expect(table.acceptedAt(digest) == model.newest[digest]?.at, "seed \(seed), step \(step): lookup")
+            }
+            if step % 1_000 == 999 {
+                #expect(table.liveEntries() == model.live, "seed \(seed), step \(step): live entries")
+                for digest in pool { #expect(table.contains(digest) == (model.newest[digest] != nil)) }
+            }
+        }
+    }
+
+    @Test func aLimitBelowOneKeepsOneEntry() {
+        var generator = SplitMix64(seed: 9)
+        var table = DedupTable(maxEntries: 0)
+        let first = Self.digest(&generator)
+        let second = Self.digest(&generator)
+        #expect(table.insert(DedupEntry(digest: first, at: 1)) == 0)
+        #expect(table.insert(DedupEntry(digest: second, at: 2)) == 1)
+        #expect(table.count == 1)
+        #expect(!table.contains(first))
+        #expect(table.acceptedAt(second) == 2)
+    }
+
+    @Test func anEmptyTableFindsNothingAndExpiresNothing() {
+        var generator = SplitMix64(seed: 10)
+        var table = DedupTable(maxEntries: 10)
+        #expect(!table.contains(Self.digest(&generator)))
+        table.expire(through: .max)
+        #expect(table.count == 0)
+        #expect(table.liveEntries().isEmpty)
+    }
+
+    @Test func aReinsertedDigestIsRememberedWithItsNewTimeAndCountedOnce() {
+        var generator = SplitMix64(seed: 11)
+        var table = DedupTable(maxEntries: 10)
+        let digest = Self.digest(&generator)
+        table.insert(DedupEntry(digest: digest, at: 5))
+        table.insert(DedupEntry(digest: digest, at: 9))
+        #expect(table.count == 1)
+        #expect(table.acceptedAt(digest) == 9)
+        // Expiring the first insert's time leaves the second.
+        table.expire(through: 5)
+        #expect(table.acceptedAt(digest) == 9)
+        #expect(table.liveEntries() == [DedupEntry(digest: digest, at: 9)])
+        table.expire(through: 9)
+        #expect(!table.contains(digest))
+        #expect(table.count == 0)
+    }
+}
