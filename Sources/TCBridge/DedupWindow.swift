@@ -92,6 +92,7 @@ public final class DedupWindow: Sendable {
     }
 
     public let window: Duration
+    /// Most bodies remembered (clamped to 1...2^30).
     public let maxEntries: Int
     private let memory: DedupMemory
     /// Internal for tests.
@@ -100,6 +101,7 @@ public final class DedupWindow: Sendable {
 
     /// A window kept in memory only (forgotten on restart).
     public init(window: Duration, maxEntries: Int = 100_000, now: @escaping Clock = DedupWindow.wallClock) {
+        let maxEntries = DedupWindow.clamped(maxEntries)
         self.window = window
         self.maxEntries = maxEntries
         self.memory = DedupMemory(window: window, maxEntries: maxEntries, now: now, logger: Logger(label: "tc-bridge.dedup"))
@@ -123,6 +125,7 @@ public final class DedupWindow: Sendable {
         window: Duration, maxEntries: Int, journalPath: String, compactionMinimum: Int, logger: Logger,
         now: @escaping Clock = DedupWindow.wallClock
     ) throws(DedupJournalError) {
+        let maxEntries = DedupWindow.clamped(maxEntries)
         self.window = window
         self.maxEntries = maxEntries
         let memory = DedupMemory(window: window, maxEntries: maxEntries, now: now, logger: logger)
@@ -136,6 +139,11 @@ public final class DedupWindow: Sendable {
         if !loaded.isEmpty {
             logger.info("dedup window restored", metadata: ["entries": "\(loaded.count)", "journal": "\(journalPath)"])
         }
+    }
+
+    /// `maxEntries` within 1...2^30.
+    private static func clamped(_ maxEntries: Int) -> Int {
+        min(max(maxEntries, DedupTable.limitRange.lowerBound), DedupTable.limitRange.upperBound)
     }
 
     /// ``claim(_:)-(BodyDigest)`` for a digest in hex, as `sha256Hex` gives it. `digest` must be 64

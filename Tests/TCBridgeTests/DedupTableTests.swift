@@ -1,14 +1,20 @@
 import DequeModule
+import Foundation
+import Logging
 @testable import TCBridge
 import TestSupport
 import Testing
 
-// The dedup window's compact table, checked against a model built from a dictionary and a deque
-// (how the window kept its entries before the table), over random inserts, re-inserts and expiries.
+// The dedup window's compact table, checked against a model built from a dictionary and a deque (how
+// the window kept its entries before the table), over random inserts, re-inserts and expiries, with
+// the real seeded hash and with hashes that force equal slots and tags.
 
 @Suite struct DedupTableTests {
     /// What the table must behave like: every entry in a deque, the newest entry of each digest in
-    /// a dictionary; an entry older than the dictionary's is stale.
+    /// a dictionary; an entry older than the dictionary's is stale. As before the table: remembering
+    /// a new digest while `maxEntries` are remembered evicts the oldest remembered ones (stale
+    /// entries passed on the way are dropped without counting); re-inserting a remembered digest
+    /// evicts nothing. New with the table: the deque is kept under `2 * maxEntries`.
     struct Model {
         let maxEntries: Int
         var order: Deque<(entry: DedupEntry, sequence: Int)> = []
@@ -17,8 +23,13 @@ import Testing
 
         mutating func insert(_ entry: DedupEntry) -> Int {
             var evicted = 0
-            while order.count >= maxEntries {
+            while order.count >= 2 * maxEntries {
                 if popOldest() { evicted += 1 }
+            }
+            if newest[entry.digest] == nil {
+                while newest.count >= maxEntries {
+                    if popOldest() { evicted += 1 }
+                }
             }
             order.append((entry, nextSequence))
             newest[entry.digest] = (entry.at, nextSequence)
@@ -51,24 +62,54 @@ import Testing
         return digest
     }
 
-    /// (seed, most entries, distinct digests drawn from, first sequence number). Small pools make
-    /// re-inserts (stale entries) common; a pool above 512 with room for it makes the index grow
-    /// past its first 1,024 slots; first sequences near 2^32 make the sequence numbers wrap.
-    static let cases: [(UInt64, Int, Int, UInt32)] = [
-        (1, 1, 8, 0), (2, 7, 20, 0), (3, 100, 150, 0), (4, 100, 5_000, .max - 50),
-        (5, 2_000, 3_000, 0), (6, 5_000, 4_000, .max - 1_000), (7, 300, 300, 0), (8, 3_000, 20_000, .max),
+    /// The hash the table uses.
+    enum Hash: Sendable, CustomStringConvertible {
+        /// Swift's per-process seeded hash, as in production.
+        case seeded
+        /// One value for every digest: one home slot, one tag, so every probe passes tag matches
+        /// of other digests, and every deletion shifts a single long run.
+        case constant
+        /// Eight values whose home is the last slot of the first 1,024: runs wrap past the end.
+        case lastSlot
+
+        var function: @Sendable (BodyDigest) -> UInt {
+            switch self {
+            case .seeded: { UInt(bitPattern: $0.hashValue) }
+            case .constant: { _ in 0x9E37_79B9_0000_0000 }
+            case .lastSlot: { UInt(0xFFFF_FFF8 | ($0.words.0 & 7)) << 32 }
+            }
+        }
+
+        var description: String {
+            switch self {
+            case .seeded: "seeded"
+            case .constant: "constant"
+            case .lastSlot: "lastSlot"
+            }
+        }
+    }
+
+    /// (seed, most entries, distinct digests drawn from, first sequence number, hash). Small pools
+    /// make re-inserts (stale entries) common; a pool above 512 with room for it makes the index
+    /// grow past its first 1,024 slots; first sequences near 2^32 make the sequence numbers wrap.
+    static let cases: [(UInt64, Int, Int, UInt32, Hash)] = [
+        (1, 1, 8, 0, .seeded), (2, 7, 20, 0, .seeded), (3, 100, 150, 0, .seeded), (4, 100, 5_000, .max - 50, .seeded),
+        (5, 2_000, 3_000, 0, .seeded), (6, 5_000, 4_000, .max - 1_000, .seeded), (7, 300, 300, 0, .seeded),
+        (8, 3_000, 20_000, .max, .seeded), (9, 40, 60, .max - 10, .constant), (10, 200, 400, 0, .lastSlot),
+        (11, 700, 900, .max - 300, .lastSlot),
     ]
 
     @Test(arguments: cases)
-    func behavesLikeTheModelUnderRandomInsertsReinsertsAndExpiries(_ testCase: (UInt64, Int, Int, UInt32)) {
-        let (seed, maxEntries, poolSize, firstSequence) = testCase
+    func behavesLikeTheModelUnderRandomInsertsReinsertsAndExpiries(_ testCase: (UInt64, Int, Int, UInt32, Hash)) {
+        let (seed, maxEntries, poolSize, firstSequence, hash) = testCase
         var generator = SplitMix64(seed: seed)
         let pool = (0..<poolSize).map { _ in Self.digest(&generator) }
-        var table = DedupTable(maxEntries: maxEntries, firstSequence: firstSequence)
+        var table = DedupTable(maxEntries: maxEntries, firstSequence: firstSequence, hash: hash.function)
         var model = Model(maxEntries: maxEntries)
         var clock: Int64 = 1_000
 
-        for step in 0..<8_000 {
+        let steps = hash == .constant ? 2_000 : 8_000
+        for step in 0..<steps {
             clock += Int64.random(in: 0...3, using: &generator)
             if Int.random(in: 0..<50, using: &generator) == 0 {
                 let cutoff = clock - Int64.random(in: 0...2_000, using: &generator)
@@ -110,6 +151,41 @@ import Testing
         table.expire(through: .max)
         #expect(table.count == 0)
         #expect(table.liveEntries().isEmpty)
+    }
+
+    @Test func reinsertingARememberedDigestEvictsNothingEvenWhenFull() {
+        var generator = SplitMix64(seed: 12)
+        var table = DedupTable(maxEntries: 3)
+        let digests = (0..<3).map { _ in Self.digest(&generator) }
+        for (index, digest) in digests.enumerated() { table.insert(DedupEntry(digest: digest, at: Int64(index))) }
+        #expect(table.insert(DedupEntry(digest: digests[0], at: 10)) == 0)
+        #expect(table.insert(DedupEntry(digest: digests[1], at: 11)) == 0)
+        #expect(digests.allSatisfy { table.contains($0) })
+        // A new digest evicts the oldest remembered one (digests[2]), passing the stale entries.
+        let fourth = Self.digest(&generator)
+        #expect(table.insert(DedupEntry(digest: fourth, at: 12)) == 1)
+        #expect(!table.contains(digests[2]))
+        #expect(table.acceptedAt(digests[0]) == 10)
+        #expect(table.count == 3)
+    }
+
+    @Test func aWindowClampsItsLimitAndLoadsAJournalWithANegativeOne() async throws {
+        let directory = NSTemporaryDirectory() + "dedup-table-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var logger = Logger(label: "dedup-table-tests")
+        logger.logLevel = .critical
+        let first = try DedupWindow(window: .seconds(3600), maxEntries: 10, journalPath: directory + "/dedup.log", logger: logger)
+        for name in ["a", "b", "c"] {
+            let digest = DedupWindowTests.digest(name)
+            #expect(await first.claim(digest) == .new)
+            await first.complete(digest, accepted: true)
+        }
+        let second = try DedupWindow(window: .seconds(3600), maxEntries: -5, journalPath: directory + "/dedup.log", logger: logger)
+        #expect(second.maxEntries == 1)
+        #expect(second.count == 1)
+        #expect(await second.claim(DedupWindowTests.digest("c")) == .duplicate)
+        #expect(DedupWindow(window: .seconds(1), maxEntries: .max).maxEntries == 1 << 30)
     }
 
     @Test func aReinsertedDigestIsRememberedWithItsNewTimeAndCountedOnce() {
