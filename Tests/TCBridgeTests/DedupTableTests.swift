@@ -175,13 +175,17 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var logger = Logger(label: "dedup-table-tests")
         logger.logLevel = .critical
-        let first = try DedupWindow(window: .seconds(3600), maxEntries: 10, journalPath: directory + "/dedup.log", logger: logger)
+        // A clock of its own: each body accepted a second after the last, so "c" is the newest.
+        let clock = DedupWindowTests.FakeClock()
+        let first = try DedupWindow(window: .seconds(3600), maxEntries: 10, journalPath: directory + "/dedup.log", logger: logger, now: clock.read)
         for name in ["a", "b", "c"] {
+            clock.advance(.seconds(1))
             let digest = DedupWindowTests.digest(name)
             #expect(await first.claim(digest) == .new)
             await first.complete(digest, accepted: true)
         }
-        let second = try DedupWindow(window: .seconds(3600), maxEntries: -5, journalPath: directory + "/dedup.log", logger: logger)
+        let second = try DedupWindow(
+            window: .seconds(3600), maxEntries: -5, journalPath: directory + "/dedup.log", logger: logger, now: clock.read)
         #expect(second.maxEntries == 1)
         #expect(second.count == 1)
         #expect(await second.claim(DedupWindowTests.digest("c")) == .duplicate)
