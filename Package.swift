@@ -46,6 +46,8 @@ let package = Package(
         ),
         // Hex digits, once for every module. No dependencies.
         .target(name: "HexCoding", swiftSettings: swiftSettings),
+        // `Duration` in whole milliseconds, microseconds or nanoseconds, saturating. No dependencies.
+        .target(name: "DurationUnits", swiftSettings: swiftSettings),
         // The message contract between tc-bridge and its consumers: exchange names, routing keys,
         // header names. No dependencies, so the consumer library shares it without the receiver.
         .target(name: "TCBridgeContract", swiftSettings: swiftSettings),
@@ -54,6 +56,7 @@ let package = Package(
             name: "AMQPClient",
             dependencies: [
                 "CRabbitMQ",
+                "DurationUnits",
                 "HexCoding",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -115,6 +118,7 @@ let package = Package(
             name: "TutorCruncherConsumer",
             dependencies: [
                 "AMQPClient",
+                "DurationUnits",
                 "TCBridgeContract",
                 .product(name: "Metrics", package: "swift-metrics"),
                 "TutorCruncher",
@@ -179,6 +183,7 @@ let package = Package(
             dependencies: [
                 "AMQPClient",
                 "DurableSpool",
+                "DurationUnits",
                 "HexCoding",
                 "TCBridgeContract",
                 "TutorCruncher",
@@ -199,6 +204,7 @@ let package = Package(
         .executableTarget(
             name: "tc-bridge",
             dependencies: [
+                "DurationUnits",
                 "TCBridge",
                 "TCBridgeContract",
                 "DurableSpool",
@@ -248,6 +254,11 @@ let package = Package(
         .testTarget(
             name: "DurableSpoolTests",
             dependencies: ["DurableSpool", "TestSupport", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "DurationUnitsTests",
+            dependencies: ["DurationUnits"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -42,8 +42,9 @@ public struct AMQPConnectionConfiguration: Sendable, Equatable, CustomStringConv
     public var password: String
     /// `nil` for plain TCP; set for `amqps`.
     public var tls: TLS?
-    /// Heartbeat interval negotiated with the broker (default 30 s). The owning thread keeps
-    /// servicing heartbeats while idle.
+    /// Heartbeat interval negotiated with the broker (default 30 s; whole seconds, clamped to
+    /// 0...65,535, the protocol's range; 0 asks for none). The owning thread keeps servicing
+    /// heartbeats while idle.
     public var heartbeat: Duration
     /// Limit for TCP connect plus the AMQP handshake (default 5 s).
     public var connectTimeout: Duration

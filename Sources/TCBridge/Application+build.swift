@@ -1,5 +1,6 @@
 import AMQPClient
 import DurableSpool
+import DurationUnits
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -59,7 +60,7 @@ public func buildRouter(
             metadata: [
                 "request_id": "\(context.id)", "outcome": "\(result.outcome.rawValue)", "status": "\(result.status)",
                 "events": "\(result.eventCount)", "actions": "\(result.actions.joined(separator: ","))", "bytes": "\(bytes)",
-                "ms": "\(elapsed.milliseconds)",
+                "ms": "\(elapsed.clampedMilliseconds)",
             ])
         var response = jsonResponse(result)
         switch result.outcome {

@@ -1,4 +1,5 @@
 import Dispatch
+import DurationUnits
 import Foundation
 import Logging
 import Synchronization
@@ -255,8 +256,7 @@ final class LogOutput: Sendable {
     }
 
     private func writeForever(to sink: ([UInt8]) -> Void, linger: Duration) {
-        let (seconds, attoseconds) = linger.components
-        let lingerNanoseconds = Int(clamping: seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+        let lingerNanoseconds = Int(clamping: linger.clampedNanoseconds)
         while true {
             let (lines, bytes, dropped) = queue.withLock { queue -> ([String], Int, Int) in
                 defer {

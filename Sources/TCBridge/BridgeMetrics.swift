@@ -1,4 +1,5 @@
 import AMQPClient
+import DurationUnits
 import Metrics
 import Synchronization
 import TCBridgeContract
@@ -64,15 +65,6 @@ public enum BridgeMetrics {
 
 extension Timer {
     func record(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
-}
-
-extension Duration {
-    /// Whole milliseconds, for log lines.
-    var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+        recordNanoseconds(duration.clampedNanoseconds)
     }
 }

@@ -1,3 +1,4 @@
+import DurationUnits
 import HexCoding
 import DequeModule
 import Logging
@@ -216,9 +217,8 @@ final class DedupMemory: Sendable {
     private let state: Mutex<State>
 
     init(window: Duration, maxEntries: Int, now: @escaping DedupWindow.Clock, logger: Logger) {
-        let (seconds, attoseconds) = window.components
-        self.windowMillis = seconds.multipliedReportingOverflow(by: 1000).overflow
-            ? Int64.max / 2 : seconds * 1000 + attoseconds / 1_000_000_000_000_000  // 10^15 attoseconds per ms
+        // At most half the range, so `now - windowMillis` cannot overflow.
+        self.windowMillis = min(window.clampedMilliseconds, Int64.max / 2)
         self.maxEntries = maxEntries
         self.now = now
         self.logger = logger

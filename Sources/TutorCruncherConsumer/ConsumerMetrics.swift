@@ -1,3 +1,4 @@
+import DurationUnits
 import Metrics
 import TutorCruncher
 
@@ -27,8 +28,7 @@ public enum ConsumerMetrics {
     static func handlerEnded(after duration: Duration?) {
         inFlight.decrement()
         if let duration {
-            let (seconds, attoseconds) = duration.components
-            handlerDuration.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+            handlerDuration.recordNanoseconds(duration.clampedNanoseconds)
         }
     }
 

@@ -1,3 +1,4 @@
+import DurationUnits
 import TCBridgeContract
 import AMQPClient
 import TutorCruncher
@@ -121,12 +122,8 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
             return .milliseconds(milliseconds - Int64(cut))
         }
 
-        static func milliseconds(_ duration: Duration) -> Int64 {
-            let (seconds, attoseconds) = duration.components
-            let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1000)
-            let (sum, carry) = whole.addingReportingOverflow(attoseconds / 1_000_000_000_000_000)
-            return overflow || carry ? .max : max(0, sum)
-        }
+        /// Whole milliseconds, at least 0.
+        static func milliseconds(_ duration: Duration) -> Int64 { max(0, duration.clampedMilliseconds) }
     }
 
     /// What to do with the bridge's `unrecognised` messages (bodies or events that are not a

@@ -1,3 +1,4 @@
+import DurationUnits
 import Foundation
 import Logging
 import TCBridge
@@ -22,12 +23,11 @@ enum ShutdownDeadline {
         return Task {
             for await signal in signals {
                 let thread = Thread {
-                    let (seconds, attoseconds) = limit.components
                     // Foundation's sleep resumes after a signal interrupts it.
-                    Thread.sleep(forTimeInterval: Double(seconds) + Double(attoseconds) / 1e18)
+                    Thread.sleep(forTimeInterval: limit.secondsValue)
                     logger.critical(
                         "graceful shutdown did not finish in time; exiting",
-                        metadata: ["signal": "\(signal)", "limit_seconds": "\(Double(seconds) + Double(attoseconds) / 1e18)"])
+                        metadata: ["signal": "\(signal)", "limit_seconds": "\(limit.secondsValue)"])
                     BridgeLogHandler.flush()
                     // `_exit`: no atexit handlers or library destructors racing threads still running.
                     _exit(exitStatus)

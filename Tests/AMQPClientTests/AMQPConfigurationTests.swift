@@ -69,4 +69,12 @@ import Testing
             #expect(delay <= cap && delay >= cap / 2, "attempt \(attempt): \(delay)")
         }
     }
+
+    @Test func aHeartbeatOutsideTheProtocolsRangeIsClampedNotTrappedOn() {
+        #expect(AMQPConnection.heartbeatSeconds(.seconds(30)) == 30)
+        #expect(AMQPConnection.heartbeatSeconds(.milliseconds(1_999)) == 1)
+        #expect(AMQPConnection.heartbeatSeconds(.seconds(Int64(Int32.max) + 1)) == 65_535)
+        #expect(AMQPConnection.heartbeatSeconds(.seconds(Int64.max)) == 65_535)
+        #expect(AMQPConnection.heartbeatSeconds(.zero - .seconds(5)) == 0)
+    }
 }

@@ -84,7 +84,8 @@ final class AMQPConnection {
             guard socket != nil else { throw AMQPError(.connectionFailed, "cannot create TCP socket") }
         }
         var connectTimeout = timeval(configuration.connectTimeout)
-        let status = amqp_socket_open_noblock(socket, configuration.host, Int32(configuration.port), &connectTimeout)
+        // A port set out of range by hand (the URL parser refuses one) fails to connect; it must not trap.
+        let status = amqp_socket_open_noblock(socket, configuration.host, Int32(clamping: configuration.port), &connectTimeout)
         guard status == AMQP_STATUS_OK.rawValue else {
             throw AMQPError(.connectionFailed, "cannot connect to \(configuration.host):\(configuration.port): \(openFailureText(status))")
         }
@@ -93,7 +94,7 @@ final class AMQPConnection {
         var rpcTimeout = timeval(configuration.rpcTimeout)
         amqp_set_rpc_timeout(state, &rpcTimeout)
 
-        let heartbeatSeconds = Int32(configuration.heartbeat.components.seconds)
+        let heartbeatSeconds = Self.heartbeatSeconds(configuration.heartbeat)
         let reply = withClientProperties { properties in
             var properties = properties
             return tcb_login_plain(
@@ -582,6 +583,14 @@ extension AMQPProperties {
             expiration: flags & TCB_FLAG_EXPIRATION != 0 ? String(amqpBytes: props.expiration) : nil,
             headers: flags & TCB_FLAG_HEADERS != 0 ? FieldTable.decode(props.headers) : []
         )
+    }
+}
+
+extension AMQPConnection {
+    /// The heartbeat to ask for, in whole seconds: AMQP carries it in 16 bits, so 0...65,535
+    /// (0 asks for none). A larger or negative configured value is clamped, never trapped on.
+    static func heartbeatSeconds(_ heartbeat: Duration) -> Int32 {
+        Int32(min(max(heartbeat.components.seconds, 0), Int64(UInt16.max)))
     }
 }
 

@@ -1,4 +1,5 @@
 import CRabbitMQ
+import DurationUnits
 import Synchronization
 
 #if canImport(Glibc)
@@ -96,7 +97,7 @@ final class Wakeup: Sendable {
             pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0),
             pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
         )
-        let milliseconds = Int32(clamping: max(0, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+        let milliseconds = Int32(clamping: max(0, timeout.clampedMilliseconds))
         let count: nfds_t = socket >= 0 ? 2 : 1
         _ = withUnsafeMutableBytes(of: &fds) { raw in
             poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), count, milliseconds)
