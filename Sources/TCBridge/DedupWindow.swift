@@ -217,8 +217,9 @@ final class DedupMemory: Sendable {
     private let state: Mutex<State>
 
     init(window: Duration, maxEntries: Int, now: @escaping DedupWindow.Clock, logger: Logger) {
-        // At most half the range, so `now - windowMillis` cannot overflow.
-        self.windowMillis = min(window.clampedMilliseconds, Int64.max / 2)
+        // Within 0...Int64.max / 2, so `now - windowMillis` cannot overflow (a window of zero or
+        // less forgets every body at once).
+        self.windowMillis = min(max(window.clampedMilliseconds, 0), Int64.max / 2)
         self.maxEntries = maxEntries
         self.now = now
         self.logger = logger

@@ -76,5 +76,25 @@ import Testing
         #expect(AMQPConnection.heartbeatSeconds(.seconds(Int64(Int32.max) + 1)) == 65_535)
         #expect(AMQPConnection.heartbeatSeconds(.seconds(Int64.max)) == 65_535)
         #expect(AMQPConnection.heartbeatSeconds(.zero - .seconds(5)) == 0)
+        #expect(AMQPConnection.heartbeatSeconds(.zero) == 0)
+        #expect(AMQPConnection.heartbeatSeconds(.milliseconds(500)) == 1)
+        #expect(AMQPConnection.heartbeatSeconds(.seconds(65_535)) == 65_535)
+        #expect(AMQPConnection.heartbeatSeconds(.seconds(65_536)) == 65_535)
+        #expect(AMQPConnection.heartbeatSeconds(Duration(attoseconds: .max)) == 65_535)
+    }
+
+    @Test func aPortOutsideOneTo65535IsRefusedBeforeRabbitMQCSeesIt() throws {
+        #expect(try AMQPConnection.validatedPort(5672) == 5672)
+        #expect(throws: AMQPError.self) { try AMQPConnection.validatedPort(0) }
+        #expect(throws: AMQPError.self) { try AMQPConnection.validatedPort(70_000) }
+        #expect(throws: AMQPError.self) { try AMQPConnection.validatedPort(.max) }
+    }
+
+    @Test func aHugeInitialBackoffIsCappedNotTrappedOn() {
+        let backoff = AMQPBackoff(initial: .seconds(Int64.max), maximum: .seconds(5))
+        for attempt in [0, 1, 5, 20, 100] {
+            let delay = backoff.delay(attempt: attempt)
+            #expect(delay <= .seconds(5) && delay >= .milliseconds(2_500), "attempt \(attempt): \(delay)")
+        }
     }
 }

@@ -192,6 +192,17 @@ import Testing
         #expect(DedupWindow(window: .seconds(1), maxEntries: .max).maxEntries == 1 << 30)
     }
 
+    @Test func aWindowOfZeroOrLessRemembersNothingAndNeverTraps() async {
+        for window in [Duration.zero, .zero - .seconds(5), .zero - .seconds(Int64.max), Duration(attoseconds: .min)] {
+            let dedup = DedupWindow(window: window)
+            let digest = DedupWindowTests.digest("a")
+            #expect(await dedup.claim(digest) == .new)
+            await dedup.complete(digest, accepted: true)
+            #expect(await dedup.claim(digest) == .new, "window \(window)")
+            await dedup.complete(digest, accepted: false)
+        }
+    }
+
     @Test func aReinsertedDigestIsRememberedWithItsNewTimeAndCountedOnce() {
         var generator = SplitMix64(seed: 11)
         var table = DedupTable(maxEntries: 10)

@@ -1,4 +1,5 @@
 import CRabbitMQ
+import DurationUnits
 
 #if canImport(Glibc)
 import Glibc
@@ -84,8 +85,7 @@ final class AMQPConnection {
             guard socket != nil else { throw AMQPError(.connectionFailed, "cannot create TCP socket") }
         }
         var connectTimeout = timeval(configuration.connectTimeout)
-        // A port set out of range by hand (the URL parser refuses one) fails to connect; it must not trap.
-        let status = amqp_socket_open_noblock(socket, configuration.host, Int32(clamping: configuration.port), &connectTimeout)
+        let status = amqp_socket_open_noblock(socket, configuration.host, try Self.validatedPort(configuration.port), &connectTimeout)
         guard status == AMQP_STATUS_OK.rawValue else {
             throw AMQPError(.connectionFailed, "cannot connect to \(configuration.host):\(configuration.port): \(openFailureText(status))")
         }
@@ -588,9 +588,18 @@ extension AMQPProperties {
 
 extension AMQPConnection {
     /// The heartbeat to ask for, in whole seconds: AMQP carries it in 16 bits, so 0...65,535
-    /// (0 asks for none). A larger or negative configured value is clamped, never trapped on.
+    /// (0 asks for none). A larger or negative configured value is clamped, never trapped on, and
+    /// a positive one under a second asks for 1 s rather than none.
     static func heartbeatSeconds(_ heartbeat: Duration) -> Int32 {
-        Int32(min(max(heartbeat.components.seconds, 0), Int64(UInt16.max)))
+        guard heartbeat > .zero else { return 0 }
+        return Int32(min(max(heartbeat.clampedSeconds, 1), Int64(UInt16.max)))
+    }
+
+    /// `port` as rabbitmq-c takes it. - Throws: `.connectionFailed` outside 1...65,535 (the URL
+    /// parser refuses such a port; one set by hand would otherwise wrap to another port).
+    static func validatedPort(_ port: Int) throws(AMQPError) -> Int32 {
+        guard (1...65_535).contains(port) else { throw AMQPError(.connectionFailed, "port \(port) is not in 1-65535") }
+        return Int32(port)
     }
 }
 

@@ -97,7 +97,10 @@ final class Wakeup: Sendable {
             pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0),
             pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
         )
-        let milliseconds = Int32(clamping: max(0, timeout.clampedMilliseconds))
+        // Rounded up, so a wait of under a millisecond does not become a busy loop of poll(0).
+        var wholeMilliseconds = max(0, timeout.clampedMilliseconds)
+        if wholeMilliseconds < Int64(Int32.max), Duration.milliseconds(wholeMilliseconds) < timeout { wholeMilliseconds += 1 }
+        let milliseconds = Int32(clamping: wholeMilliseconds)
         let count: nfds_t = socket >= 0 ? 2 : 1
         _ = withUnsafeMutableBytes(of: &fds) { raw in
             poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), count, milliseconds)
@@ -123,7 +126,9 @@ public struct AMQPBackoff: Sendable, Equatable {
 
     /// The delay before attempt `attempt` (0-based): uniform in [cap/2, cap], cap = min(maximum, initial * 2^attempt).
     func delay(attempt: Int) -> Duration {
-        let cap = min(maximum, initial * Double(1 << min(attempt, 20)))
+        let factor = Double(1 << min(max(attempt, 0), 20))
+        // Compared in seconds first: a huge `initial` multiplied as a `Duration` would trap.
+        let cap = initial.secondsValue * factor >= maximum.secondsValue ? maximum : initial * factor
         return cap * Double.random(in: 0.5...1.0)
     }
 }
