@@ -10,6 +10,9 @@ extension Duration {
     /// Whole nanoseconds.
     package var clampedNanoseconds: Int64 { Int64(clamping: attoseconds / 1_000_000_000) }
 
+    /// Whole microseconds.
+    package var clampedMicroseconds: Int64 { Int64(clamping: attoseconds / 1_000_000_000_000) }
+
     /// Whole milliseconds.
     package var clampedMilliseconds: Int64 { Int64(clamping: attoseconds / 1_000_000_000_000_000) }
 

@@ -1,6 +1,5 @@
 import DurationUnits
 import HexCoding
-import DequeModule
 import Logging
 import Metrics
 import Synchronization

@@ -97,4 +97,10 @@ import Testing
             #expect(delay <= .seconds(5) && delay >= .milliseconds(2_500), "attempt \(attempt): \(delay)")
         }
     }
+
+    @Test func aTimeoutBecomesATimevalThatNeverTrapsOrGoesNegative() {
+        #expect(AMQPConnection.timevalParts(.seconds(5) + .microseconds(250)) == (5, 250))
+        #expect(AMQPConnection.timevalParts(.zero - .seconds(3)) == (0, 0))
+        #expect(AMQPConnection.timevalParts(Duration(attoseconds: .max)) == (Int(Int64.max / 1_000_000), Int(Int64.max % 1_000_000)))
+    }
 }

@@ -5,6 +5,7 @@ import Testing
     @Test func ordinaryDurationsConvertExactlyAndRoundTowardZero() {
         let duration = Duration.seconds(2) + .nanoseconds(345_678_901)
         #expect(duration.clampedNanoseconds == 2_345_678_901)
+        #expect(duration.clampedMicroseconds == 2_345_678)
         #expect(duration.clampedMilliseconds == 2_345)
         #expect(duration.clampedSeconds == 2)
         #expect(abs(duration.secondsValue - 2.345678901) < 1e-12)
@@ -37,6 +38,7 @@ import Testing
         let beyond = Duration(attoseconds: .max)
         #expect(beyond.clampedSeconds == .max)
         #expect(beyond.clampedMilliseconds == .max)
+        #expect(beyond.clampedMicroseconds == .max)
         #expect(Duration(attoseconds: .min).clampedSeconds == .min)
         #expect(beyond.secondsValue > 1e20)
     }

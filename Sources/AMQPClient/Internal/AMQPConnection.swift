@@ -595,6 +595,12 @@ extension AMQPConnection {
         return Int32(min(max(heartbeat.clampedSeconds, 1), Int64(UInt16.max)))
     }
 
+    /// `duration` in whole seconds and microseconds for a `timeval`: at least 0, saturating, never trapping.
+    static func timevalParts(_ duration: Duration) -> (seconds: Int, microseconds: Int) {
+        let microseconds = max(duration.clampedMicroseconds, 0)
+        return (Int(microseconds / 1_000_000), Int(microseconds % 1_000_000))
+    }
+
     /// `port` as rabbitmq-c takes it. - Throws: `.connectionFailed` outside 1...65,535 (the URL
     /// parser refuses such a port; one set by hand would otherwise wrap to another port).
     static func validatedPort(_ port: Int) throws(AMQPError) -> Int32 {
@@ -604,8 +610,9 @@ extension AMQPConnection {
 }
 
 extension timeval {
+    /// Whole microseconds of `duration`, at least 0 (see ``AMQPConnection/timevalParts(_:)``).
     init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self.init(tv_sec: Int(max(seconds, 0)), tv_usec: Int(max(attoseconds, 0) / 1_000_000_000_000))
+        let (seconds, microseconds) = AMQPConnection.timevalParts(duration)
+        self.init(tv_sec: seconds, tv_usec: microseconds)
     }
 }
