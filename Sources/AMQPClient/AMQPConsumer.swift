@@ -20,7 +20,9 @@ public struct AMQPConsumerConfiguration: Sendable {
     public var prefetch: UInt16
     /// Delay between reconnect attempts.
     public var reconnectBackoff: AMQPBackoff
-    /// On shutdown, how long to wait for in-flight deliveries to be settled (default 30 s).
+    /// On shutdown, how long to wait for in-flight deliveries to be settled (default 30 s). A
+    /// republish-then-ack already under way then still gets the rest of its `confirmTimeout`, so a
+    /// copy the broker is about to confirm is not followed by a redelivery of its original.
     public var shutdownTimeout: Duration
     /// How long ``AMQPDelivery/republishThenAck(_:)`` may take: waiting while the broker blocks
     /// publishing (`connection.blocked`), then for the broker's confirm (default 5 s). It fails with
@@ -122,8 +124,9 @@ struct AMQPConsumerHooks: Sendable {
 /// written and every command taken with it fail with that error, and the consumer reconnects.
 ///
 /// Lifecycle: a `Service`. On graceful shutdown it cancels the subscription (no new deliveries),
-/// finishes ``deliveries``, waits up to `shutdownTimeout` for in-flight deliveries to be settled,
-/// then closes; anything unsettled is requeued by the broker, and settle calls still waiting fail.
+/// finishes ``deliveries``, waits up to `shutdownTimeout` for in-flight deliveries to be settled
+/// (and for any republish under way to be confirmed, within `confirmTimeout`), then closes; anything
+/// unsettled is requeued by the broker, and settle calls still waiting fail.
 public final class AMQPConsumer: Service, Sendable {
     private let configuration: AMQPConsumerConfiguration
     private let logger: Logger

@@ -178,6 +178,35 @@ import Testing
         #expect(settled.tick(now: start) == .stopped(unsettled: 0))
     }
 
+    @Test func aRepublishUnderWayAtTheShutdownDeadlineStillGetsItsConfirm() {
+        var machine = connectedMachine(deliveries: [1, 2])
+        let (republish, waiter) = command(.republishThenAck(copy), 1)
+        #expect(machine.take(republish, frameSize: 4096, now: start) == .publish(copy))
+        machine.wrote(republish, now: start)  // confirm due by start + 5 s
+        _ = machine.requestStop(now: start + .seconds(1))  // shutdown deadline start + 4 s
+        guard case .wait(let timeout) = machine.tick(now: start + .seconds(4)) else {
+            Issue.record("stopped with the copy written and unconfirmed: its original would be redelivered too")
+            return
+        }
+        #expect(timeout == .seconds(1), "waits no longer than the copy's confirm deadline")
+        let acknowledge = machine.confirmed(upTo: 1, multiple: false, success: true)
+        #expect(acknowledge.map(\.deliveryTag) == [1], "the original is acknowledged after the deadline")
+        #expect(machine.tick(now: start + .milliseconds(4500)) == .stopped(unsettled: 1), "delivery 2 was never settled")
+        #expect(waiter.answers.isEmpty, "answered by the owner once the ack is written")
+
+        var unconfirmed = connectedMachine(deliveries: [1])
+        let (never, neverWaiter) = command(.republishThenAck(copy), 1)
+        _ = unconfirmed.take(never, frameSize: 4096, now: start)
+        unconfirmed.wrote(never, now: start)
+        _ = unconfirmed.requestStop(now: start)
+        guard case .wait = unconfirmed.tick(now: start + .seconds(3)) else {
+            Issue.record("stopped at the shutdown deadline with a republish still inside its confirm timeout")
+            return
+        }
+        #expect(unconfirmed.tick(now: start + .seconds(5)) == .stopped(unsettled: 1), "bounded by the confirm timeout")
+        #expect(neverWaiter.answers == [.failure(.confirmTimeout)])
+    }
+
     @Test func losingTheConnectionAnswersEveryWaitingCaller() {
         var machine = connectedMachine()
         let (republish, pending) = command(.republishThenAck(copy), 1)

@@ -191,7 +191,8 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
     // MARK: Time and shutdown
 
     /// Shutdown was requested: `true` the first time (cancel the subscription and finish the
-    /// deliveries sequence then); outstanding work gets `shutdownTimeout`.
+    /// deliveries sequence then); unsettled deliveries get `shutdownTimeout`, and a republish
+    /// under way at that deadline still gets the rest of its `confirmTimeout`.
     mutating func requestStop(now: ContinuousClock.Instant) -> Bool {
         guard !isCancelled else { return false }
         isCancelled = true
@@ -228,11 +229,16 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
         if pendingRepublish.isEmpty { republishDeadlines.removeAll() }
         if isCancelled {
             if unsettled.isEmpty && pendingRepublish.isEmpty && held.isEmpty { return .stopped(unsettled: 0) }
-            if let stopDeadline, now >= stopDeadline { return .stopped(unsettled: unsettled.count) }
+            // A settle already under way (a copy written and awaiting its confirm, or held while the
+            // broker blocks) is let finish, within its own `confirmTimeout`: cutting it would leave
+            // the copy published and the original redelivered, a duplicate for nothing.
+            if let stopDeadline, now >= stopDeadline, pendingRepublish.isEmpty, held.isEmpty {
+                return .stopped(unsettled: unsettled.count)
+            }
         }
         var earliest = held.first?.deadline
         if let soonest = republishDeadlines.map(\.deadline).min() { earliest = min(earliest ?? soonest, soonest) }
-        if let stopDeadline { earliest = min(earliest ?? stopDeadline, stopDeadline) }
+        if let stopDeadline, stopDeadline > now { earliest = min(earliest ?? stopDeadline, stopDeadline) }  // past it, no spin
         var timeout = Duration.seconds(1)
         if let earliest { timeout = min(timeout, earliest - now) }
         return .wait(max(timeout, .zero))
