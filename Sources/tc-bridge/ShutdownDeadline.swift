@@ -1,8 +1,8 @@
 import DurationUnits
 import Foundation
 import Logging
+import Synchronization
 import TCBridge
-import UnixSignals
 
 /// Bounds a graceful shutdown. Once SIGTERM or SIGINT arrives, a thread of its own waits `limit`;
 /// if the process is still running then, it logs that and exits with status 70 (`EX_SOFTWARE`).
@@ -11,31 +11,59 @@ import UnixSignals
 /// the spool holds it, and a request still open gets no answer, so the sender retries it. What it
 /// guards against is a shutdown that never ends. One is known with tracing on: swift-otel's batch
 /// span processor uses swift-async-algorithms' `merge`, whose lock can be left held on Swift 6.0–6.3
-/// (apple/swift-async-algorithms#430), leaving an event loop blocked for ever. The thread does not
-/// depend on any executor, so a blocked event loop cannot stop it.
-enum ShutdownDeadline {
+/// (apple/swift-async-algorithms#430), leaving an event loop blocked for ever.
+///
+/// Nothing here runs on a Swift concurrency executor (which is NIO's event loops in `tc-bridge`):
+/// the signals are caught by Dispatch sources on a queue of their own, and the thread is started at
+/// ``arm(limit:logger:)``, waiting for them. So event loops blocked for ever cannot stop it.
+final class ShutdownDeadline {
     /// The exit status of a shutdown that ran out of time.
     static let exitStatus: Int32 = 70
 
-    /// Starts watching for the signals. Call once, before the service group traps them.
-    static func arm(limit: Duration, logger: Logger) async -> Task<Void, Never> {
-        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
-        return Task {
-            for await signal in signals {
-                let thread = Thread {
-                    // Foundation's sleep resumes after a signal interrupts it.
-                    Thread.sleep(forTimeInterval: limit.secondsValue)
-                    logger.critical(
-                        "graceful shutdown did not finish in time; exiting",
-                        metadata: ["signal": "\(signal)", "limit_seconds": "\(limit.secondsValue)"])
-                    BridgeLogHandler.flush()
-                    // `_exit`: no atexit handlers or library destructors racing threads still running.
-                    _exit(exitStatus)
+    private let sources: [any DispatchSourceSignal]
+
+    private init(sources: [any DispatchSourceSignal]) {
+        self.sources = sources
+    }
+
+    /// Starts watching for SIGTERM and SIGINT. Call once, before the service group traps them (it
+    /// adds sources of its own: Dispatch hands each signal to every source).
+    static func arm(limit: Duration, logger: Logger) -> ShutdownDeadline {
+        let caught = Mutex<Int32?>(nil)
+        let fired = DispatchSemaphore(value: 0)
+        let queue = DispatchQueue(label: "tc-bridge.shutdown-deadline")
+        let sources = [SIGTERM, SIGINT].map { number -> any DispatchSourceSignal in
+            signal(number, SIG_IGN)  // the sources see it; the default action (exit at once) does not run
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            source.setEventHandler {
+                let first = caught.withLock { earlier in
+                    defer { earlier = earlier ?? number }
+                    return earlier == nil
                 }
-                thread.name = "shutdown-deadline"
-                thread.start()
-                return
+                if first { fired.signal() }
             }
+            source.resume()
+            return source
         }
+        let thread = Thread {
+            fired.wait()
+            let name = caught.withLock { $0 } == SIGINT ? "SIGINT" : "SIGTERM"
+            // Foundation's sleep resumes after a signal interrupts it.
+            Thread.sleep(forTimeInterval: limit.secondsValue)
+            logger.critical(
+                "graceful shutdown did not finish in time; exiting",
+                metadata: ["signal": "\(name)", "limit_seconds": "\(limit.secondsValue)"])
+            BridgeLogHandler.flush()
+            // `_exit`: no atexit handlers or library destructors racing threads still running.
+            _exit(exitStatus)
+        }
+        thread.name = "shutdown-deadline"
+        thread.start()
+        return ShutdownDeadline(sources: sources)
+    }
+
+    /// Stops watching for the signals (a deadline already running still runs).
+    func disarm() {
+        for source in sources { source.cancel() }
     }
 }
