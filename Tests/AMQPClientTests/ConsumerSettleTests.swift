@@ -202,6 +202,53 @@ import TestSupport
         try await expectShutdownWithinDeadline(consumer, runner)
         deliveries.stop()
     }
+
+    /// Shutdown's deadline for unsettled deliveries does not cut a republish already under way:
+    /// held back by the broker's memory alarm past that deadline, the copy is still published once
+    /// the alarm clears and its original acknowledged, so nothing comes back to be dead-lettered twice.
+    @Test func aRepublishUnderWayAtTheShutdownDeadlineStillCompletes() async throws {
+        let node = try await RabbitMQNode.dedicated(name: "consumer-blocked", port: 5687)
+        defer {
+            _ = try? node.ctl("set_vm_memory_high_watermark", "0.4")
+            try? node.stop()
+        }
+        let names = QueueNames()
+        var configuration = settleConfiguration(node, names, prefetch: 10)
+        configuration.shutdownTimeout = .milliseconds(100)
+        configuration.confirmTimeout = .seconds(30)
+        let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
+        let runner = Task { try await consumer.run() }
+        let deliveries = DeliveryCollector(consumer, holdFirst: 1)
+        defer { deliveries.stop() }
+        try await waitUntil("consumer connected") { consumer.state == .connected }
+        try await publish(count: 1, to: names.queue, on: node)
+        try await waitUntil("the delivery held") { deliveries.held.count == 1 }
+        let delivery = try #require(deliveries.held.all.first)
+
+        let outcome = SettleOutcomes()
+        do {
+            try await node.ctl("set_vm_memory_high_watermark", "0.0001")
+            outcome.start { try await delivery.republishThenAck(deadLetterCopy(of: delivery, names)) }
+            consumer.requestStop()
+            // Well past the 100 ms shutdown deadline: the time itself is what is waited for.
+            try await Task.sleep(for: .seconds(1))
+            #expect(outcome.count == 0, "the republish was cut at the shutdown deadline: \(outcome.failures)")
+            #expect(consumer.state != .closed, "the consumer closed with a republish under way")
+        } catch {
+            _ = try? await node.ctl("set_vm_memory_high_watermark", "0.4")
+            throw error
+        }
+        try await node.ctl("set_vm_memory_high_watermark", "0.4")
+        try await waitUntil(timeout: .seconds(30), "the republish returned") { outcome.count == 1 }
+        #expect(outcome.failures.isEmpty, "\(outcome.failures)")
+        try await waitUntil(timeout: .seconds(10), "consumer closed") { consumer.state == .closed }
+        try await runner.value
+        let admin = AMQPAdmin(connection: node.connection)
+        try await waitUntil(timeout: .seconds(10), "the original acknowledged away") {
+            try await admin.messageCount(queue: names.queue) == 0
+        }
+        #expect(try await admin.messageCount(queue: names.deadLetterQueue) == 1, "the copy, once")
+    }
 }
 
 // MARK: - Helpers
