@@ -21,8 +21,9 @@ public struct AMQPConsumerConfiguration: Sendable {
     /// Delay between reconnect attempts.
     public var reconnectBackoff: AMQPBackoff
     /// On shutdown, how long to wait for in-flight deliveries to be settled (default 30 s). A
-    /// republish-then-ack already under way then still gets the rest of its `confirmTimeout`, so a
-    /// copy the broker is about to confirm is not followed by a redelivery of its original.
+    /// republish-then-ack already under way then may finish within `confirmTimeout` more, so a copy
+    /// the broker is about to confirm is not followed by a redelivery of its original; one called
+    /// after the deadline fails with `.shutdown`. Shutdown takes at most `shutdownTimeout + confirmTimeout`.
     public var shutdownTimeout: Duration
     /// How long ``AMQPDelivery/republishThenAck(_:)`` may take: waiting while the broker blocks
     /// publishing (`connection.blocked`), then for the broker's confirm (default 5 s). It fails with
@@ -125,7 +126,7 @@ struct AMQPConsumerHooks: Sendable {
 ///
 /// Lifecycle: a `Service`. On graceful shutdown it cancels the subscription (no new deliveries),
 /// finishes ``deliveries``, waits up to `shutdownTimeout` for in-flight deliveries to be settled
-/// (and for any republish under way to be confirmed, within `confirmTimeout`), then closes; anything
+/// (and then up to `confirmTimeout` more for a republish already under way), then closes; anything
 /// unsettled is requeued by the broker, and settle calls still waiting fail.
 public final class AMQPConsumer: Service, Sendable {
     private let configuration: AMQPConsumerConfiguration

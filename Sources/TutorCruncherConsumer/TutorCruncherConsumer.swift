@@ -14,7 +14,8 @@ import TutorCruncherEvents
 /// Use ``deliveries`` and settle each ``TutorCruncherDelivery`` yourself, or give a handler to
 /// ``TutorCruncherEventProcessor``. Run the consumer as a `Service` (e.g. in a `ServiceGroup`):
 /// on graceful shutdown it stops taking new deliveries, waits for those in flight to be settled
-/// (up to `shutdownTimeout`) and closes. Delivery is at least once: see ``TutorCruncherDelivery``.
+/// (up to `shutdownTimeout`, and `confirmTimeout` more for a re-queue or dead-letter publish already
+/// under way) and closes. Delivery is at least once: see ``TutorCruncherDelivery``.
 public final class TutorCruncherConsumer: Service, Sendable {
     public let configuration: TutorCruncherConsumerConfiguration
     let amqp: AMQPConsumer

@@ -237,7 +237,8 @@ public struct TutorCruncherConsumerConfiguration: Sendable {
     public var reconnectBackoff: AMQPBackoff
     /// On graceful shutdown, how long in-flight events may take to finish (default 30 s); what is
     /// still unacknowledged then is redelivered later. A re-queue or dead-letter publish already
-    /// under way at that moment is still let finish, within ``confirmTimeout``.
+    /// waiting for its confirm at that moment may finish within ``confirmTimeout`` more; none is
+    /// started after it. So shutdown takes at most `shutdownTimeout + confirmTimeout`.
     public var shutdownTimeout: Duration
     /// How long a re-queue or dead-letter publish may take, waiting while the broker blocks
     /// publishing and then for its confirm (default 15 s: a quorum wait queue declared moments

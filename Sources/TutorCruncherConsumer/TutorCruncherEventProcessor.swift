@@ -14,7 +14,8 @@ import TutorCruncherEvents
 /// taken, handlers in flight get the configuration's `shutdownTimeout` to finish and be
 /// acknowledged; handlers still running then are cancelled (cooperative cancellation: `Task.sleep`,
 /// HTTP clients and the like throw `CancellationError`), their events stay unacknowledged and come
-/// back on the next start, and `run()` returns.
+/// back on the next start, and `run()` returns. A re-queue or dead-letter publish already waiting
+/// for its confirm at the deadline may finish first (at most `confirmTimeout` more).
 ///
 /// Each handler runs in a `consumer` span (configuration's `tracer`) that continues the trace of
 /// the webhook request the event came in (the message's `traceparent` header), so

@@ -154,9 +154,8 @@ struct ServeCommand: AsyncParsableCommand {
             for await _ in hangups { Self.reloadKeys(from: keySource, into: keyring, logger: logger) }
         }
         defer { reloader.cancel() }
-        let deadline = ShutdownDeadline.arm(
+        ShutdownDeadline.arm(
             limit: try Environment.resolveSeconds(shutdownDeadline, env: "TC_BRIDGE_SHUTDOWN_DEADLINE", default: 30), logger: logger)
-        defer { deadline.disarm() }
 
         let urls = amqpURL.isEmpty
             ? (Environment.value("AMQP_URL") ?? "amqp://guest:guest@127.0.0.1:5672/%2F").split(separator: ",").map {

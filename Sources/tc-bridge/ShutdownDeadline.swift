@@ -15,38 +15,48 @@ import TCBridge
 ///
 /// Nothing here runs on a Swift concurrency executor (which is NIO's event loops in `tc-bridge`):
 /// the signals are caught by Dispatch sources on a queue of their own, and the thread is started at
-/// ``arm(limit:logger:)``, waiting for them. So event loops blocked for ever cannot stop it.
-final class ShutdownDeadline {
+/// ``arm(limit:logger:)``, waiting for them. So event loops blocked for ever cannot stop it. The
+/// sources stay registered until the process exits, so a shutdown that hangs after the service
+/// group has returned is still ended by a signal.
+///
+/// A signal that arrives after `arm` but before the service group traps it starts the deadline
+/// only: start-up is not interrupted, and the process exits 70 once `limit` has passed.
+enum ShutdownDeadline {
     /// The exit status of a shutdown that ran out of time.
     static let exitStatus: Int32 = 70
 
-    private let sources: [any DispatchSourceSignal]
-
-    private init(sources: [any DispatchSourceSignal]) {
-        self.sources = sources
-    }
-
-    /// Starts watching for SIGTERM and SIGINT. Call once, before the service group traps them (it
-    /// adds sources of its own: Dispatch hands each signal to every source).
-    static func arm(limit: Duration, logger: Logger) -> ShutdownDeadline {
+    /// Starts watching for SIGTERM and SIGINT, and returns once Dispatch listens for them. Call
+    /// once, before the service group traps them (it adds sources of its own: Dispatch hands each
+    /// signal to every source).
+    static func arm(limit: Duration, logger: Logger) {
         let caught = Mutex<Int32?>(nil)
         let fired = DispatchSemaphore(value: 0)
+        let registered = DispatchSemaphore(value: 0)
         let queue = DispatchQueue(label: "tc-bridge.shutdown-deadline")
-        let sources = [SIGTERM, SIGINT].map { number -> any DispatchSourceSignal in
-            signal(number, SIG_IGN)  // the sources see it; the default action (exit at once) does not run
-            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-            source.setEventHandler {
-                let first = caught.withLock { earlier in
-                    defer { earlier = earlier ?? number }
-                    return earlier == nil
+        let signals = [SIGTERM, SIGINT]
+        let sources = SignalSources(
+            signals.map { number -> any DispatchSourceSignal in
+                #if canImport(Darwin)
+                // Darwin delivers to the source (kqueue) only a signal whose action is not to exit;
+                // Linux's libdispatch takes the signal over itself when it registers the source.
+                signal(number, SIG_IGN)
+                #endif
+                let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+                source.setEventHandler {
+                    let first = caught.withLock { earlier in
+                        defer { earlier = earlier ?? number }
+                        return earlier == nil
+                    }
+                    if first { fired.signal() }
                 }
-                if first { fired.signal() }
-            }
-            source.resume()
-            return source
-        }
+                source.setRegistrationHandler { registered.signal() }
+                source.resume()
+                return source
+            })
+        // Registration is asynchronous: a signal before it would get the default action (exit at once).
+        for _ in signals { registered.wait() }
         let thread = Thread {
-            fired.wait()
+            withExtendedLifetime(sources) { fired.wait() }
             let name = caught.withLock { $0 } == SIGINT ? "SIGINT" : "SIGTERM"
             // Foundation's sleep resumes after a signal interrupts it.
             Thread.sleep(forTimeInterval: limit.secondsValue)
@@ -59,11 +69,12 @@ final class ShutdownDeadline {
         }
         thread.name = "shutdown-deadline"
         thread.start()
-        return ShutdownDeadline(sources: sources)
     }
+}
 
-    /// Stops watching for the signals (a deadline already running still runs).
-    func disarm() {
-        for source in sources { source.cancel() }
-    }
+/// Keeps the signal sources alive for the thread that waits on them.
+/// @unchecked: the sources are only retained, never touched, after registration.
+private final class SignalSources: @unchecked Sendable {
+    let sources: [any DispatchSourceSignal]
+    init(_ sources: [any DispatchSourceSignal]) { self.sources = sources }
 }

@@ -184,14 +184,14 @@ import Testing
         #expect(machine.take(republish, frameSize: 4096, now: start) == .publish(copy))
         machine.wrote(republish, now: start)  // confirm due by start + 5 s
         _ = machine.requestStop(now: start + .seconds(1))  // shutdown deadline start + 4 s
-        guard case .wait(let timeout) = machine.tick(now: start + .seconds(4)) else {
+        guard case .wait(let timeout) = machine.tick(now: start + .milliseconds(4500)) else {
             Issue.record("stopped with the copy written and unconfirmed: its original would be redelivered too")
             return
         }
-        #expect(timeout == .seconds(1), "waits no longer than the copy's confirm deadline")
+        #expect(timeout == .milliseconds(500), "waits until the copy's confirm deadline, no longer")
         let acknowledge = machine.confirmed(upTo: 1, multiple: false, success: true)
         #expect(acknowledge.map(\.deliveryTag) == [1], "the original is acknowledged after the deadline")
-        #expect(machine.tick(now: start + .milliseconds(4500)) == .stopped(unsettled: 1), "delivery 2 was never settled")
+        #expect(machine.tick(now: start + .milliseconds(4600)) == .stopped(unsettled: 1), "delivery 2 was never settled")
         #expect(waiter.answers.isEmpty, "answered by the owner once the ack is written")
 
         var unconfirmed = connectedMachine(deliveries: [1])
@@ -205,6 +205,42 @@ import Testing
         }
         #expect(unconfirmed.tick(now: start + .seconds(5)) == .stopped(unsettled: 1), "bounded by the confirm timeout")
         #expect(neverWaiter.answers == [.failure(.confirmTimeout)])
+    }
+
+    @Test func noRepublishIsTakenAfterTheShutdownDeadline() {
+        var machine = connectedMachine(deliveries: [1, 2])
+        _ = machine.requestStop(now: start)  // deadline start + 3 s
+        let (early, earlyWaiter) = command(.republishThenAck(copy), 1)
+        #expect(machine.take(early, frameSize: 4096, now: start + .seconds(2)) == .publish(copy), "before the deadline: taken")
+        let (late, lateWaiter) = command(.republishThenAck(copy), 2)
+        #expect(machine.take(late, frameSize: 4096, now: start + .seconds(3)) == nil)
+        #expect(lateWaiter.answers == [.failure(.shutdown)])
+        #expect(machine.unsettled.contains(2), "left unsettled, so the broker redelivers it")
+        let (ack, ackWaiter) = command(.ack, 2)
+        #expect(machine.take(ack, frameSize: 4096, now: start + .seconds(3)) == .ack(deliveryTag: 2), "settling is still allowed")
+        #expect(earlyWaiter.answers.isEmpty && ackWaiter.answers.isEmpty)
+    }
+
+    @Test func shutdownEndsAtTheDeadlinePlusTheConfirmTimeoutWhateverIsPending() {
+        // A republish held while the broker blocks, written once it unblocks, gets a fresh confirm
+        // deadline: shutdown must still end at its own limit (3 s + 5 s here).
+        var machine = connectedMachine(deliveries: [1])
+        _ = machine.setBlocked(true)
+        let (republish, waiter) = command(.republishThenAck(copy), 1)
+        #expect(machine.take(republish, frameSize: 4096, now: start) == nil, "held")
+        _ = machine.requestStop(now: start)
+        let retaken = machine.setBlocked(false)
+        for command in retaken {
+            #expect(machine.take(command, frameSize: 4096, now: start + .milliseconds(2500)) == .publish(copy))
+            machine.wrote(command, now: start + .seconds(6))  // confirm due by start + 11 s
+        }
+        guard case .wait(let timeout) = machine.tick(now: start + .seconds(7)) else {
+            Issue.record("stopped before the limit with a republish under way")
+            return
+        }
+        #expect(timeout == .seconds(1), "wakes at the limit, start + 8 s")
+        #expect(machine.tick(now: start + .seconds(8)) == .stopped(unsettled: 1))
+        #expect(waiter.answers.isEmpty, "answered by the owner's final failOutstanding")
     }
 
     @Test func losingTheConnectionAnswersEveryWaitingCaller() {

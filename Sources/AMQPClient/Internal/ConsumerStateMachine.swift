@@ -115,6 +115,13 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
                 command.waiter.answer(.failure(AMQPError(.unencodable, problem)))
                 return nil
             }
+            if let stopDeadline, now >= stopDeadline {
+                // Only a republish already under way is let finish after the deadline: a new one
+                // would extend shutdown again (the delivery stays unsettled and is redelivered).
+                command.waiter.answer(
+                    .failure(AMQPError(.shutdown, "shutdown deadline passed; nothing was republished; the message will be redelivered")))
+                return nil
+            }
             if isBlocked {
                 let deadline = command.heldUntil ?? now.advanced(by: confirmTimeout)
                 guard deadline > now else {
@@ -191,8 +198,9 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
     // MARK: Time and shutdown
 
     /// Shutdown was requested: `true` the first time (cancel the subscription and finish the
-    /// deliveries sequence then); unsettled deliveries get `shutdownTimeout`, and a republish
-    /// under way at that deadline still gets the rest of its `confirmTimeout`.
+    /// deliveries sequence then). Unsettled deliveries get `shutdownTimeout`; a republish already
+    /// under way at that deadline may finish within `confirmTimeout` more, and none is taken after
+    /// it. So shutdown takes at most `shutdownTimeout + confirmTimeout`.
     mutating func requestStop(now: ContinuousClock.Instant) -> Bool {
         guard !isCancelled else { return false }
         isCancelled = true
@@ -230,15 +238,20 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
         if isCancelled {
             if unsettled.isEmpty && pendingRepublish.isEmpty && held.isEmpty { return .stopped(unsettled: 0) }
             // A settle already under way (a copy written and awaiting its confirm, or held while the
-            // broker blocks) is let finish, within its own `confirmTimeout`: cutting it would leave
+            // broker blocks) is let finish, for at most `confirmTimeout` more: cutting it would leave
             // the copy published and the original redelivered, a duplicate for nothing.
-            if let stopDeadline, now >= stopDeadline, pendingRepublish.isEmpty, held.isEmpty {
-                return .stopped(unsettled: unsettled.count)
+            if let stopDeadline, now >= stopDeadline {
+                if pendingRepublish.isEmpty && held.isEmpty { return .stopped(unsettled: unsettled.count) }
+                if now >= stopDeadline.advanced(by: confirmTimeout) { return .stopped(unsettled: unsettled.count) }
             }
         }
         var earliest = held.first?.deadline
         if let soonest = republishDeadlines.map(\.deadline).min() { earliest = min(earliest ?? soonest, soonest) }
-        if let stopDeadline, stopDeadline > now { earliest = min(earliest ?? stopDeadline, stopDeadline) }  // past it, no spin
+        if let stopDeadline {
+            // Whichever limit of shutdown is still ahead (one already past would make a zero wait: a spin).
+            let limit = stopDeadline > now ? stopDeadline : stopDeadline.advanced(by: confirmTimeout)
+            if limit > now { earliest = min(earliest ?? limit, limit) }
+        }
         var timeout = Duration.seconds(1)
         if let earliest { timeout = min(timeout, earliest - now) }
         return .wait(max(timeout, .zero))
