@@ -46,7 +46,7 @@ let package = Package(
         ),
         // Hex digits, once for every module. No dependencies.
         .target(name: "HexCoding", swiftSettings: swiftSettings),
-        // `Duration` in whole milliseconds, microseconds or nanoseconds, saturating. No dependencies.
+        // `Duration` in whole seconds down to nanoseconds, saturating. No dependencies.
         .target(name: "DurationUnits", swiftSettings: swiftSettings),
         // The message contract between tc-bridge and its consumers: exchange names, routing keys,
         // header names. No dependencies, so the consumer library shares it without the receiver.

@@ -162,8 +162,7 @@ import TestSupport
         try await waitUntil("4 deliveries held") { deliveries.held.count == 4 }
         let held = deliveries.held.all
 
-        try await node.ctl("set_vm_memory_high_watermark", "0.0001")
-        do {
+        try await withMemoryAlarm(on: node) {
             // The broker stops reading a connection that publishes during the alarm: the republish
             // fails within its deadline (blocked, or no confirm) instead of waiting for ever.
             let first = SettleOutcomes()
@@ -186,11 +185,7 @@ import TestSupport
             ack.start { try await held[2].ack() }
             try await waitUntil(timeout: .seconds(6), "ack while blocked returned") { ack.count == 1 }
             #expect(ack.failures.isEmpty)
-        } catch {
-            _ = try? await node.ctl("set_vm_memory_high_watermark", "0.4")
-            throw error
         }
-        try await node.ctl("set_vm_memory_high_watermark", "0.4")
         try await waitUntil(timeout: .seconds(30), "consumer unblocked") { consumer.state == .connected }
         // The same deliveries can now be republished and settled: the consumer is not wedged.
         try await held[1].republishThenAck(deadLetterCopy(of: held[1], names))
@@ -226,19 +221,14 @@ import TestSupport
         let delivery = try #require(deliveries.held.all.first)
 
         let outcome = SettleOutcomes()
-        do {
-            try await node.ctl("set_vm_memory_high_watermark", "0.0001")
+        try await withMemoryAlarm(on: node) {
             outcome.start { try await delivery.republishThenAck(deadLetterCopy(of: delivery, names)) }
             consumer.requestStop()
             // Well past the 100 ms shutdown deadline: the time itself is what is waited for.
             try await Task.sleep(for: .seconds(1))
             #expect(outcome.count == 0, "the republish was cut at the shutdown deadline: \(outcome.failures)")
             #expect(consumer.state != .closed, "the consumer closed with a republish under way")
-        } catch {
-            _ = try? await node.ctl("set_vm_memory_high_watermark", "0.4")
-            throw error
         }
-        try await node.ctl("set_vm_memory_high_watermark", "0.4")
         try await waitUntil(timeout: .seconds(30), "the republish returned") { outcome.count == 1 }
         #expect(outcome.failures.isEmpty, "\(outcome.failures)")
         try await waitUntil(timeout: .seconds(10), "consumer closed") { consumer.state == .closed }
@@ -278,6 +268,19 @@ func settleConfiguration(_ node: RabbitMQNode, _ names: QueueNames, prefetch: UI
         queue: names.queue, prefetch: prefetch,
         reconnectBackoff: AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(500)),
         shutdownTimeout: .seconds(3), confirmTimeout: .seconds(30))
+}
+
+/// Runs `body` with the node's memory alarm raised (the broker blocks publishers), then clears
+/// it, also when `body` throws.
+func withMemoryAlarm(on node: RabbitMQNode, _ body: () async throws -> Void) async throws {
+    try await node.ctl("set_vm_memory_high_watermark", "0.0001")
+    do {
+        try await body()
+    } catch {
+        _ = try? await node.ctl("set_vm_memory_high_watermark", "0.4")
+        throw error
+    }
+    try await node.ctl("set_vm_memory_high_watermark", "0.4")
 }
 
 func deadLetterCopy(of delivery: AMQPDelivery, _ names: QueueNames) -> AMQPOutboundMessage {
