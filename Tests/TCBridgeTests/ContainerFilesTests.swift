@@ -60,6 +60,21 @@ import Yams
         #expect(dockerfile.contains("TC_BRIDGE_SPOOL_DIR=/var/lib/tc-bridge/spool") && dockerfile.contains("VOLUME /var/lib/tc-bridge/spool"))
     }
 
+    /// The image, the benchmark and the test script must build release with one set of flags
+    /// (scripts/build-release): otherwise the benchmark measures a binary nobody ships.
+    @Test func everyReleaseBuildGoesThroughTheSharedReleaseFlags() throws {
+        let flags = try read("scripts/build-release")
+        #expect(flags.contains("--static-swift-stdlib") && flags.contains("scripts/tc-bridge.order"))
+        for path in ["docker/Dockerfile", "scripts/bench", "scripts/test", "scripts/run-bridge", "scripts/order-startup"] {
+            let text = try read(path)
+            #expect(text.contains("scripts/build-release --product"), "\(path) does not build with scripts/build-release")
+            let direct = text.split(separator: "\n").filter { !$0.hasPrefix("#") && $0.contains("swift build -c release") && !$0.contains("--show-bin-path") }
+            #expect(direct.isEmpty, "\(path) builds release with its own flags: \(direct)")
+        }
+        let order = try read("scripts/tc-bridge.order").split(separator: "\n")
+        #expect(order.count > 100 && order.contains("tc_bridge_main"), "scripts/order-startup has not filled scripts/tc-bridge.order")
+    }
+
     @Test func theComposeFileParsesAndNamesOnlySettingsTheServicesRead() throws {
         let compose = try #require(try Yams.load(yaml: read("docker/compose.yaml")) as? [String: Any])
         let services = try #require(compose["services"] as? [String: Any])
