@@ -147,10 +147,7 @@ import TestSupport
 
     @Test func connectionBlockedNeitherWedgesTheConsumerNorHangsARepublish() async throws {
         let node = try await RabbitMQNode.dedicated(name: "consumer-blocked", port: 5687)
-        defer {
-            _ = try? node.ctl("set_vm_memory_high_watermark", "0.4")
-            try? node.stop()
-        }
+        defer { try? node.stop() }  // withMemoryAlarm clears the alarm on every path
         let names = QueueNames()
         var configuration = settleConfiguration(node, names, prefetch: 10)
         configuration.confirmTimeout = .seconds(2)
@@ -203,10 +200,7 @@ import TestSupport
     /// the alarm clears and its original acknowledged, so nothing comes back to be dead-lettered twice.
     @Test func aRepublishUnderWayAtTheShutdownDeadlineStillCompletes() async throws {
         let node = try await RabbitMQNode.dedicated(name: "consumer-blocked", port: 5687)
-        defer {
-            _ = try? node.ctl("set_vm_memory_high_watermark", "0.4")
-            try? node.stop()
-        }
+        defer { try? node.stop() }  // withMemoryAlarm clears the alarm on every path
         let names = QueueNames()
         var configuration = settleConfiguration(node, names, prefetch: 10)
         configuration.shutdownTimeout = .milliseconds(100)
