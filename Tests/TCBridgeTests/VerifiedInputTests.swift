@@ -181,8 +181,8 @@ final class RefusingPublisher: EventPublishing {
         let bridge = try await BridgeProcess(node: .shared, arguments: ["--exchange", exchange, "--max-body-bytes", "\(17 << 20)"])
         try await waitForHealthy(bridge)
         // 30,000 in the test command; `TCBRIDGE_HUGE_BODY_EVENTS=1100000` makes it the 16 MiB target
-        // of BENCHMARKS.md (with `TCBRIDGE_BIN` pointing at a release build, `--static-swift-stdlib` as the
-        // scripts build it).
+        // of BENCHMARKS.md (with `TCBRIDGE_BIN` pointing at a release build made by
+        // scripts/build-release).
         let count = ProcessInfo.processInfo.environment["TCBRIDGE_HUGE_BODY_EVENTS"].flatMap(Int.init) ?? 30_000
         let events = (0..<count).map { _ in #"{"action":"X"}"# }.joined(separator: ",")
         let body = Array(#"{"request_time":\#(Int(Date().timeIntervalSince1970)),"events":[\#(events)]}"#.utf8)
