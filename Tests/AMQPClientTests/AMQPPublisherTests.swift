@@ -61,6 +61,35 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         #expect(first.properties.header("flag") == .bool(true))
     }
 
+    /// One call: empty bodies, small ones, and bodies around the frame size (131,072 here: 131,064
+    /// bytes of body per frame) and over several frames, in one round of writing and then in
+    /// another on the same connection. Every byte arrives, in order.
+    @Test func messagesOfEverySizeInOneCallArriveWholeAndInOrder() async throws {
+        let exchange = exchangeName()
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        let sizes = [0, 1, 131_064, 131_065, 70_000, 5, 300_000, 0, 2, 65_536, 65_537]
+        let messages = sizes.enumerated().map { index, size in
+            var sent = message(exchange: exchange, key: "size.\(size)", body: "", id: "m-\(index)")
+            sent.body = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ index) }
+            return sent
+        }
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try await publisher.publish(messages)
+            // And again, so that the second round follows the first on the same connection.
+            try await publisher.publish(messages.reversed())
+        }
+        let received = try await probe.waitForMessages(count: 2 * sizes.count)
+        #expect(received.count == 2 * sizes.count)
+        for (sent, got) in zip(messages + messages.reversed(), received) {
+            #expect(got.properties.messageID == sent.properties.messageID)
+            #expect(got.routingKey == sent.routingKey)
+            #expect(got.body == sent.body, "body of \(sent.properties.messageID ?? "")")
+            #expect(got.properties.header("tc-subject-model") == .string("Credit Request"))
+        }
+    }
+
     @Test func concurrentPublishersShareTheChannelAndAllAreConfirmed() async throws {
         let exchange = exchangeName()
         let probe = try await QueueProbe(exchange: exchange)
