@@ -102,6 +102,12 @@ public final class AMQPPublisher: Service, Sendable {
         var connectionState: AMQPConnectionState = .connecting
         var stopRequested = false
         var returnedCount = 0
+        /// The owner waits for confirms of its own (at least ``deferredWakeupThreshold`` unconfirmed):
+        /// the first of them wakes it, so a call need not (see ``publish(_:)``). Set by the owner
+        /// just before it waits, with the inbox seen empty under the same lock.
+        var ownerAwaitsConfirms = false
+        /// Calls queued without waking the owner (for tests).
+        var deferredWakeups = 0
     }
 
     public init(configuration: AMQPPublisherConfiguration, logger: Logger) {
@@ -118,7 +124,10 @@ public final class AMQPPublisher: Service, Sendable {
     /// Messages of one call are published back to back and in order; calls from concurrent tasks
     /// share the channel and each waits only for its own delivery tags.
     ///
-    /// Who writes: normally the owner thread, woken for the call. When the owner is waiting with
+    /// Who writes: normally the owner thread, woken for the call, unless it waits for at least
+    /// ``deferredWakeupThreshold`` confirms: the first of them wakes it anyway, and it then takes
+    /// every call queued meanwhile in one round (fewer wake-ups under load: BENCHMARKS.md, eighth
+    /// round of issue 9). When the owner is waiting with
     /// nothing unconfirmed and nothing queued (one request at a time, the common case at low load),
     /// the call is at most ``callerWriteMessages`` messages and ``callerWriteLimit`` bytes on the
     /// wire, and the connection is plain TCP, the calling thread writes the messages itself under
@@ -143,11 +152,14 @@ public final class AMQPPublisher: Service, Sendable {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, AMQPError>, Never>) in
             box.install(continuation)
             if writeWhileOwnerWaits(messages, waiter: box) { return }
+            var wakeOwner = false
             let rejection: AMQPError? = shared.withLock { state in
                 if state.stopRequested || lifecycle.isFinished { return AMQPError(.shutdown, "publisher is shutting down") }
                 switch state.connectionState {
                 case .connected:
                     state.commands.append(PublishCommand(messages: messages, result: box))
+                    wakeOwner = !state.ownerAwaitsConfirms
+                    if !wakeOwner { state.deferredWakeups += 1 }
                     return nil
                 case .blocked(let reason):
                     return AMQPError(.blocked, "broker blocked publishing: \(reason)")
@@ -161,7 +173,7 @@ public final class AMQPPublisher: Service, Sendable {
             }
             if let rejection {
                 box.resume(.failure(rejection))
-            } else {
+            } else if wakeOwner {
                 wakeup.signal()
             }
         }
@@ -173,6 +185,12 @@ public final class AMQPPublisher: Service, Sendable {
     public static let callerWriteLimit = 16 << 10
     /// Messages up to which a call may be written by its caller (a webhook's events, not a spool chunk).
     public static let callerWriteMessages = 16
+    /// Unconfirmed messages from which a call does not wake the owner (see ``publish(_:)``). Below
+    /// it, a call waiting for the next confirm would wait for a broker round trip it need not.
+    public static let deferredWakeupThreshold = 8
+
+    /// Calls queued for the owner without waking it, because it waited for confirms (see ``publish(_:)``).
+    @_spi(Testing) public var deferredWakeupCount: Int { shared.withLock { $0.deferredWakeups } }
 
     /// Calls their caller took on while the owner waited: wrote, or tried to write (the write
     /// failed); see ``publish(_:)``.
@@ -265,6 +283,22 @@ public final class AMQPPublisher: Service, Sendable {
     fileprivate func countReturned() { shared.withLock { $0.returnedCount += 1 } }
 
     fileprivate var wakeupHandle: Wakeup { wakeup }
+
+    /// The owner is about to wait with `unconfirmed` messages unconfirmed: `false` when calls
+    /// arrived that it has not taken (it must turn again first). Otherwise records whether calls
+    /// arriving from now on may leave it asleep (see ``SharedState/ownerAwaitsConfirms``).
+    fileprivate func ownerWillWait(unconfirmed: Int) -> Bool {
+        shared.withLock { state in
+            guard state.commands.isEmpty else { return false }
+            state.ownerAwaitsConfirms = unconfirmed >= Self.deferredWakeupThreshold
+            return true
+        }
+    }
+
+    /// The owner left its connection (lost, or stopping): calls wake it again.
+    fileprivate func ownerAwaitsNoConfirms() {
+        shared.withLock { $0.ownerAwaitsConfirms = false }
+    }
 
     fileprivate func takeCommands() -> (Deque<PublishCommand>, stopRequested: Bool) {
         shared.withLock { state in
@@ -450,6 +484,7 @@ private final class PublisherLoop: @unchecked Sendable {
 
     private func serve(_ connection: AMQPConnection) -> ServeOutcome {
         let socket = connection.fileDescriptor  // read once: outside the gate a caller may be using the connection
+        defer { publisher.ownerAwaitsNoConfirms() }  // no confirms come once the connection is left
         while true {
             let step = publisher.gate.withLock { gate -> Step in
                 gate.parked = nil
@@ -571,7 +606,9 @@ private final class PublisherLoop: @unchecked Sendable {
         case .writeMore:
             return .again
         case .wait(let timeout):
-            return connection.hasBufferedInput ? .again : .wait(timeout)
+            // rabbitmq-c may hold frames `poll` would not see; calls may have come since this turn took them.
+            guard !connection.hasBufferedInput, publisher.ownerWillWait(unconfirmed: machine.unconfirmed) else { return .again }
+            return .wait(timeout)
         }
     }
 }

@@ -59,3 +59,37 @@ import TestSupport
         #expect(received.map(\.body.count) == Array((0..<calls).map { _ in bodySizes.map { max(6, $0) } }.joined()))
     }
 }
+
+/// A call made while the owner waits for confirms of its own does not wake it: the next confirm
+/// does, and the owner takes every call queued by then in one round.
+@Suite struct PublisherDeferredWakeupTests {
+    let node = RabbitMQNode.shared
+
+    @Test func callsDuringALargeBatchAreQueuedWithoutWakingTheOwnerAndConfirmed() async throws {
+        let exchange = "deferred-wakeup-\(UUID().uuidString.prefix(8))"
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        let batch = (0..<5_000).map { message(exchange: exchange, key: "BATCH", body: "b-\($0)") }
+        let singles = 50
+        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
+            try await waitUntil("publisher connected") { publisher.state == .connected }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await publisher.publish(batch) }
+                // Once the owner has waited with the batch's confirms outstanding, a call leaves it asleep.
+                try await waitUntil("a call queued without a wake-up") {
+                    try await publisher.publish([message(exchange: exchange, key: "PROBE", body: "probe")])
+                    return publisher.deferredWakeupCount > 0
+                }
+                for index in 0..<singles {
+                    group.addTask { try await publisher.publish([message(exchange: exchange, key: "ONE", body: "one-\(index)")]) }
+                }
+                try await group.waitForAll()
+            }
+        }
+        // Every call was confirmed (no call waited for a wake-up that never came: publish would
+        // have thrown confirmTimeout) and every message arrived.
+        let received = try await probe.waitForMessages(count: batch.count + singles, timeout: .seconds(60))
+        #expect(received.filter { $0.routingKey == "BATCH" }.count == batch.count)
+        #expect(Set(received.filter { $0.routingKey == "ONE" }.map { String(decoding: $0.body, as: UTF8.self) }).count == singles)
+    }
+}
