@@ -440,6 +440,8 @@ private final class PublisherLoop: @unchecked Sendable {
     private let publisher: AMQPPublisher
     private let clock = ContinuousClock()
     private var machine: PublisherStateMachine<ResultBox>
+    /// The current round's frames (see ``writeRound(on:corked:now:)``); empty between rounds.
+    private var frames = PublishFrames()
 
     init(configuration: AMQPPublisherConfiguration, logger: Logger, publisher: AMQPPublisher) {
         self.configuration = configuration
@@ -529,19 +531,75 @@ private final class PublisherLoop: @unchecked Sendable {
         return .written(ownerMustWake: mustWake)
     }
 
+    /// Bodies up to this size are copied into the round's frames; a larger one is written by
+    /// rabbitmq-c from its own storage, after the frames before it.
+    static let copiedBodyLimit = 64 << 10
+    /// The round's frames are sent whenever they reach this size (and at the end of the round).
+    static let framesSendSize = 256 << 10
+
     /// Writes what the machine says for one round, each write watched for a stall. Returns the
     /// error when a write fails: the connection is then unusable.
+    ///
+    /// Over plain TCP the round's messages are encoded into one buffer and leave in one `send(2)`
+    /// (``PublishFrames``): rabbitmq-c would make three system calls per message. A message is
+    /// counted as written (it takes its delivery tag) when its frames are in the buffer; if the
+    /// send then fails, the connection is lost and every outstanding call is answered so.
     private func writeRound(on connection: AMQPConnection, corked: Bool, now: ContinuousClock.Instant) -> AMQPError? {
+        guard connection.sendsFramesDirectly else { return writeRoundMessageByMessage(on: connection, corked: corked, now: now) }
+        frames.removeAll()
+        let frameSize = connection.frameSize
+        while let message = machine.nextMessage(now: now) {
+            if message.body.count > Self.copiedBodyLimit {
+                if let error = sendFrames(on: connection) ?? publishThroughRabbitMQC(message, on: connection) { return error }
+            } else {
+                do {
+                    try frames.append(message, channel: AMQPConnection.channel, frameSize: frameSize)
+                } catch {
+                    frames.removeAll()
+                    return error
+                }
+            }
+            machine.wrote()
+            if frames.bytes.count >= Self.framesSendSize, let error = sendFrames(on: connection) { return error }
+        }
+        if let error = sendFrames(on: connection) { return error }
+        machine.endRound(now: clock.now)
+        return nil
+    }
+
+    /// Sends the frames gathered so far (none: nothing), watched for a stall.
+    private func sendFrames(on connection: AMQPConnection) -> AMQPError? {
+        guard !frames.isEmpty else { return nil }
+        defer { frames.removeAll() }
+        publisher.writes.begin(socket: connection.fileDescriptor)
+        defer { publisher.writes.end() }
+        do {
+            try connection.sendFrames(frames.bytes)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// One message through `amqp_basic_publish` (three writes), watched for a stall.
+    private func publishThroughRabbitMQC(_ message: AMQPOutboundMessage, on connection: AMQPConnection) -> AMQPError? {
+        publisher.writes.begin(socket: connection.fileDescriptor)
+        defer { publisher.writes.end() }
+        do {
+            try connection.publish(message)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// ``writeRound(on:corked:now:)`` over TLS: each message through rabbitmq-c, the socket corked
+    /// while several go out in a row so that they leave in full segments.
+    private func writeRoundMessageByMessage(on connection: AMQPConnection, corked: Bool, now: ContinuousClock.Instant) -> AMQPError? {
         if corked { connection.setCorked(true) }
         defer { if corked { connection.setCorked(false) } }
         while let message = machine.nextMessage(now: now) {
-            publisher.writes.begin(socket: connection.fileDescriptor)
-            defer { publisher.writes.end() }
-            do {
-                try connection.publish(message)
-            } catch {
-                return error
-            }
+            if let error = publishThroughRabbitMQC(message, on: connection) { return error }
             machine.wrote()
         }
         machine.endRound(now: clock.now)

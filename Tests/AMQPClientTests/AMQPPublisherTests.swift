@@ -61,9 +61,11 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         #expect(first.properties.header("flag") == .bool(true))
     }
 
-    /// One call: empty bodies, small ones, and bodies around the frame size (131,072 here: 131,064
-    /// bytes of body per frame) and over several frames, in one round of writing and then in
-    /// another on the same connection. Every byte arrives, in order.
+    /// One call: empty bodies, small ones, bodies around the frame size (131,072 here: 131,064
+    /// bytes of body per frame) and over several frames, and bodies either side of
+    /// the owner's copied-body limit of 64 KiB (encoded into the round's one write, or written by
+    /// rabbitmq-c between such writes), in one round and then in another on the same connection.
+    /// Every byte arrives, in order.
     @Test func messagesOfEverySizeInOneCallArriveWholeAndInOrder() async throws {
         let exchange = exchangeName()
         let probe = try await QueueProbe(exchange: exchange)

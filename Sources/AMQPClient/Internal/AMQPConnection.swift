@@ -259,6 +259,43 @@ final class AMQPConnection {
         guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "publish: \(errorString(status))") }
     }
 
+    /// `true` when ``sendFrames(_:)`` may write frames straight to the socket: plain TCP. Over TLS every
+    /// byte must go through rabbitmq-c's TLS socket, so messages go one by one through ``publish(_:)``.
+    var sendsFramesDirectly: Bool { configuration.tls == nil }
+
+    /// Writes `frames` (whole frames, from ``PublishFrames``) to the socket, all of them, waiting
+    /// while its send buffer is full. rabbitmq-c writes nothing in between: it only writes when
+    /// this connection's one user calls it. Throws `.connectionLost` when the socket fails (a frame
+    /// may then be cut off: the connection is unusable).
+    func sendFrames(_ frames: [UInt8]) throws(AMQPError) {
+        let socket = fileDescriptor
+        let failure: Int32? = frames.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress else { return nil }
+            var offset = 0
+            while offset < raw.count {
+                let sent = send(socket, base + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                if sent > 0 {
+                    offset += sent
+                    continue
+                }
+                let code = sent == 0 ? EPIPE : errno
+                switch code {
+                case EINTR:
+                    continue
+                case EAGAIN, EWOULDBLOCK:
+                    // rabbitmq-c keeps its sockets non-blocking. A stalled broker is the write
+                    // watchdog's to handle: it shuts the socket down, and the next send fails.
+                    var writable = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&writable, 1, -1)
+                default:
+                    return code
+                }
+            }
+            return nil
+        }
+        if let failure { throw AMQPError(.connectionLost, "publish: \(String(cString: strerror(failure)))") }
+    }
+
     func ack(_ deliveryTag: UInt64, multiple: Bool = false) throws(AMQPError) {
         let status = amqp_basic_ack(state, Self.channel, deliveryTag, multiple ? 1 : 0)
         guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "ack: \(errorString(status))") }
@@ -496,7 +533,7 @@ final class AMQPConnection {
 
 // MARK: - Conversions
 
-private func errorString(_ status: Int32) -> String {
+func errorString(_ status: Int32) -> String {
     String(cString: amqp_error_string2(status))
 }
 
