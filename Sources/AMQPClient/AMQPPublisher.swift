@@ -555,8 +555,12 @@ private final class PublisherLoop: @unchecked Sendable {
                 do {
                     try frames.append(message, channel: AMQPConnection.channel, frameSize: frameSize)
                 } catch {
-                    frames.removeAll()
-                    return error
+                    // Not expected (`encodingProblem` refused such messages when they were
+                    // submitted). The messages before it took their delivery tags: send them, then
+                    // give the connection up as for a failed write (`.unencodable` would tell the
+                    // callers nothing was sent, which is not so for the others).
+                    return sendFrames(on: connection)
+                        ?? AMQPError(.connectionLost, "could not encode a message after the check that should refuse it: \(error.message)")
                 }
             }
             machine.wrote()
@@ -571,10 +575,12 @@ private final class PublisherLoop: @unchecked Sendable {
     private func sendFrames(on connection: AMQPConnection) -> AMQPError? {
         guard !frames.isEmpty else { return nil }
         defer { frames.removeAll() }
-        publisher.writes.begin(socket: connection.fileDescriptor)
+        let socket = connection.fileDescriptor
+        publisher.writes.begin(socket: socket)
         defer { publisher.writes.end() }
         do {
-            try connection.sendFrames(frames.bytes)
+            // The watchdog measures progress, as it did per message: every write that moved bytes re-arms it.
+            try connection.sendFrames(frames.bytes, onProgress: { publisher.writes.begin(socket: socket) })
             return nil
         } catch {
             return error
@@ -622,6 +628,10 @@ private final class PublisherLoop: @unchecked Sendable {
         }
         now = clock.now
 
+        // rabbitmq-c sends its heartbeat from the read when one is due (it does not see the frames
+        // `sendFrames` wrote), and that write can block like any other: the watchdog covers it.
+        publisher.writes.begin(socket: connection.fileDescriptor)
+        defer { publisher.writes.end() }
         do {
             while let event = try connection.nextEvent(timeout: .zero) {
                 switch event {

@@ -61,7 +61,9 @@ import TestSupport
 }
 
 /// A call made while the owner waits for confirms of its own does not wake it: the next confirm
-/// does, and the owner takes every call queued by then in one round.
+/// does, and the owner takes every call queued by then in one round. A call the owner should
+/// have been woken for and was not would not fail: it would wait for the owner's next look (at
+/// most its confirm deadline). So the test counts the calls queued without a wake-up instead.
 @Suite struct PublisherDeferredWakeupTests {
     let node = RabbitMQNode.shared
 
@@ -71,7 +73,11 @@ import TestSupport
         defer { Task { await probe.stop() } }
         let batch = (0..<5_000).map { message(exchange: exchange, key: "BATCH", body: "b-\($0)") }
         let singles = 50
-        try await withPublisher(.init(connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
+        // A window of 16: the owner writes the batch 16 at a time and waits for their confirms in
+        // between (with the default of 1024 a fast broker may keep it writing until the end).
+        let configuration = AMQPPublisherConfiguration(
+            connection: node.connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)], maxUnconfirmed: 16)
+        try await withPublisher(configuration) { publisher in
             try await waitUntil("publisher connected") { publisher.state == .connected }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await publisher.publish(batch) }
@@ -85,10 +91,18 @@ import TestSupport
                 }
                 try await group.waitForAll()
             }
+            // Then, the owner asleep with nothing left to confirm, calls too large for their
+            // callers to write (see PublisherCallerWriteTests): each must wake it.
+            let deferredBefore = publisher.deferredWakeupCount
+            for index in 0..<5 {
+                try await waitUntil("owner waiting idle") { publisher.ownerWaitsIdle }
+                let call = (0...AMQPPublisher.callerWriteMessages).map { message(exchange: exchange, key: "AFTER", body: "after-\(index)-\($0)") }
+                try await publisher.publish(call)
+            }
+            #expect(publisher.deferredWakeupCount == deferredBefore, "a call left an owner with nothing to confirm asleep")
         }
-        // Every call was confirmed (no call waited for a wake-up that never came: publish would
-        // have thrown confirmTimeout) and every message arrived.
-        let received = try await probe.waitForMessages(count: batch.count + singles, timeout: .seconds(60))
+        // Every call was confirmed and every message arrived.
+        let received = try await probe.waitForMessages(count: batch.count + singles + 5 * (AMQPPublisher.callerWriteMessages + 1), timeout: .seconds(60))
         #expect(received.filter { $0.routingKey == "BATCH" }.count == batch.count)
         #expect(Set(received.filter { $0.routingKey == "ONE" }.map { String(decoding: $0.body, as: UTF8.self) }).count == singles)
     }

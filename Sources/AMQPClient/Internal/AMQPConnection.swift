@@ -267,7 +267,8 @@ final class AMQPConnection {
     /// while its send buffer is full. rabbitmq-c writes nothing in between: it only writes when
     /// this connection's one user calls it. Throws `.connectionLost` when the socket fails (a frame
     /// may then be cut off: the connection is unusable).
-    func sendFrames(_ frames: [UInt8]) throws(AMQPError) {
+    /// `onProgress` runs after every `send(2)` that took bytes.
+    func sendFrames(_ frames: [UInt8], onProgress: () -> Void = {}) throws(AMQPError) {
         let socket = fileDescriptor
         let failure: Int32? = frames.withUnsafeBytes { raw in
             guard let base = raw.baseAddress else { return nil }
@@ -276,6 +277,7 @@ final class AMQPConnection {
                 let sent = send(socket, base + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
                 if sent > 0 {
                     offset += sent
+                    onProgress()
                     continue
                 }
                 let code = sent == 0 ? EPIPE : errno
