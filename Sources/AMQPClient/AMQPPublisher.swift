@@ -571,28 +571,27 @@ private final class PublisherLoop: @unchecked Sendable {
         return nil
     }
 
-    /// Sends the frames gathered so far (none: nothing), watched for a stall.
+    /// Sends the frames gathered so far (none: nothing), watched for a stall. The watchdog measures
+    /// progress, as it did per message: every write that moved bytes re-arms it.
     private func sendFrames(on connection: AMQPConnection) -> AMQPError? {
         guard !frames.isEmpty else { return nil }
         defer { frames.removeAll() }
-        let socket = connection.fileDescriptor
-        publisher.writes.begin(socket: socket)
-        defer { publisher.writes.end() }
-        do {
-            // The watchdog measures progress, as it did per message: every write that moved bytes re-arms it.
-            try connection.sendFrames(frames.bytes, onProgress: { publisher.writes.begin(socket: socket) })
-            return nil
-        } catch {
-            return error
-        }
+        return watched(connection) { rearm throws(AMQPError) in try connection.sendFrames(frames.bytes, onProgress: rearm) }
     }
 
     /// One message through `amqp_basic_publish` (three writes), watched for a stall.
     private func publishThroughRabbitMQC(_ message: AMQPOutboundMessage, on connection: AMQPConnection) -> AMQPError? {
-        publisher.writes.begin(socket: connection.fileDescriptor)
+        watched(connection) { _ throws(AMQPError) in try connection.publish(message) }
+    }
+
+    /// Runs `write` on `connection`'s socket under the stall watchdog; `write` may call the closure
+    /// it is given to restart the watchdog's clock when it made progress. Returns the error it threw.
+    private func watched(_ connection: AMQPConnection, _ write: (_ rearm: () -> Void) throws(AMQPError) -> Void) -> AMQPError? {
+        let socket = connection.fileDescriptor
+        publisher.writes.begin(socket: socket)
         defer { publisher.writes.end() }
         do {
-            try connection.publish(message)
+            try write { publisher.writes.begin(socket: socket) }
             return nil
         } catch {
             return error
