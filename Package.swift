@@ -44,6 +44,8 @@ let package = Package(
             pkgConfig: "librabbitmq",
             providers: [.apt(["librabbitmq-dev"])]
         ),
+        // The Swift runtime's global-enqueue hook, reached at link time (see EventLoopGlobalExecutor).
+        .target(name: "CSwiftConcurrencyHook"),
         // Hex digits, once for every module. No dependencies.
         .target(name: "HexCoding", swiftSettings: swiftSettings),
         // `Duration` in whole seconds down to nanoseconds, saturating. No dependencies.
@@ -182,6 +184,7 @@ let package = Package(
             name: "TCBridge",
             dependencies: [
                 "AMQPClient",
+                "CSwiftConcurrencyHook",
                 "DurableSpool",
                 "DurationUnits",
                 "HexCoding",

@@ -1,7 +1,6 @@
-import NIOCore
-import NIOPosix
+import TCBridge
 
 // As in tc-bridge: Swift concurrency on NIO's event loops, so `http-floor` runs as the bridge does.
-_ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+EventLoopGlobalExecutor.install()
 
 await TCBenchCommand.asyncMain()
