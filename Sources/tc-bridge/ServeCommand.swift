@@ -288,6 +288,7 @@ struct ServeCommand: AsyncParsableCommand {
                 throw ValidationError("cannot use the dedup journal: \(error)")
             }
         }
+        let executor = await EventLoopGlobalExecutor.tasksRunOnEventLoops() ? "event-loops" : "default"
         logger.info(
             "starting tc-bridge",
             metadata: [
@@ -295,7 +296,7 @@ struct ServeCommand: AsyncParsableCommand {
                 "max_age": "\(maxAgeSeconds)", "dedup_window": "\(dedupSeconds)", "dedup_entries": "\(receiver.dedup?.count ?? 0)",
                 "spool": "\(spool.configuration.directory)", "spooled_records": "\(spool.depth.records)",
                 "tracing": "\(tracingBackend == nil ? "off" : "otlp")",
-                "executor": "\(EventLoopGlobalExecutor.isInstalled ? "event-loops" : "default")",
+                "executor": "\(executor)",
             ])
         // Shutdown runs in reverse: the HTTP server drains first (failed publishes spool), then the
         // forwarder stops, then the publisher waits for its last confirms and closes.
