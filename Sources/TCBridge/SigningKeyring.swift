@@ -64,7 +64,9 @@ public enum SigningKeyFile {
     /// checked is the file read). Blocking file I/O; call it at start-up or from a signal handler
     /// task, not per request. Thread-safe.
     public static func load(path: String, allowInsecurePermissions: Bool) throws(SigningKeyFileError) -> [WebhookSigningKey] {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        // O_NONBLOCK: a FIFO with no writer would otherwise hold the opening thread (an event loop
+        // on SIGHUP) forever; it is then refused as not a regular file. A regular file ignores it.
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard descriptor >= 0 else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
         defer { close(descriptor) }
         var status = stat()

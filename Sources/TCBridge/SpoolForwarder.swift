@@ -88,12 +88,19 @@ public struct SpoolForwarder: Service, Sendable {
             records = [suspect]
             alone = true
         }
+        // Up to `batchSize` records of up to a whole body's events each: a large batch is decoded
+        // off the event loops.
+        let leased = records
+        let decoded = await HeavyWork.run(bytes: records.reduce(0) { $0 + $1.payload.count }) {
+            leased.map { record in Result { () throws(SpooledMessages.DecodingError) in try SpooledMessages.decode(record.payload) } }
+        }
         var unreadable: [SpoolRecord] = []
         var readable: [(SpoolRecord, [AMQPOutboundMessage])] = []
-        for record in records {
-            do {
-                readable.append((record, try SpooledMessages.decode(record.payload)))
-            } catch {
+        for (record, result) in zip(records, decoded) {
+            switch result {
+            case .success(let messages):
+                readable.append((record, messages))
+            case .failure(let error):
                 logger.error("unreadable spool record set aside", metadata: ["error": "\(error)"])
                 unreadable.append(record)
             }

@@ -287,26 +287,9 @@ public struct WebhookIngest: Sendable {
         case spoolInChunks(EventSummaries)
     }
 
-    /// Bodies above this size are verified, hashed and parsed on NIO's blocking pool: work of
-    /// milliseconds to seconds must not hold an event loop (and every connection on it).
-    static let offloadThreshold = 256 << 10
-
-    /// Two threads for large bodies' CPU work, the bridge's own (NIO's shared pool also serves
-    /// blocking file I/O, which must not queue a request behind it). Lives as long as the process.
-    private static let heavyWork: NIOThreadPool = {
-        let pool = NIOThreadPool(numberOfThreads: 2)
-        pool.start()
-        return pool
-    }()
-
-    /// Runs `work` here for a small body, on ``heavyWork`` for a large one.
+    /// Runs `work` here for a small body, on ``HeavyWork``'s threads for a large one.
     private func offloaded<T: Sendable>(bodyBytes: Int, _ work: @escaping @Sendable () -> T) async -> T {
-        guard bodyBytes > Self.offloadThreshold else { return work() }
-        do {
-            return try await Self.heavyWork.runIfActive { work() }
-        } catch {
-            return work()  // the pool is shutting down: do it here rather than fail the request
-        }
+        await HeavyWork.run(bytes: bodyBytes, work)
     }
 
     /// The distinct actions among `actions`, in first-seen order, at most ten (for log lines).

@@ -58,6 +58,17 @@ import TutorCruncherSignature
         }
     }
 
+    /// A FIFO nobody writes to is refused at once: opening it for reading would otherwise wait for
+    /// a writer forever, holding the thread that reloads (an event loop, on SIGHUP).
+    @Test(.timeLimit(.minutes(1))) func refusesAFIFOWithoutWaitingForAWriter() throws {
+        let path = NSTemporaryDirectory() + "tcbridge-key-fifo-\(UUID().uuidString)"
+        try #require(mkfifo(path, 0o600) == 0)
+        defer { unlink(path) }
+        #expect(throws: SigningKeyFileError.notARegularFile(path: path)) {
+            try SigningKeyFile.load(path: path, allowInsecurePermissions: false)
+        }
+    }
+
     @Test func theKeyringSwapsAtomically() {
         let keyring = SigningKeyring(WebhookVerifier(key: WebhookSigningKey("one")))
         let body = Array("{}".utf8)
