@@ -89,7 +89,7 @@ public struct SpoolForwarder: Service, Sendable {
             alone = true
         }
         // Up to `batchSize` records of up to a whole body's events each: a large batch is decoded
-        // off the event loops.
+        // off the event loops. (The sum counts bytes already in memory: it cannot overflow.)
         let leased = records
         let decoded = await HeavyWork.run(bytes: records.reduce(0) { $0 + $1.payload.count }) {
             leased.map { record in Result { () throws(SpooledMessages.DecodingError) in try SpooledMessages.decode(record.payload) } }

@@ -127,6 +127,29 @@ final class RefusingPublisher: EventPublishing {
         #expect(aside.count == 2)
     }
 
+    /// A batch over ``HeavyWork/offloadThreshold`` is decoded off the loop: each record keeps its
+    /// own messages and its own fate (an unreadable one among them is set aside alone).
+    @Test func aLargeBatchIsDecodedRecordByRecord() async throws {
+        let (spool, directory) = spool()
+        let body = [UInt8](repeating: 7, count: 100 << 10)
+        for key in ["big-1", "big-2"] {
+            try await spool.append(
+                SpooledMessages.encode([AMQPOutboundMessage(exchange: "ex", routingKey: key, properties: AMQPProperties(messageID: key), body: body)]))
+        }
+        try await spool.append([9, 9, 9])  // no known record version
+        try await spool.append(
+            SpooledMessages.encode([AMQPOutboundMessage(exchange: "ex", routingKey: "big-3", properties: AMQPProperties(messageID: "big-3"), body: body)]))
+        let publisher = RecordingPublisher()
+        var logger = Logger(label: "forwarder")
+        logger.logLevel = .critical
+        let forwarder = SpoolForwarder(spool: spool, publisher: publisher, logger: logger, batchSize: 8)
+        _ = await forwarder.forwardOneBatch()
+        #expect(spool.depth.records == 0)
+        #expect(publisher.published.map(\.routingKey).sorted() == ["big-1", "big-2", "big-3"])
+        #expect(publisher.published.allSatisfy { $0.body == body })
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory + "/corrupt").count == 1)
+    }
+
     @Test(arguments: [AMQPError.Kind.notConnected, .blocked, .connectionLost, .confirmTimeout, .nacked])
     func recordsThatFailOnlyBecauseTheBrokerIsAwayOrSlowAreNeverSetAside(kind: AMQPError.Kind) async throws {
         let (spool, directory) = spool()
