@@ -11,227 +11,224 @@ import TestSupport
 /// node (SIGKILL, memory alarm), so the suite runs serially.
 @Suite(.serialized) struct ConsumerSettleTests {
     @Test func everySettleCallReturnsWhenTheBrokerIsKilledWithAcksRejectionsAndRepublishesQueued() async throws {
-        let node = try await RabbitMQNode.dedicated(name: "consumer-settle-kill", port: 5686)
-        defer { try? node.stop() }
-        let names = QueueNames()
-        let pause = OwnerPause()
-        let consumer = AMQPConsumer(
-            configuration: settleConfiguration(node, names, prefetch: 60), logger: quietConsumerLogger,
-            hooks: AMQPConsumerHooks(beforeTakingCommands: { pause.hold() }))
-        let runner = Task { try await consumer.run() }
-        let deliveries = DeliveryCollector(consumer, holdFirst: 60)
-        try await waitUntil("consumer connected") { consumer.state == .connected }
-        try await publish(count: 60, to: names.queue, on: node)
-        try await waitUntil("60 deliveries held unsettled") { deliveries.held.count == 60 }
+        try await RabbitMQNode.withDedicated(name: "consumer-settle-kill", port: 5686) { node in
+            let names = QueueNames()
+            let pause = OwnerPause()
+            let consumer = AMQPConsumer(
+                configuration: settleConfiguration(node, names, prefetch: 60), logger: quietConsumerLogger,
+                hooks: AMQPConsumerHooks(beforeTakingCommands: { pause.hold() }))
+            let runner = Task { try await consumer.run() }
+            let deliveries = DeliveryCollector(consumer, holdFirst: 60)
+            try await waitUntil("consumer connected") { consumer.state == .connected }
+            try await publish(count: 60, to: names.queue, on: node)
+            try await waitUntil("60 deliveries held unsettled") { deliveries.held.count == 60 }
 
-        // Hold the owner thread, queue 60 settle calls behind it, SIGKILL the broker, let it go:
-        // the owner writes acks, nacks and publishes into a dead socket.
-        pause.arm()
-        try await waitUntil("owner thread held") { pause.isHolding }
-        let outcomes = SettleOutcomes()
-        for (index, delivery) in deliveries.held.all.enumerated() {
-            outcomes.start {
-                switch index % 3 {
-                case 0: try await delivery.ack()
-                case 1: try await delivery.reject()
-                default: try await delivery.republishThenAck(deadLetterCopy(of: delivery, names))
+            // Hold the owner thread, queue 60 settle calls behind it, SIGKILL the broker, let it go:
+            // the owner writes acks, nacks and publishes into a dead socket.
+            pause.arm()
+            try await waitUntil("owner thread held") { pause.isHolding }
+            let outcomes = SettleOutcomes()
+            for (index, delivery) in deliveries.held.all.enumerated() {
+                outcomes.start {
+                    switch index % 3 {
+                    case 0: try await delivery.ack()
+                    case 1: try await delivery.reject()
+                    default: try await delivery.republishThenAck(deadLetterCopy(of: delivery, names))
+                    }
                 }
             }
+            try await waitUntil("60 settle calls queued") { consumer.queuedCommandCount == 60 }
+            try await node.kill()
+            pause.release()
+
+            // confirmTimeout is 30 s here, so the backstop timer cannot be what answers them.
+            try await waitUntil(timeout: .seconds(10), "every settle call returned or threw (\(outcomes.count) of 60)") { outcomes.count == 60 }
+            let failures = outcomes.failures
+            print("broker killed with 60 settle calls queued: \(60 - failures.count) returned, \(failures.count) threw")
+            #expect(!failures.isEmpty, "writes into a dead socket must fail")
+            #expect(failures.allSatisfy { $0.kind == .connectionLost }, "\(failures)")
+
+            // Consumption continues after the broker is back: the unsettled messages come again.
+            try await node.start()
+            try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
+            try await expectConsumptionResumes(deliveries, names, node)
+            #expect(deliveries.acknowledgedAfterHold.all.filter { $0.properties.messageID != freshMessageID }.allSatisfy { $0.redelivered })
+
+            try await expectShutdownWithinDeadline(consumer, runner)
+            deliveries.stop()
         }
-        try await waitUntil("60 settle calls queued") { consumer.queuedCommandCount == 60 }
-        try await node.kill()
-        pause.release()
-
-        // confirmTimeout is 30 s here, so the backstop timer cannot be what answers them.
-        try await waitUntil(timeout: .seconds(10), "every settle call returned or threw (\(outcomes.count) of 60)") { outcomes.count == 60 }
-        let failures = outcomes.failures
-        print("broker killed with 60 settle calls queued: \(60 - failures.count) returned, \(failures.count) threw")
-        #expect(!failures.isEmpty, "writes into a dead socket must fail")
-        #expect(failures.allSatisfy { $0.kind == .connectionLost }, "\(failures)")
-
-        // Consumption continues after the broker is back: the unsettled messages come again.
-        try await node.start()
-        try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
-        try await expectConsumptionResumes(deliveries, names, node)
-        #expect(deliveries.acknowledgedAfterHold.all.filter { $0.properties.messageID != freshMessageID }.allSatisfy { $0.redelivered })
-
-        try await expectShutdownWithinDeadline(consumer, runner)
-        deliveries.stop()
     }
 
     @Test func republishConfirmsWhoseAcknowledgementsFailHalfWayAllReturn() async throws {
-        let node = try await RabbitMQNode.dedicated(name: "consumer-settle-confirm", port: 5689)
-        defer { try? node.stop() }
-        let names = QueueNames()
-        let pause = OwnerPause()
-        let killOnce = Once()
-        let consumer = AMQPConsumer(
-            configuration: settleConfiguration(node, names, prefetch: 20), logger: quietConsumerLogger,
-            hooks: AMQPConsumerHooks(
-                beforeTakingCommands: { pause.hold() },
-                beforeAckingRepublished: {
-                    // The broker confirmed the copies; it dies before the originals are acknowledged.
-                    if killOnce.claim() { try? node.kill() }
-                }))
-        let runner = Task { try await consumer.run() }
-        let deliveries = DeliveryCollector(consumer, holdFirst: 20)
-        try await waitUntil("consumer connected") { consumer.state == .connected }
-        try await publish(count: 20, to: names.queue, on: node)
-        try await waitUntil("20 deliveries held unsettled") { deliveries.held.count == 20 }
+        try await RabbitMQNode.withDedicated(name: "consumer-settle-confirm", port: 5689) { node in
+            let names = QueueNames()
+            let pause = OwnerPause()
+            let killOnce = Once()
+            let consumer = AMQPConsumer(
+                configuration: settleConfiguration(node, names, prefetch: 20), logger: quietConsumerLogger,
+                hooks: AMQPConsumerHooks(
+                    beforeTakingCommands: { pause.hold() },
+                    beforeAckingRepublished: {
+                        // The broker confirmed the copies; it dies before the originals are acknowledged.
+                        if killOnce.claim() { try? node.kill() }
+                    }))
+            let runner = Task { try await consumer.run() }
+            let deliveries = DeliveryCollector(consumer, holdFirst: 20)
+            try await waitUntil("consumer connected") { consumer.state == .connected }
+            try await publish(count: 20, to: names.queue, on: node)
+            try await waitUntil("20 deliveries held unsettled") { deliveries.held.count == 20 }
 
-        // All 20 republishes go out in one batch, so their confirms arrive together.
-        pause.arm()
-        try await waitUntil("owner thread held") { pause.isHolding }
-        let outcomes = SettleOutcomes()
-        for delivery in deliveries.held.all {
-            outcomes.start { try await delivery.republishThenAck(deadLetterCopy(of: delivery, names)) }
+            // All 20 republishes go out in one batch, so their confirms arrive together.
+            pause.arm()
+            try await waitUntil("owner thread held") { pause.isHolding }
+            let outcomes = SettleOutcomes()
+            for delivery in deliveries.held.all {
+                outcomes.start { try await delivery.republishThenAck(deadLetterCopy(of: delivery, names)) }
+            }
+            try await waitUntil("20 republishes queued") { consumer.queuedCommandCount == 20 }
+            pause.release()
+
+            try await waitUntil(timeout: .seconds(15), "every republishThenAck returned or threw (\(outcomes.count) of 20)") { outcomes.count == 20 }
+            #expect(killOnce.claimed, "the broker confirmed the republishes before it was killed")
+            let failures = outcomes.failures
+            print("broker killed between republish confirms and acks: \(20 - failures.count) returned, \(failures.count) threw")
+            #expect(!failures.isEmpty)
+            #expect(failures.allSatisfy { $0.kind == .connectionLost }, "\(failures)")
+
+            try await node.start()
+            try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
+            try await expectConsumptionResumes(deliveries, names, node)
+            try await expectShutdownWithinDeadline(consumer, runner)
+            deliveries.stop()
         }
-        try await waitUntil("20 republishes queued") { consumer.queuedCommandCount == 20 }
-        pause.release()
-
-        try await waitUntil(timeout: .seconds(15), "every republishThenAck returned or threw (\(outcomes.count) of 20)") { outcomes.count == 20 }
-        #expect(killOnce.claimed, "the broker confirmed the republishes before it was killed")
-        let failures = outcomes.failures
-        print("broker killed between republish confirms and acks: \(20 - failures.count) returned, \(failures.count) threw")
-        #expect(!failures.isEmpty)
-        #expect(failures.allSatisfy { $0.kind == .connectionLost }, "\(failures)")
-
-        try await node.start()
-        try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
-        try await expectConsumptionResumes(deliveries, names, node)
-        try await expectShutdownWithinDeadline(consumer, runner)
-        deliveries.stop()
     }
 
     @Test func aWriteTheBrokerNeverReadsIsAbortedAndEverySettleCallReturns() async throws {
-        let node = try await RabbitMQNode.dedicated(name: "consumer-settle-stall", port: 5688)
-        defer {
-            try? node.resume()
-            try? node.stop()
-        }
-        let names = QueueNames()
-        var configuration = settleConfiguration(node, names, prefetch: 10)
-        configuration.confirmTimeout = .seconds(2)
-        let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
-        let runner = Task { try await consumer.run() }
-        let deliveries = DeliveryCollector(consumer, holdFirst: 5)
-        try await waitUntil("consumer connected") { consumer.state == .connected }
-        try await publish(count: 5, to: names.queue, on: node)
-        try await waitUntil("5 deliveries held") { deliveries.held.count == 5 }
-        let held = deliveries.held.all
+        try await RabbitMQNode.withDedicated(name: "consumer-settle-stall", port: 5688) { node in
+            let names = QueueNames()
+            var configuration = settleConfiguration(node, names, prefetch: 10)
+            configuration.confirmTimeout = .seconds(2)
+            let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
+            let runner = Task { try await consumer.run() }
+            let deliveries = DeliveryCollector(consumer, holdFirst: 5)
+            try await waitUntil("consumer connected") { consumer.state == .connected }
+            try await publish(count: 5, to: names.queue, on: node)
+            try await waitUntil("5 deliveries held") { deliveries.held.count == 5 }
+            let held = deliveries.held.all
 
-        // A frozen broker (SIGSTOP) reads nothing: a 32 MiB republish fills the socket and the owner
-        // thread blocks in the write. The watchdog aborts it after confirmTimeout.
-        try await node.pause()
-        let outcomes = SettleOutcomes()
-        let started = ContinuousClock.now
-        do {
-            var copy = deadLetterCopy(of: held[0], names)
-            copy.body = [UInt8](repeating: 0x61, count: 32 << 20)
-            let huge = copy
-            outcomes.start { try await held[0].republishThenAck(huge) }
-            for delivery in held[1...] { outcomes.start { try await delivery.ack() } }
-            try await waitUntil(timeout: .seconds(8), "every settle call returned or threw (\(outcomes.count) of 5)") { outcomes.count == 5 }
-        } catch {
-            try? await node.resume()
-            throw error
+            // A frozen broker (SIGSTOP) reads nothing: a 32 MiB republish fills the socket and the owner
+            // thread blocks in the write. The watchdog aborts it after confirmTimeout.
+            try await node.pause()
+            let outcomes = SettleOutcomes()
+            let started = ContinuousClock.now
+            do {
+                var copy = deadLetterCopy(of: held[0], names)
+                copy.body = [UInt8](repeating: 0x61, count: 32 << 20)
+                let huge = copy
+                outcomes.start { try await held[0].republishThenAck(huge) }
+                for delivery in held[1...] { outcomes.start { try await delivery.ack() } }
+                try await waitUntil(timeout: .seconds(8), "every settle call returned or threw (\(outcomes.count) of 5)") { outcomes.count == 5 }
+            } catch {
+                try? await node.resume()
+                throw error
+            }
+            print("frozen broker: 5 settle calls answered after \(ContinuousClock.now - started): \(outcomes.failures.map(\.kind))")
+            #expect(!outcomes.failures.isEmpty, "the stuck republish fails")
+            try await node.resume()
+            try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
+            try await expectConsumptionResumes(deliveries, names, node)
+            try await expectShutdownWithinDeadline(consumer, runner)
+            deliveries.stop()
         }
-        print("frozen broker: 5 settle calls answered after \(ContinuousClock.now - started): \(outcomes.failures.map(\.kind))")
-        #expect(!outcomes.failures.isEmpty, "the stuck republish fails")
-        try await node.resume()
-        try await waitUntil(timeout: .seconds(60), "consumer reconnected") { consumer.state == .connected }
-        try await expectConsumptionResumes(deliveries, names, node)
-        try await expectShutdownWithinDeadline(consumer, runner)
-        deliveries.stop()
     }
 
     @Test func connectionBlockedNeitherWedgesTheConsumerNorHangsARepublish() async throws {
-        let node = try await RabbitMQNode.dedicated(name: "consumer-blocked", port: 5687)
-        defer { try? node.stop() }  // withMemoryAlarm clears the alarm on every path
-        let names = QueueNames()
-        var configuration = settleConfiguration(node, names, prefetch: 10)
-        configuration.confirmTimeout = .seconds(2)
-        let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
-        let runner = Task { try await consumer.run() }
-        let deliveries = DeliveryCollector(consumer, holdFirst: 4)
-        try await waitUntil("consumer connected") { consumer.state == .connected }
-        try await publish(count: 4, to: names.queue, on: node)
-        try await waitUntil("4 deliveries held") { deliveries.held.count == 4 }
-        let held = deliveries.held.all
+        try await RabbitMQNode.withDedicated(name: "consumer-blocked", port: 5687) { node in
+            let names = QueueNames()
+            var configuration = settleConfiguration(node, names, prefetch: 10)
+            configuration.confirmTimeout = .seconds(2)
+            let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
+            let runner = Task { try await consumer.run() }
+            let deliveries = DeliveryCollector(consumer, holdFirst: 4)
+            try await waitUntil("consumer connected") { consumer.state == .connected }
+            try await publish(count: 4, to: names.queue, on: node)
+            try await waitUntil("4 deliveries held") { deliveries.held.count == 4 }
+            let held = deliveries.held.all
 
-        try await withMemoryAlarm(on: node) {
-            // The broker stops reading a connection that publishes during the alarm: the republish
-            // fails within its deadline (blocked, or no confirm) instead of waiting for ever.
-            let first = SettleOutcomes()
-            first.start { try await held[0].republishThenAck(deadLetterCopy(of: held[0], names)) }
-            try await waitUntil(timeout: .seconds(6), "republish during the alarm returned or threw") { first.count == 1 }
-            let kinds = first.failures.map(\.kind)
-            print("memory alarm: first republish failed with \(kinds)")
-            #expect(kinds == [.blocked] || kinds == [.confirmTimeout], "\(kinds)")
-            try await waitUntil(timeout: .seconds(10), "consumer reports the block") {
-                if case .blocked = consumer.state { return true }
-                return false
+            try await withMemoryAlarm(on: node) {
+                // The broker stops reading a connection that publishes during the alarm: the republish
+                // fails within its deadline (blocked, or no confirm) instead of waiting for ever.
+                let first = SettleOutcomes()
+                first.start { try await held[0].republishThenAck(deadLetterCopy(of: held[0], names)) }
+                try await waitUntil(timeout: .seconds(6), "republish during the alarm returned or threw") { first.count == 1 }
+                let kinds = first.failures.map(\.kind)
+                print("memory alarm: first republish failed with \(kinds)")
+                #expect(kinds == [.blocked] || kinds == [.confirmTimeout], "\(kinds)")
+                try await waitUntil(timeout: .seconds(10), "consumer reports the block") {
+                    if case .blocked = consumer.state { return true }
+                    return false
+                }
+                // While blocked, another republish waits at most its deadline and fails with `.blocked`.
+                let second = SettleOutcomes()
+                second.start { try await held[1].republishThenAck(deadLetterCopy(of: held[1], names)) }
+                try await waitUntil(timeout: .seconds(6), "republish while blocked returned or threw") { second.count == 1 }
+                #expect(second.failures.map(\.kind) == [.blocked])
+                // Acknowledgements are still accepted (they wait in the socket until the broker reads again).
+                let ack = SettleOutcomes()
+                ack.start { try await held[2].ack() }
+                try await waitUntil(timeout: .seconds(6), "ack while blocked returned") { ack.count == 1 }
+                #expect(ack.failures.isEmpty)
             }
-            // While blocked, another republish waits at most its deadline and fails with `.blocked`.
-            let second = SettleOutcomes()
-            second.start { try await held[1].republishThenAck(deadLetterCopy(of: held[1], names)) }
-            try await waitUntil(timeout: .seconds(6), "republish while blocked returned or threw") { second.count == 1 }
-            #expect(second.failures.map(\.kind) == [.blocked])
-            // Acknowledgements are still accepted (they wait in the socket until the broker reads again).
-            let ack = SettleOutcomes()
-            ack.start { try await held[2].ack() }
-            try await waitUntil(timeout: .seconds(6), "ack while blocked returned") { ack.count == 1 }
-            #expect(ack.failures.isEmpty)
+            try await waitUntil(timeout: .seconds(30), "consumer unblocked") { consumer.state == .connected }
+            // The same deliveries can now be republished and settled: the consumer is not wedged.
+            try await held[1].republishThenAck(deadLetterCopy(of: held[1], names))
+            try await held[3].ack()
+            try await held[0].nack(requeue: true)
+            try await waitUntil(timeout: .seconds(10), "requeued delivery came back and was acknowledged") {
+                deliveries.acknowledgedAfterHold.count >= 1
+            }
+            try await expectShutdownWithinDeadline(consumer, runner)
+            deliveries.stop()
         }
-        try await waitUntil(timeout: .seconds(30), "consumer unblocked") { consumer.state == .connected }
-        // The same deliveries can now be republished and settled: the consumer is not wedged.
-        try await held[1].republishThenAck(deadLetterCopy(of: held[1], names))
-        try await held[3].ack()
-        try await held[0].nack(requeue: true)
-        try await waitUntil(timeout: .seconds(10), "requeued delivery came back and was acknowledged") {
-            deliveries.acknowledgedAfterHold.count >= 1
-        }
-        try await expectShutdownWithinDeadline(consumer, runner)
-        deliveries.stop()
     }
 
     /// Shutdown's deadline for unsettled deliveries does not cut a republish already under way:
     /// held back by the broker's memory alarm past that deadline, the copy is still published once
     /// the alarm clears and its original acknowledged, so nothing comes back to be dead-lettered twice.
     @Test func aRepublishUnderWayAtTheShutdownDeadlineStillCompletes() async throws {
-        let node = try await RabbitMQNode.dedicated(name: "consumer-blocked", port: 5687)
-        defer { try? node.stop() }  // withMemoryAlarm clears the alarm on every path
-        let names = QueueNames()
-        var configuration = settleConfiguration(node, names, prefetch: 10)
-        configuration.shutdownTimeout = .milliseconds(100)
-        configuration.confirmTimeout = .seconds(30)
-        let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
-        let runner = Task { try await consumer.run() }
-        let deliveries = DeliveryCollector(consumer, holdFirst: 1)
-        defer { deliveries.stop() }
-        try await waitUntil("consumer connected") { consumer.state == .connected }
-        try await publish(count: 1, to: names.queue, on: node)
-        try await waitUntil("the delivery held") { deliveries.held.count == 1 }
-        let delivery = try #require(deliveries.held.all.first)
+        try await RabbitMQNode.withDedicated(name: "consumer-blocked", port: 5687) { node in
+            let names = QueueNames()
+            var configuration = settleConfiguration(node, names, prefetch: 10)
+            configuration.shutdownTimeout = .milliseconds(100)
+            configuration.confirmTimeout = .seconds(30)
+            let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
+            let runner = Task { try await consumer.run() }
+            let deliveries = DeliveryCollector(consumer, holdFirst: 1)
+            defer { deliveries.stop() }
+            try await waitUntil("consumer connected") { consumer.state == .connected }
+            try await publish(count: 1, to: names.queue, on: node)
+            try await waitUntil("the delivery held") { deliveries.held.count == 1 }
+            let delivery = try #require(deliveries.held.all.first)
 
-        let outcome = SettleOutcomes()
-        try await withMemoryAlarm(on: node) {
-            outcome.start { try await delivery.republishThenAck(deadLetterCopy(of: delivery, names)) }
-            consumer.requestStop()
-            // Well past the 100 ms shutdown deadline: the time itself is what is waited for.
-            try await Task.sleep(for: .seconds(1))
-            #expect(outcome.count == 0, "the republish was cut at the shutdown deadline: \(outcome.failures)")
-            #expect(consumer.state != .closed, "the consumer closed with a republish under way")
+            let outcome = SettleOutcomes()
+            try await withMemoryAlarm(on: node) {
+                outcome.start { try await delivery.republishThenAck(deadLetterCopy(of: delivery, names)) }
+                consumer.requestStop()
+                // Well past the 100 ms shutdown deadline: the time itself is what is waited for.
+                try await Task.sleep(for: .seconds(1))
+                #expect(outcome.count == 0, "the republish was cut at the shutdown deadline: \(outcome.failures)")
+                #expect(consumer.state != .closed, "the consumer closed with a republish under way")
+            }
+            try await waitUntil(timeout: .seconds(30), "the republish returned") { outcome.count == 1 }
+            #expect(outcome.failures.isEmpty, "\(outcome.failures)")
+            try await waitUntil(timeout: .seconds(10), "consumer closed") { consumer.state == .closed }
+            try await runner.value
+            let admin = AMQPAdmin(connection: node.connection)
+            try await waitUntil(timeout: .seconds(10), "the original acknowledged away") {
+                try await admin.messageCount(queue: names.queue) == 0
+            }
+            #expect(try await admin.messageCount(queue: names.deadLetterQueue) == 1, "the copy, once")
         }
-        try await waitUntil(timeout: .seconds(30), "the republish returned") { outcome.count == 1 }
-        #expect(outcome.failures.isEmpty, "\(outcome.failures)")
-        try await waitUntil(timeout: .seconds(10), "consumer closed") { consumer.state == .closed }
-        try await runner.value
-        let admin = AMQPAdmin(connection: node.connection)
-        try await waitUntil(timeout: .seconds(10), "the original acknowledged away") {
-            try await admin.messageCount(queue: names.queue) == 0
-        }
-        #expect(try await admin.messageCount(queue: names.deadLetterQueue) == 1, "the copy, once")
     }
 }
 

@@ -23,58 +23,57 @@ import TestSupport
     }
 
     @Test func publisherAndConsumerFailOverWhenTheirBrokerStopsAndComeBackToThePreferredOne() async throws {
-        // Node starts and stops block for seconds: on threads of their own, not the test pool.
-        let first = try await RabbitMQNode.dedicated(name: "failover-a", port: 5682)
-        defer { try? first.stop() }
-        let second = try await RabbitMQNode.dedicated(name: "failover-b", port: 5684)
-        defer { try? second.stop() }
-        let queue = "failover-\(UUID().uuidString.prefix(8))"
-        let queues = [AMQPQueueDeclaration(name: queue)]
+        try await RabbitMQNode.withDedicated(name: "failover-a", port: 5682) { first in
+            try await RabbitMQNode.withDedicated(name: "failover-b", port: 5684) { second in
+                let queue = "failover-\(UUID().uuidString.prefix(8))"
+                let queues = [AMQPQueueDeclaration(name: queue)]
 
-        var publishing = AMQPPublisherConfiguration(connection: first.connection, queues: queues)
-        publishing.failoverConnections = [second.connection]
-        publishing.reconnectBackoff = AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(300))
-        var consuming = AMQPConsumerConfiguration(
-            connection: first.connection, queues: queues, queue: queue,
-            reconnectBackoff: AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(300)), shutdownTimeout: .seconds(3))
-        consuming.failoverConnections = [second.connection]
-        var logger = Logger(label: "failover-consumer")
-        logger.logLevel = .critical
-        let consumer = AMQPConsumer(configuration: consuming, logger: logger)
-        let consumerRun = Task { try await consumer.run() }
-        let received = Recorder<String>()
-        let reader = Task {
-            for await delivery in consumer.deliveries {
-                if (try? await delivery.ack()) != nil { received.append(delivery.message.routingKey + ":" + String(decoding: delivery.message.body, as: UTF8.self)) }
+                var publishing = AMQPPublisherConfiguration(connection: first.connection, queues: queues)
+                publishing.failoverConnections = [second.connection]
+                publishing.reconnectBackoff = AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(300))
+                var consuming = AMQPConsumerConfiguration(
+                    connection: first.connection, queues: queues, queue: queue,
+                    reconnectBackoff: AMQPBackoff(initial: .milliseconds(50), maximum: .milliseconds(300)), shutdownTimeout: .seconds(3))
+                consuming.failoverConnections = [second.connection]
+                var logger = Logger(label: "failover-consumer")
+                logger.logLevel = .critical
+                let consumer = AMQPConsumer(configuration: consuming, logger: logger)
+                let consumerRun = Task { try await consumer.run() }
+                let received = Recorder<String>()
+                let reader = Task {
+                    for await delivery in consumer.deliveries {
+                        if (try? await delivery.ack()) != nil { received.append(delivery.message.routingKey + ":" + String(decoding: delivery.message.body, as: UTF8.self)) }
+                    }
+                }
+                defer { reader.cancel() }
+
+                try await withPublisher(publishing) { publisher in
+                    func send(_ text: String) async throws {
+                        try await waitUntil(timeout: .seconds(30), "publisher connected") { publisher.state == .connected }
+                        try await publisher.publish([AMQPOutboundMessage(exchange: "", routingKey: queue, properties: AMQPProperties(), body: Array(text.utf8))])
+                    }
+                    try await waitUntil(timeout: .seconds(30), "consumer connected") { consumer.state == .connected }
+                    try await send("on-a")
+                    try await waitUntil(timeout: .seconds(30), "consumed on the first broker") { received.all.contains("\(queue):on-a") }
+
+                    try await first.stop()  // both fail over to the second broker
+                    try await waitUntil(timeout: .seconds(60), "published on the second broker") { (try? await send("on-b")) != nil }
+                    try await waitUntil(timeout: .seconds(60), "consumed on the second broker") { received.all.contains("\(queue):on-b") }
+
+                    try await onOwnThread {
+                        try first.start()
+                        try second.stop()  // the next reconnect starts from the preferred broker again
+                    }
+                    try await waitUntil(timeout: .seconds(60), "published on the first broker again") { (try? await send("back-on-a")) != nil }
+                    try await waitUntil(timeout: .seconds(60), "consumed on the first broker again") { received.all.contains("\(queue):back-on-a") }
+                }
+                // (A publish that raced a failover may have been retried: at least once, in order.)
+                var firstSeen: [String] = []
+                for message in received.all where !firstSeen.contains(message) { firstSeen.append(message) }
+                #expect(firstSeen == ["\(queue):on-a", "\(queue):on-b", "\(queue):back-on-a"])
+                consumer.requestStop()
+                try await consumerRun.value
             }
         }
-        defer { reader.cancel() }
-
-        try await withPublisher(publishing) { publisher in
-            func send(_ text: String) async throws {
-                try await waitUntil(timeout: .seconds(30), "publisher connected") { publisher.state == .connected }
-                try await publisher.publish([AMQPOutboundMessage(exchange: "", routingKey: queue, properties: AMQPProperties(), body: Array(text.utf8))])
-            }
-            try await waitUntil(timeout: .seconds(30), "consumer connected") { consumer.state == .connected }
-            try await send("on-a")
-            try await waitUntil(timeout: .seconds(30), "consumed on the first broker") { received.all.contains("\(queue):on-a") }
-
-            try await first.stop()  // both fail over to the second broker
-            try await waitUntil(timeout: .seconds(60), "published on the second broker") { (try? await send("on-b")) != nil }
-            try await waitUntil(timeout: .seconds(60), "consumed on the second broker") { received.all.contains("\(queue):on-b") }
-
-            try await onOwnThread {
-                try first.start()
-                try second.stop()  // the next reconnect starts from the preferred broker again
-            }
-            try await waitUntil(timeout: .seconds(60), "published on the first broker again") { (try? await send("back-on-a")) != nil }
-            try await waitUntil(timeout: .seconds(60), "consumed on the first broker again") { received.all.contains("\(queue):back-on-a") }
-        }
-        // (A publish that raced a failover may have been retried: at least once, in order.)
-        var firstSeen: [String] = []
-        for message in received.all where !firstSeen.contains(message) { firstSeen.append(message) }
-        #expect(firstSeen == ["\(queue):on-a", "\(queue):on-b", "\(queue):back-on-a"])
-        consumer.requestStop()
-        try await consumerRun.value
     }
 }

@@ -175,13 +175,21 @@ struct TLSBrokersTrait: SuiteTrait, TestScoping {
     func provideScope(
         for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
     ) async throws {
-        let nodes = [try TLSBrokers.serverOnly, try TLSBrokers.mutual]
-        defer { for node in nodes { try? node.stop() } }
-        for node in nodes {
-            try await node.stop()  // a node left by an interrupted run may hold older certificates
-            try await node.start()
+        // The certificates are made once, by `openssl` runs: on a thread of their own.
+        let nodes = try await onOwnThread { [try TLSBrokers.serverOnly, try TLSBrokers.mutual] }
+        let outcome: Result<Void, any Error>
+        do {
+            for node in nodes {
+                try await node.stop()  // a node left by an interrupted run may hold older certificates
+                try await node.start()
+            }
+            try await function()
+            outcome = .success(())
+        } catch {
+            outcome = .failure(error)
         }
-        try await function()
+        for node in nodes { try? await node.stop() }
+        try outcome.get()
     }
 }
 

@@ -9,38 +9,38 @@ import TutorCruncherSignature
 /// Tests that stop or restart a broker; each uses a node of its own.
 @Suite(.serialized) struct BrokerOutageTests {
     @Test func healthFollowsTheBrokerAndPublishingResumesWithoutRestart() async throws {
-        let node = try await RabbitMQNode.dedicated(name: "health", port: 5691)
-        defer { try? node.stop() }
-        let exchange = "outage-\(UUID().uuidString.prefix(8))"
-        let probe = try await QueueProbe(node: node, exchange: exchange)
-        defer { Task { await probe.stop() } }
-        let before = Webhooks.body(actions: ["BEFORE_OUTAGE"])
-        let during = Webhooks.body(actions: ["DURING_OUTAGE"])
-        let after = Webhooks.body(actions: ["AFTER_OUTAGE"])
+        try await RabbitMQNode.withDedicated(name: "health", port: 5691) { node in
+            let exchange = "outage-\(UUID().uuidString.prefix(8))"
+            let probe = try await QueueProbe(node: node, exchange: exchange)
+            defer { Task { await probe.stop() } }
+            let before = Webhooks.body(actions: ["BEFORE_OUTAGE"])
+            let during = Webhooks.body(actions: ["DURING_OUTAGE"])
+            let after = Webhooks.body(actions: ["AFTER_OUTAGE"])
 
-        try await withLiveBridge(node: node, exchange: exchange) { port, publisher in
-            let healthUp = try await httpRequest(port: port, method: .get, path: "/health")
-            #expect(healthUp.status == 200)
-            let first = try await postSigned(port: port, body: before)
-            #expect(first.status == 200)
+            try await withLiveBridge(node: node, exchange: exchange) { port, publisher in
+                let healthUp = try await httpRequest(port: port, method: .get, path: "/health")
+                #expect(healthUp.status == 200)
+                let first = try await postSigned(port: port, body: before)
+                #expect(first.status == 200)
 
-            try await node.stop()
-            try await waitUntil("/health to report 503") {
-                try await httpRequest(port: port, method: .get, path: "/health").status == 503
+                try await node.stop()
+                try await waitUntil("/health to report 503") {
+                    try await httpRequest(port: port, method: .get, path: "/health").status == 503
+                }
+                let refused = try await postSigned(port: port, body: during)
+                #expect(refused.status == 503)
+
+                try await node.start()
+                try await waitUntil(timeout: .seconds(60), "/health to report 200 again") {
+                    try await httpRequest(port: port, method: .get, path: "/health").status == 200
+                }
+                let resumed = try await postSigned(port: port, body: after)
+                #expect(resumed.status == 200)
             }
-            let refused = try await postSigned(port: port, body: during)
-            #expect(refused.status == 503)
-
-            try await node.start()
-            try await waitUntil(timeout: .seconds(60), "/health to report 200 again") {
-                try await httpRequest(port: port, method: .get, path: "/health").status == 200
-            }
-            let resumed = try await postSigned(port: port, body: after)
-            #expect(resumed.status == 200)
+            // The durable probe queue and persistent messages survive the restart.
+            let received = try await probe.waitForMessages(count: 2, timeout: .seconds(60))
+            #expect(received.map(\.routingKey) == ["BEFORE_OUTAGE", "AFTER_OUTAGE"])
         }
-        // The durable probe queue and persistent messages survive the restart.
-        let received = try await probe.waitForMessages(count: 2, timeout: .seconds(60))
-        #expect(received.map(\.routingKey) == ["BEFORE_OUTAGE", "AFTER_OUTAGE"])
     }
 }
 

@@ -6,14 +6,14 @@ import TutorCruncherSignature
 
 /// The `tc-bridge` executable's argument and environment handling.
 @Suite struct CommandLineTests {
-    func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
+    func run(_ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, output: String) {
         var env = ProcessInfo.processInfo.environment
         for key in ["TC_PRIVATE_KEY", "TC_PRIVATE_KEY_FILE", "AMQP_URL", "AMQP_CA_FILE", "AMQP_CLIENT_CERT_FILE", "AMQP_CLIENT_KEY_FILE"] {
             env.removeValue(forKey: key)
         }
         for (key, value) in environment { env[key] = value }
         do {
-            return (0, try runProcess(BridgeProcess.executable, arguments, environment: env))
+            return (0, try await runProcess(BridgeProcess.executable, arguments, environment: env))
         } catch let failure as ProcessFailure {
             return (failure.status, failure.output)
         }
@@ -25,30 +25,30 @@ import TutorCruncherSignature
         return path
     }
 
-    @Test func serveRefusesToStartWithoutAKey() throws {
-        let result = try run(["serve", "--port", "0"])
+    @Test func serveRefusesToStartWithoutAKey() async throws {
+        let result = try await run(["serve", "--port", "0"])
         #expect(result.status != 0)
         #expect(result.output.contains("no private API key configured"))
         #expect(result.output.contains("TC_PRIVATE_KEY"))
     }
 
-    @Test func serveRejectsABadAMQPURLWithoutEchoingThePassword() throws {
-        let result = try run(["serve", "--port", "0"], environment: ["TC_PRIVATE_KEY": "k", "AMQP_URL": "amqp://u:hunter2@host:notaport/"])
+    @Test func serveRejectsABadAMQPURLWithoutEchoingThePassword() async throws {
+        let result = try await run(["serve", "--port", "0"], environment: ["TC_PRIVATE_KEY": "k", "AMQP_URL": "amqp://u:hunter2@host:notaport/"])
         #expect(result.status != 0)
         #expect(result.output.contains("invalid AMQP URL"))
         #expect(!result.output.contains("hunter2"))
     }
 
-    @Test func serveRejectsAClientCertificateWithoutItsKey() throws {
-        let result = try run(
+    @Test func serveRejectsAClientCertificateWithoutItsKey() async throws {
+        let result = try await run(
             ["serve", "--port", "0", "--amqp-client-cert", "/etc/client.pem"],
             environment: ["TC_PRIVATE_KEY": "k", "AMQP_URL": "amqps://localhost/"])
         #expect(result.status != 0)
         #expect(result.output.contains("--amqp-client-cert and --amqp-client-key go together"))
     }
 
-    @Test func serveRejectsAClientCertificateForPlainAMQP() throws {
-        let result = try run(
+    @Test func serveRejectsAClientCertificateForPlainAMQP() async throws {
+        let result = try await run(
             ["serve", "--port", "0"],
             environment: [
                 "TC_PRIVATE_KEY": "k", "AMQP_URL": "amqp://localhost/", "AMQP_CLIENT_CERT_FILE": "/etc/client.pem",
@@ -58,29 +58,29 @@ import TutorCruncherSignature
         #expect(result.output.contains("--amqp-client-cert needs an amqps:// URL"))
     }
 
-    @Test func serveRejectsAnUnreadableKeyFile() throws {
-        let result = try run(["serve", "--private-key-file", "/nonexistent/key"])
+    @Test func serveRejectsAnUnreadableKeyFile() async throws {
+        let result = try await run(["serve", "--private-key-file", "/nonexistent/key"])
         #expect(result.status != 0)
         #expect(result.output.contains("cannot read private key file /nonexistent/key"))
     }
 
-    @Test func signPrintsTheSignatureFromTheEnvironmentKey() throws {
+    @Test func signPrintsTheSignatureFromTheEnvironmentKey() async throws {
         let body = Webhooks.body(actions: ["LOGIN"])
         let file = try temporaryFile(body)
-        let result = try run(["sign", file], environment: ["TC_PRIVATE_KEY": Webhooks.testKey])
+        let result = try await run(["sign", file], environment: ["TC_PRIVATE_KEY": Webhooks.testKey])
         #expect(result.status == 0)
         #expect(result.output == Webhooks.sign(body) + "\n")
     }
 
-    @Test func signReadsTheFirstKeyOfAKeyFile() throws {
+    @Test func signReadsTheFirstKeyOfAKeyFile() async throws {
         let body = Array("{}".utf8)
         let keyFile = try temporaryFile(Array("  new-key  \nold-key\n".utf8))
-        let result = try run(["sign", "--private-key-file", keyFile, try temporaryFile(body)])
+        let result = try await run(["sign", "--private-key-file", keyFile, try temporaryFile(body)])
         #expect(result.output == WebhookVerifier.signature(for: body, key: WebhookSigningKey("new-key")) + "\n")
     }
 
-    @Test func signWithoutKeyFails() throws {
-        let result = try run(["sign", try temporaryFile([1, 2, 3])])
+    @Test func signWithoutKeyFails() async throws {
+        let result = try await run(["sign", try temporaryFile([1, 2, 3])])
         #expect(result.status != 0)
         #expect(result.output.contains("no private API key configured"))
     }

@@ -15,11 +15,22 @@ import TutorCruncher
     func aFullDiskAnswers503LosesNothingAndServiceResumesWhenSpaceReturns() async throws {
         let mountPoint = NSTemporaryDirectory() + "tc-bridge-disk-full-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        guard (try? runProcess("/bin/mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", mountPoint])) != nil else {
+        guard (try? await runProcess("/bin/mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", mountPoint])) != nil else {
             print("disk full: cannot mount a tmpfs here; not run")
             return
         }
-        defer { _ = try? runProcess("/bin/umount", ["-l", mountPoint]) }
+        let outcome: Result<Void, any Error>
+        do {
+            try await fillAndFreeTheDisk(mountedAt: mountPoint)
+            outcome = .success(())
+        } catch {
+            outcome = .failure(error)
+        }
+        _ = try? await runProcess("/bin/umount", ["-l", mountPoint])
+        try outcome.get()
+    }
+
+    private func fillAndFreeTheDisk(mountedAt mountPoint: String) async throws {
         // Ballast the test removes later: the space that "returns".
         let ballast = mountPoint + "/ballast"
         #expect(FileManager.default.createFile(atPath: ballast, contents: Data(count: 1 << 20)))

@@ -4,7 +4,7 @@ import Foundation
 /// A private RabbitMQ node run by `scripts/rabbitmq`, on loopback.
 ///
 /// ``shared`` is the suite-wide broker (started by `scripts/test`, or here when missing; never
-/// skipped). Tests that stop, kill or alarm a broker use their own node (``dedicated(name:port:)``)
+/// skipped). Tests that stop, kill or alarm a broker use their own node (``withDedicated(name:port:tls:isolation:_:)``)
 /// so they cannot disturb tests running in parallel.
 public struct RabbitMQNode: Sendable {
     public let name: String
@@ -35,6 +35,11 @@ public struct RabbitMQNode: Sendable {
         return node
     }()
 
+    // The blocking forms, for code that is not async (a `static let`, a thread of its own). In
+    // async code the compiler refuses them: held on one of the test process's two cooperative
+    // threads, a node booting or stopping (seconds) stalls every other test.
+
+    @available(*, noasync, message: "blocks for seconds: use the async form")
     public func start() throws {
         var arguments = ["start", "--name", name, "--port", String(port)]
         if let tls {
@@ -43,30 +48,45 @@ public struct RabbitMQNode: Sendable {
         }
         try script(arguments)
     }
+    /// Stops the node (a frozen one too: `scripts/rabbitmq stop` resumes it first).
+    @available(*, noasync, message: "blocks for seconds: use the async form")
     public func stop() throws { try script("stop", "--name", name) }
+    @available(*, noasync, message: "blocks for seconds: use the async form")
     public func kill() throws { try script("kill", "--name", name) }
     /// Freezes the node (SIGSTOP): connections stay open but nothing is read or answered.
+    @available(*, noasync, message: "use the async form")
     public func pause() throws { try script("pause", "--name", name) }
+    @available(*, noasync, message: "use the async form")
     public func resume() throws { try script("resume", "--name", name) }
     public var isRunning: Bool { (try? script("status", "--name", name)) != nil }
 
     /// Runs `rabbitmqctl ARGS` against this node and returns its output.
+    @available(*, noasync, message: "blocks for seconds: use the async form")
     @discardableResult
     public func ctl(_ arguments: String...) throws -> String {
         try script(["ctl", "--name", name, "--"] + arguments)
     }
 
-    // The same operations for async code. Each runs `scripts/rabbitmq` (seconds: an Erlang boot, a
-    // rabbitmqctl call) on a thread of its own. Called synchronously from a test, they held one of the
-    // test process's two cooperative threads: two nodes booting at once (a suite's `init` and a
-    // trait) stalled every test in the process for 30 s, and tests waiting 30 s for a consumer failed.
-    // In async code the compiler picks these (and asks for `await`); `defer` blocks keep the others.
+    // The same operations for async code: each runs `scripts/rabbitmq` (an Erlang boot, a
+    // rabbitmqctl call) on a thread of its own.
 
-    /// A node of its own for a disruptive test, started now.
-    public static func dedicated(name: String, port: Int, tls: TLSListener? = nil) async throws -> RabbitMQNode {
+    /// Starts a node of its own for a disruptive test, runs `body` with it, and stops the node on
+    /// every path. (A `defer` cannot await, and a blocking stop there would hold a cooperative thread.)
+    public static func withDedicated<Value>(
+        name: String, port: Int, tls: TLSListener? = nil,
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (RabbitMQNode) async throws -> Value
+    ) async throws -> Value {
         let node = RabbitMQNode(name: name, port: port, tls: tls)
         try await node.start()
-        return node
+        let result: Result<Value, any Error>
+        do {
+            result = .success(try await body(node))
+        } catch {
+            result = .failure(error)
+        }
+        try? await node.stop()
+        return try result.get()
     }
 
     public func start() async throws { try await onOwnThread { try self.start() } }
@@ -75,6 +95,7 @@ public struct RabbitMQNode: Sendable {
     public func pause() async throws { try await onOwnThread { try self.pause() } }
     public func resume() async throws { try await onOwnThread { try self.resume() } }
 
+    /// Runs `rabbitmqctl ARGS` against this node and returns its output.
     @discardableResult
     public func ctl(_ arguments: String...) async throws -> String {
         try await onOwnThread { try self.script(["ctl", "--name", self.name, "--"] + arguments) }
@@ -115,7 +136,14 @@ public struct ProcessFailure: Error, CustomStringConvertible {
     public var description: String { "\(command) exited \(status): \(output)" }
 }
 
-/// Runs a command to completion; throws with its output when it fails.
+/// Runs a command to completion on a thread of its own; throws with its output when it fails.
+@discardableResult
+public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) async throws -> String {
+    try await onOwnThread { try runProcess(executable, arguments, environment: environment) }
+}
+
+/// Runs a command to completion; throws with its output when it fails. Blocks the calling thread.
+@available(*, noasync, message: "blocks the calling thread: use the async form")
 @discardableResult
 public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> String {
     let process = Process()

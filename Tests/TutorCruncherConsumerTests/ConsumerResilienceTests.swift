@@ -7,35 +7,35 @@ import TutorCruncherConsumer
 /// Broker restarts and graceful shutdown.
 @Suite(.serialized) struct ConsumerResilienceTests {
     @Test func brokerRestartWhileConsumingLosesNothing() async throws {
-        let node = try await RabbitMQNode.dedicated(name: "consumer-restart", port: 5692)
-        defer { try? node.stop() }
-        let exchange = uniqueExchange()
-        let configuration = consumerConfiguration(node: node, exchange: exchange, prefetch: 5)
-        let gate = Gate()
-        let meter = ConcurrencyMeter()
-        let handled = Recorder<String>()
-        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
-            meter.enter()
-            defer { meter.leave() }
-            await gate.wait()
-            handled.append(event.eventID)
-        }
-        try await withServices([processor]) {
-            try await waitUntil("consumer connected") { processor.consumer.isConnected }
-            let before = try await publishWebhookBodies(
-                node: node, exchange: exchange, bodies: (0..<20).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) })
-            // Five deliveries are in the handlers, unacknowledged, when the broker goes down.
-            try await waitUntil("5 in flight") { meter.current == 5 }
-            try await node.stop()
-            gate.open()
-            try await waitUntil("consumer noticed the outage") { !processor.consumer.isConnected }
-            try await node.start()
-            try await waitUntil(timeout: .seconds(60), "consumer reconnected") { processor.consumer.isConnected }
-            let after = try await publishWebhookBodies(
-                node: node, exchange: exchange, bodies: (20..<40).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) })
-            let expected = Set((before + after).map(\.eventID))
-            try await waitUntil(timeout: .seconds(60), "every event handled at least once") { expected.isSubset(of: Set(handled.all)) }
-            print("broker restart: published \(expected.count), handler runs \(handled.count) (\(handled.count - expected.count) redeliveries)")
+        try await RabbitMQNode.withDedicated(name: "consumer-restart", port: 5692) { node in
+            let exchange = uniqueExchange()
+            let configuration = consumerConfiguration(node: node, exchange: exchange, prefetch: 5)
+            let gate = Gate()
+            let meter = ConcurrencyMeter()
+            let handled = Recorder<String>()
+            let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
+                meter.enter()
+                defer { meter.leave() }
+                await gate.wait()
+                handled.append(event.eventID)
+            }
+            try await withServices([processor]) {
+                try await waitUntil("consumer connected") { processor.consumer.isConnected }
+                let before = try await publishWebhookBodies(
+                    node: node, exchange: exchange, bodies: (0..<20).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) })
+                // Five deliveries are in the handlers, unacknowledged, when the broker goes down.
+                try await waitUntil("5 in flight") { meter.current == 5 }
+                try await node.stop()
+                gate.open()
+                try await waitUntil("consumer noticed the outage") { !processor.consumer.isConnected }
+                try await node.start()
+                try await waitUntil(timeout: .seconds(60), "consumer reconnected") { processor.consumer.isConnected }
+                let after = try await publishWebhookBodies(
+                    node: node, exchange: exchange, bodies: (20..<40).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) })
+                let expected = Set((before + after).map(\.eventID))
+                try await waitUntil(timeout: .seconds(60), "every event handled at least once") { expected.isSubset(of: Set(handled.all)) }
+                print("broker restart: published \(expected.count), handler runs \(handled.count) (\(handled.count - expected.count) redeliveries)")
+            }
         }
     }
 
