@@ -49,7 +49,11 @@ public struct BodyDigest: Sendable, Hashable {
         return out
     }
 
-    public static func == (lhs: BodyDigest, rhs: BodyDigest) -> Bool { lhs.words == rhs.words }
+    public static func == (lhs: BodyDigest, rhs: BodyDigest) -> Bool {
+        // Word by word: the tuple `==` is generic, and unspecialised (a debug build) it looks up
+        // the tuple's type metadata on every call.
+        lhs.words.0 == rhs.words.0 && lhs.words.1 == rhs.words.1 && lhs.words.2 == rhs.words.2 && lhs.words.3 == rhs.words.3
+    }
 
     public func hash(into hasher: inout Hasher) {
         hasher.combine(words.0)

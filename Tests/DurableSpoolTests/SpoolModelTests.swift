@@ -22,33 +22,30 @@ import Testing
         let base = environment["TCBRIDGE_SPOOL_MODEL_SEED"].flatMap { UInt64($0) } ?? 20_261_130
         let count = environment["TCBRIDGE_SPOOL_MODEL_SEQUENCES"].flatMap { Int($0) } ?? 2000
         print("spool model: \(count) sequences from seed \(base) (TCBRIDGE_SPOOL_MODEL_SEED, TCBRIDGE_SPOOL_MODEL_SEQUENCES)")
-        let clock = ContinuousClock()
-        let start = clock.now
-        // On a thread of its own, calling the spool synchronously: thousands of short hops would
-        // otherwise crowd the cooperative pool that every other test shares.
-        let (totals, ran, failure) = await withCheckedContinuation { (continuation: CheckedContinuation<(ModelRun.Stats, Int, String?), Never>) in
-            let thread = Thread {
-                var totals = ModelRun.Stats()
-                var ran = 0
-                for index in 0..<count {
-                    ran += 1
-                    let seed = base &+ UInt64(index)
-                    let run = ModelRun(seed: seed)
-                    let problems = run.run()
-                    totals.add(run.stats)
-                    if !problems.isEmpty {
-                        let failure =
-                            "seed \(seed) (replay: TCBRIDGE_SPOOL_MODEL_SEED=\(seed) TCBRIDGE_SPOOL_MODEL_SEQUENCES=1): "
-                            + problems.prefix(5).joined(separator: "; ")
-                        return continuation.resume(returning: (totals, ran, failure))
-                    }
+        // Off the cooperative pool, calling the spool synchronously: thousands of short hops would
+        // otherwise crowd the pool that every other test shares.
+        let (totals, ran, elapsed, failure) = try await runCPUHeavy { () -> (ModelRun.Stats, Int, Duration, String?) in
+            let clock = ContinuousClock()
+            let start = clock.now
+            var totals = ModelRun.Stats()
+            var ran = 0
+            for index in 0..<count {
+                ran += 1
+                let seed = base &+ UInt64(index)
+                let run = ModelRun(seed: seed)
+                let problems = run.run()
+                totals.add(run.stats)
+                if !problems.isEmpty {
+                    let failure =
+                        "seed \(seed) (replay: TCBRIDGE_SPOOL_MODEL_SEED=\(seed) TCBRIDGE_SPOOL_MODEL_SEQUENCES=1): "
+                        + problems.prefix(5).joined(separator: "; ")
+                    return (totals, ran, clock.now - start, failure)
                 }
-                continuation.resume(returning: (totals, ran, nil))
             }
-            thread.start()
+            return (totals, ran, clock.now - start, nil)
         }
         if let failure { Issue.record(Comment(rawValue: failure)) }
-        print("spool model: \(ran) sequences in \(clock.now - start): \(totals)")
+        print("spool model: \(ran) sequences in \(elapsed): \(totals)")
         #expect(totals.acknowledged > 0 && totals.refused > 0 && totals.crashes > 0 && totals.delivered > 0)
     }
 }

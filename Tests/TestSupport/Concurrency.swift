@@ -63,3 +63,19 @@ public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T)
         thread.start()
     }
 }
+
+/// Runs a CPU-heavy check (a model run, a mutation sweep: seconds in a debug build) off the
+/// cooperative pool, one at a time. Held on one of the test process's two cooperative threads, such
+/// checks stalled every test waiting on a broker until its 30 s deadline; run all at once on threads
+/// of their own, they took every core from those tests instead. `body` must not use `#expect`
+/// (no test is current on its thread): it returns what it found, for the caller to check.
+public func runCPUHeavy<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await onOwnThread {
+        cpuHeavyLane.wait()
+        defer { cpuHeavyLane.signal() }
+        return try body()
+    }
+}
+
+private let cpuHeavyLane = DispatchSemaphore(value: 1)
+
