@@ -3,7 +3,6 @@ import DurableSpool
 import Logging
 import Metrics
 import Tracing
-import NIOPosix
 import TutorCruncher
 import TutorCruncherSignature
 
@@ -108,14 +107,14 @@ public struct WebhookIngest: Sendable {
     public func handle(
         body: [UInt8], path: String, signature: String?, onVerified: () -> Void = {}
     ) async -> IngestResponse {
-        let verification = await offloaded(bodyBytes: body.count) { verifier.verify(body: body, signatureHeader: signature) }
+        let verification = await HeavyWork.run(bytes: body.count) { verifier.verify(body: body, signatureHeader: signature) }
         onVerified()
         guard verification == .valid else { return rejected(verification, path: path, bodyBytes: body.count) }
 
         let receivedAt = UTCTimestamp.now()
         // One pass reads the events and the request time (the body is signed: its sender's own);
         // a body that is not an event batch has its time read by the lenient root scan.
-        let (payload, refusal, digest) = await offloaded(bodyBytes: body.count) { () -> (ScannedWebhookPayload, IngestResponse?, String) in
+        let (payload, refusal, digest) = await HeavyWork.run(bytes: body.count) { () -> (ScannedWebhookPayload, IngestResponse?, String) in
             let payload = WebhookPayload.scan(body, parser: parser)
             let refusal = replayRefusal(Self.requestTime(of: payload, body: body), body: body, path: path)  // i7-secrets: before dedup
             return (payload, refusal, sha256Hex(body))
@@ -209,7 +208,7 @@ public struct WebhookIngest: Sendable {
     private func deliver(
         _ payload: ScannedWebhookPayload, body: [UInt8], digest: String, path: String, receivedAt: UTCTimestamp
     ) async -> IngestResponse {
-        let prepared = await offloaded(bodyBytes: body.count) { () -> Prepared in
+        let prepared = await HeavyWork.run(bytes: body.count) { () -> Prepared in
             switch payload {
             case .events(let batch) where spool != nil && batch.events.count > Self.directPublishLimit:
                 return .spoolInChunks(batch)
@@ -285,11 +284,6 @@ public struct WebhookIngest: Sendable {
     private enum Prepared: Sendable {
         case publish([AMQPOutboundMessage], eventCount: Int)
         case spoolInChunks(EventSummaries)
-    }
-
-    /// Runs `work` here for a small body, on ``HeavyWork``'s threads for a large one.
-    private func offloaded<T: Sendable>(bodyBytes: Int, _ work: @escaping @Sendable () -> T) async -> T {
-        await HeavyWork.run(bytes: bodyBytes, work)
     }
 
     /// The distinct actions among `actions`, in first-seen order, at most ten (for log lines).
