@@ -188,8 +188,7 @@ struct TLSBrokersTrait: SuiteTrait, TestScoping {
         } catch {
             outcome = .failure(error)
         }
-        for node in nodes { try? await node.stop() }
-        try outcome.get()
+        try await RabbitMQNode.stopping(nodes, after: outcome)
     }
 }
 

@@ -13,27 +13,25 @@ import TutorCruncherConsumer
     /// Starts three fresh nodes, joins the second and third to the first (seconds of blocking work:
     /// on a thread of its own), runs `body` with them, and stops them on every path.
     static func withCluster(_ body: ([RabbitMQNode]) async throws -> Void) async throws {
-        let nodes = try await onOwnThread {
-            let nodes = zip(["cluster-1", "cluster-2", "cluster-3"], [5675, 5676, 5677]).map { RabbitMQNode(name: $0, port: $1) }
-            for node in nodes {
-                try? node.stop()
-                try? FileManager.default.removeItem(atPath: Repository.root + "/.tcbridge/rabbitmq-\(node.name)")
-            }
-            for node in nodes { try node.start() }
-            for node in nodes.dropFirst() {
-                _ = try runProcess(Repository.root + "/scripts/rabbitmq", ["join", "--name", node.name, "--cluster-with", nodes[0].name])
-            }
-            return nodes
-        }
+        let nodes = zip(["cluster-1", "cluster-2", "cluster-3"], [5675, 5676, 5677]).map { RabbitMQNode(name: $0, port: $1) }
         let outcome: Result<Void, any Error>
         do {
+            try await onOwnThread {
+                for node in nodes {
+                    try? node.stop()
+                    try? FileManager.default.removeItem(atPath: Repository.stateDirectory + "/rabbitmq-\(node.name)")
+                }
+                for node in nodes { try node.start() }
+                for node in nodes.dropFirst() {
+                    _ = try runProcess(Repository.root + "/scripts/rabbitmq", ["join", "--name", node.name, "--cluster-with", nodes[0].name])
+                }
+            }
             try await body(nodes)
             outcome = .success(())
         } catch {
             outcome = .failure(error)
         }
-        for node in nodes { try? await node.stop() }
-        try outcome.get()
+        try await RabbitMQNode.stopping(nodes, after: outcome)
     }
 
     @Test func bridgeAndConsumerFailOverWhenTheirNodeStopsAndQuorumQueuesLoseNothing() async throws {

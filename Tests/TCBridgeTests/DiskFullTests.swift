@@ -27,7 +27,7 @@ import TutorCruncher
             outcome = .failure(error)
         }
         _ = try? await runProcess("/bin/umount", ["-l", mountPoint])
-        try outcome.get()
+        try await RabbitMQNode.stopping([Self.node], after: outcome)
     }
 
     private func fillAndFreeTheDisk(mountedAt mountPoint: String) async throws {
@@ -69,6 +69,5 @@ import TutorCruncher
         #expect(direct.body == "{\"events\":1}\n")
         bridge.signal(SIGTERM)
         #expect(try await bridge.waitForExit() == 0)
-        try await Self.node.stop()
     }
 }

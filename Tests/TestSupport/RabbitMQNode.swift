@@ -27,7 +27,9 @@ public struct RabbitMQNode: Sendable {
         return configuration
     }
 
-    /// The shared test broker: `TCBRIDGE_TEST_AMQP_PORT` (default 5673), node name `test`.
+    /// The shared test broker: `TCBRIDGE_TEST_AMQP_PORT` (default 5673), node name `test`. Meant to
+    /// be running already (`scripts/test` starts it first): started here, the boot blocks the
+    /// thread that touched it first, and every thread that touches it meanwhile, for seconds.
     public static let shared: RabbitMQNode = {
         let port = ProcessInfo.processInfo.environment["TCBRIDGE_TEST_AMQP_PORT"].flatMap(Int.init) ?? 5673
         let node = RabbitMQNode(name: "test", port: port)
@@ -58,6 +60,7 @@ public struct RabbitMQNode: Sendable {
     public func pause() throws { try script("pause", "--name", name) }
     @available(*, noasync, message: "use the async form")
     public func resume() throws { try script("resume", "--name", name) }
+    @available(*, noasync, message: "runs a script: use it from a thread of its own")
     public var isRunning: Bool { (try? script("status", "--name", name)) != nil }
 
     /// Runs `rabbitmqctl ARGS` against this node and returns its output.
@@ -71,22 +74,37 @@ public struct RabbitMQNode: Sendable {
     // rabbitmqctl call) on a thread of its own.
 
     /// Starts a node of its own for a disruptive test, runs `body` with it, and stops the node on
-    /// every path. (A `defer` cannot await, and a blocking stop there would hold a cooperative thread.)
+    /// every path, a failed start included (a half-booted node would be taken for a running one by
+    /// the next test of that name). A stop that fails after `body` succeeded fails the test.
+    /// (A `defer` cannot await, and a blocking stop there would hold a cooperative thread.)
     public static func withDedicated<Value>(
         name: String, port: Int, tls: TLSListener? = nil,
         isolation: isolated (any Actor)? = #isolation,
         _ body: (RabbitMQNode) async throws -> Value
     ) async throws -> Value {
         let node = RabbitMQNode(name: name, port: port, tls: tls)
-        try await node.start()
         let result: Result<Value, any Error>
         do {
+            try await node.start()
             result = .success(try await body(node))
         } catch {
             result = .failure(error)
         }
-        try? await node.stop()
-        return try result.get()
+        return try await stopping([node], after: result)
+    }
+
+    /// Stops `nodes`, then returns `result`'s value or throws its error; a failed stop is thrown
+    /// when `result` is a success.
+    public static func stopping<Value>(
+        _ nodes: [RabbitMQNode], after result: Result<Value, any Error>, isolation: isolated (any Actor)? = #isolation
+    ) async throws -> Value {
+        var stopFailure: (any Error)?
+        for node in nodes {
+            do { try await node.stop() } catch { stopFailure = stopFailure ?? error }
+        }
+        let value = try result.get()
+        if let stopFailure { throw stopFailure }
+        return value
     }
 
     public func start() async throws { try await onOwnThread { try self.start() } }

@@ -15,6 +15,8 @@ public struct TestCertificates: Sendable {
     public var untrustedClientKey: String { directory + "/wrong-client.key" }
 
     /// Makes the certificates under the test state directory, or reuses them when still valid.
+    /// Runs `openssl`: blocks the calling thread.
+    @available(*, noasync, message: "runs openssl: call it from a thread of its own")
     public static func make() throws -> TestCertificates {
         let directory = Repository.stateDirectory + "/tls-certs"
         try runProcess(Repository.root + "/scripts/make-test-certs", [directory])
