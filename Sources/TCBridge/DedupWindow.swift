@@ -19,24 +19,45 @@ public struct BodyDigest: Sendable, Hashable {
     /// From exactly 32 bytes; `nil` otherwise.
     public init?(bytes: some Collection<UInt8>) {
         guard bytes.count == 32 else { return nil }
-        var words: [UInt64] = [0, 0, 0, 0]
-        for (index, byte) in bytes.enumerated() { words[index / 8] = words[index / 8] << 8 | UInt64(byte) }
-        self.words = (words[0], words[1], words[2], words[3])
+        self.init(first32: bytes)
+    }
+
+    /// The digest a request's body is remembered by: `hash` is its SHA-256 (`sha256(_:)`, 32 bytes).
+    init(sha256 hash: [UInt8]) {
+        self.init(first32: hash)
+    }
+
+    /// From the first 32 bytes of `bytes` (zeros for any missing), without allocating.
+    private init(first32 bytes: some Collection<UInt8>) {
+        var iterator = bytes.makeIterator()
+        func nextWord() -> UInt64 {
+            var word: UInt64 = 0
+            for _ in 0..<8 { word = word << 8 | UInt64(iterator.next() ?? 0) }
+            return word
+        }
+        words = (nextWord(), nextWord(), nextWord(), nextWord())
     }
 
     /// From 64 hexadecimal digits (either case), as `sha256Hex` produces; `nil` otherwise.
     public init?(hex: String) {
-        let utf8 = Array(hex.utf8)
+        let utf8 = hex.utf8
         guard utf8.count == 64 else { return nil }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(32)
-        var index = 0
-        while index < 64 {
-            guard let high = Hex.value(of: utf8[index]), let low = Hex.value(of: utf8[index + 1]) else { return nil }
-            bytes.append(high << 4 | low)
-            index += 2
+        var iterator = utf8.makeIterator()
+        var valid = true
+        func nextWord() -> UInt64 {
+            var word: UInt64 = 0
+            for _ in 0..<16 {
+                guard let digit = iterator.next().flatMap(Hex.value(of:)) else {
+                    valid = false
+                    return 0
+                }
+                word = word << 4 | UInt64(digit)
+            }
+            return word
         }
-        self.init(bytes: bytes)
+        let words = (nextWord(), nextWord(), nextWord(), nextWord())
+        guard valid else { return nil }
+        self.words = words
     }
 
     /// The 32 bytes.

@@ -1,5 +1,6 @@
 import AMQPClient
 import DurableSpool
+import HexCoding
 import Logging
 import Metrics
 import Tracing
@@ -114,14 +115,17 @@ public struct WebhookIngest: Sendable {
         let receivedAt = UTCTimestamp.now()
         // One pass reads the events and the request time (the body is signed: its sender's own);
         // a body that is not an event batch has its time read by the lenient root scan.
-        let (payload, refusal, digest) = await HeavyWork.run(bytes: body.count) { () -> (ScannedWebhookPayload, IngestResponse?, String) in
+        // The body's SHA-256 once: the dedup window's key, and in hex for envelopes and logs.
+        let (payload, refusal, key, digest) = await HeavyWork.run(bytes: body.count) {
+            () -> (ScannedWebhookPayload, IngestResponse?, BodyDigest, String) in
             let payload = WebhookPayload.scan(body, parser: parser)
             let refusal = replayRefusal(Self.requestTime(of: payload, body: body), body: body, path: path)  // i7-secrets: before dedup
-            return (payload, refusal, sha256Hex(body))
+            let hash = sha256(body)
+            return (payload, refusal, BodyDigest(sha256: hash), Hex.encode(hash))
         }
         if let refusal { return refusal }
         if let dedup {
-            switch await dedup.claim(digest) {
+            switch await dedup.claim(key) {
             case .duplicate:
                 logger.debug("identical body within the dedup window; not published again", metadata: ["body_sha256": "\(digest)"])
                 return IngestResponse(status: 200, body: JSONObject(["duplicate": .bool(true)]), outcome: .duplicate)
@@ -130,7 +134,7 @@ public struct WebhookIngest: Sendable {
             }
         }
         let response = await deliver(payload, body: body, digest: digest, path: path, receivedAt: receivedAt)
-        await dedup?.complete(digest, accepted: response.status == 200)
+        await dedup?.complete(key, accepted: response.status == 200)
         return response
     }
 

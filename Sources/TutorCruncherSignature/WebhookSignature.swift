@@ -110,3 +110,8 @@ public struct WebhookVerifier: Sendable {
 public func sha256Hex(_ bytes: [UInt8]) -> String {
     Hex.encode(SHA256.hash(data: bytes))
 }
+
+/// The SHA-256 of `bytes`: its 32 bytes (which ``sha256Hex(_:)`` spells in hex).
+public func sha256(_ bytes: [UInt8]) -> [UInt8] {
+    Array(SHA256.hash(data: bytes))
+}
