@@ -40,24 +40,8 @@ public struct BodyDigest: Sendable, Hashable {
 
     /// From 64 hexadecimal digits (either case), as `sha256Hex` produces; `nil` otherwise.
     public init?(hex: String) {
-        let utf8 = hex.utf8
-        guard utf8.count == 64 else { return nil }
-        var iterator = utf8.makeIterator()
-        var valid = true
-        func nextWord() -> UInt64 {
-            var word: UInt64 = 0
-            for _ in 0..<16 {
-                guard let digit = iterator.next().flatMap(Hex.value(of:)) else {
-                    valid = false
-                    return 0
-                }
-                word = word << 4 | UInt64(digit)
-            }
-            return word
-        }
-        let words = (nextWord(), nextWord(), nextWord(), nextWord())
-        guard valid else { return nil }
-        self.words = words
+        guard hex.utf8.count == 64, let bytes = Hex.decode(hex.utf8) else { return nil }
+        self.init(first32: bytes)
     }
 
     /// The 32 bytes.
