@@ -177,18 +177,13 @@ struct TLSBrokersTrait: SuiteTrait, TestScoping {
     ) async throws {
         // The certificates are made once, by `openssl` runs: on a thread of their own.
         let nodes = try await onOwnThread { [try TLSBrokers.serverOnly, try TLSBrokers.mutual] }
-        let outcome: Result<Void, any Error>
-        do {
+        try await RabbitMQNode.stopping(nodes) {
             for node in nodes {
                 try await node.stop()  // a node left by an interrupted run may hold older certificates
                 try await node.start()
             }
             try await function()
-            outcome = .success(())
-        } catch {
-            outcome = .failure(error)
         }
-        try await RabbitMQNode.stopping(nodes, after: outcome)
     }
 }
 

@@ -14,8 +14,7 @@ import TutorCruncherConsumer
     /// on a thread of its own), runs `body` with them, and stops them on every path.
     static func withCluster(_ body: ([RabbitMQNode]) async throws -> Void) async throws {
         let nodes = zip(["cluster-1", "cluster-2", "cluster-3"], [5675, 5676, 5677]).map { RabbitMQNode(name: $0, port: $1) }
-        let outcome: Result<Void, any Error>
-        do {
+        try await RabbitMQNode.stopping(nodes) {
             try await onOwnThread {
                 for node in nodes {
                     try? node.stop()
@@ -27,11 +26,7 @@ import TutorCruncherConsumer
                 }
             }
             try await body(nodes)
-            outcome = .success(())
-        } catch {
-            outcome = .failure(error)
         }
-        try await RabbitMQNode.stopping(nodes, after: outcome)
     }
 
     @Test func bridgeAndConsumerFailOverWhenTheirNodeStopsAndQuorumQueuesLoseNothing() async throws {

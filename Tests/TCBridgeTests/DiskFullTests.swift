@@ -21,13 +21,13 @@ import TutorCruncher
         }
         let outcome: Result<Void, any Error>
         do {
-            try await fillAndFreeTheDisk(mountedAt: mountPoint)
+            try await RabbitMQNode.stopping([Self.node]) { try await fillAndFreeTheDisk(mountedAt: mountPoint) }
             outcome = .success(())
         } catch {
             outcome = .failure(error)
         }
         _ = try? await runProcess("/bin/umount", ["-l", mountPoint])
-        try await RabbitMQNode.stopping([Self.node], after: outcome)
+        try outcome.get()
     }
 
     private func fillAndFreeTheDisk(mountedAt mountPoint: String) async throws {

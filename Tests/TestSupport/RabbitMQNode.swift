@@ -83,21 +83,23 @@ public struct RabbitMQNode: Sendable {
         _ body: (RabbitMQNode) async throws -> Value
     ) async throws -> Value {
         let node = RabbitMQNode(name: name, port: port, tls: tls)
+        return try await stopping([node]) {
+            try await node.start()
+            return try await body(node)
+        }
+    }
+
+    /// Runs `body`, then stops `nodes` whatever it did, and returns its value or throws its error;
+    /// a failed stop is thrown when `body` succeeded.
+    public static func stopping<Value>(
+        _ nodes: [RabbitMQNode], isolation: isolated (any Actor)? = #isolation, after body: () async throws -> Value
+    ) async throws -> Value {
         let result: Result<Value, any Error>
         do {
-            try await node.start()
-            result = .success(try await body(node))
+            result = .success(try await body())
         } catch {
             result = .failure(error)
         }
-        return try await stopping([node], after: result)
-    }
-
-    /// Stops `nodes`, then returns `result`'s value or throws its error; a failed stop is thrown
-    /// when `result` is a success.
-    public static func stopping<Value>(
-        _ nodes: [RabbitMQNode], after result: Result<Value, any Error>, isolation: isolated (any Actor)? = #isolation
-    ) async throws -> Value {
         var stopFailure: (any Error)?
         for node in nodes {
             do { try await node.stop() } catch { stopFailure = stopFailure ?? error }
