@@ -109,7 +109,18 @@ public struct RabbitMQNode: Sendable {
         return value
     }
 
-    public func start() async throws { try await onOwnThread { try self.start() } }
+    /// Waits for one of two boot slots first. The suite's dedicated nodes all start in its first
+    /// seconds, and eight Erlang VMs booting at once on two cores starved the shared broker, which
+    /// then stopped confirming for seconds. (The waiting is on the start's own thread.)
+    public func start() async throws {
+        try await onOwnThread {
+            Self.boots.wait()
+            defer { Self.boots.signal() }
+            try self.start()
+        }
+    }
+    private static let boots = DispatchSemaphore(value: 2)
+
     public func stop() async throws { try await onOwnThread { try self.stop() } }
     public func kill() async throws { try await onOwnThread { try self.kill() } }
     public func pause() async throws { try await onOwnThread { try self.pause() } }
