@@ -77,7 +77,10 @@ struct JSONReader {
     mutating func skipWhitespace() {
         while index < bytes.count {
             switch bytes[index] {
-            case 0x20, 0x09, 0x0A, 0x0D: index += 1
+            case 0x20, 0x09, 0x0D: index += 1
+            case 0x0A:
+                // An indented body's line break is followed by a run of spaces.
+                index = ByteWords.spacesEnd(in: bytes, from: index + 1)
             default: return
             }
         }
@@ -207,6 +210,7 @@ struct JSONReader {
         let start = index
         // Fast path: no escapes. ASCII needs no UTF-8 validation (the generic validator costs a
         // metadata lookup per string).
+        index = ByteWords.plainASCIIEnd(in: bytes, from: index)
         var ascii = true
         while index < bytes.count {
             let byte = bytes[index]
@@ -320,4 +324,56 @@ struct JSONReader {
     }
 
     func isDigit(_ byte: UInt8) -> Bool { byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
+}
+
+/// Word-at-a-time (SWAR) skips for the reader's byte loops: eight bytes are tested with a few
+/// integer operations, and a word is passed over only when the byte loop would have passed over
+/// each of its bytes without changing anything. The first word that may matter, and the last
+/// bytes (fewer than eight), are left to the byte loop, which decides.
+enum ByteWords {
+    private static let ones: UInt64 = 0x0101_0101_0101_0101
+    private static let highBits: UInt64 = 0x8080_8080_8080_8080
+
+    /// The first index at or after `start` where a word of eight bytes begins that holds a `"`, a
+    /// `\`, a control character (below 0x20) or a byte of 0x80 or above; or where fewer than eight
+    /// bytes are left. A string's bytes before it are plain ASCII with nothing to decode or reject.
+    static func plainASCIIEnd(in bytes: [UInt8], from start: Int) -> Int {
+        bytes.withUnsafeBytes { raw in
+            var offset = start
+            while offset >= 0, raw.count - offset >= 8 {
+                let word = raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                if hasByte(below: 0x20, in: word) || hasByte(0x22, in: word) || hasByte(0x5C, in: word) || word & highBits != 0 {
+                    break
+                }
+                offset += 8
+            }
+            return offset
+        }
+    }
+
+    /// The first index at or after `start` where a word of eight bytes begins that is not all
+    /// spaces, or where fewer than eight bytes are left.
+    static func spacesEnd(in bytes: [UInt8], from start: Int) -> Int {
+        bytes.withUnsafeBytes { raw in
+            var offset = start
+            while offset >= 0, raw.count - offset >= 8, raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self) == ones &* 0x20 {
+                offset += 8
+            }
+            return offset
+        }
+    }
+
+    /// Whether a byte of `word` is below `limit` (at most 0x80). Exact: with every byte at or above
+    /// `limit` no subtraction borrows, and no high bit survives `& ~word`; the lowest byte below
+    /// `limit` borrows and keeps its high bit.
+    @inline(__always)
+    static func hasByte(below limit: UInt64, in word: UInt64) -> Bool {
+        (word &- ones &* limit) & ~word & highBits != 0
+    }
+
+    /// Whether a byte of `word` equals `byte`.
+    @inline(__always)
+    static func hasByte(_ byte: UInt64, in word: UInt64) -> Bool {
+        hasByte(below: 1, in: word ^ (ones &* byte))
+    }
 }

@@ -270,6 +270,7 @@ extension JSONReader {
         let quote = index
         index += 1
         let start = index
+        index = ByteWords.plainASCIIEnd(in: bytes, from: index)
         var ascii = true
         while index < bytes.count {
             let byte = bytes[index]
