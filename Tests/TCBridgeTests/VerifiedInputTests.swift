@@ -198,9 +198,9 @@ final class RefusingPublisher: EventPublishing {
         let exchange = "verified-\(UUID().uuidString.prefix(8))"
         let probe = try await QueueProbe(exchange: exchange)
         defer { Task { await probe.stop() } }
-        // The default confirm deadline: a shorter one lets a busy broker's pause (seconds, under the
-        // whole suite's load) time out a chunk, which is then published again: at-least-once, not this
-        // test's subject.
+        // BridgeProcess's long confirm deadline: a shorter one lets a busy broker's pause (seconds,
+        // under the whole suite's load) time out a chunk, which is then published again:
+        // at-least-once, not this test's subject.
         let bridge = try await BridgeProcess(node: .shared, arguments: ["--exchange", exchange, "--max-body-bytes", "\(17 << 20)"])
         try await waitForHealthy(bridge)
         // 30,000 in the test command; `TCBRIDGE_HUGE_BODY_EVENTS=1100000` makes it the 16 MiB target

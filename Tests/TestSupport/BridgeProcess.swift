@@ -40,10 +40,10 @@ public final class BridgeProcess: @unchecked Sendable {
         env["TC_BRIDGE_SPOOL_DIR"] = NSTemporaryDirectory() + "tc-bridge-spool-\(UUID().uuidString)"
         // The product's 2 s confirm timeout spools (and answers 200) when the broker is slow. The
         // shared broker on a loaded CI machine has stopped confirming for over 2 s, and a test
-        // about metrics or signals then saw "spooled" where it waited for "published". So the
-        // longest the bridge accepts (under the sender's 8 s); tests about a slow broker set
-        // `--confirm-timeout` (an argument wins over this).
-        env["TC_BRIDGE_CONFIRM_TIMEOUT"] = "7.5"
+        // about metrics or signals then saw "spooled" where it waited for "published". So 7.5 s
+        // (the bridge accepts up to the sender's 8 s), unless the runner's environment sets one;
+        // tests about a slow broker pass `--confirm-timeout` (an argument wins over both).
+        if env["TC_BRIDGE_CONFIRM_TIMEOUT"] == nil { env["TC_BRIDGE_CONFIRM_TIMEOUT"] = "7.5" }
         for (key, value) in environment { env[key] = value }
         process.environment = env
         let output = Pipe()

@@ -78,6 +78,34 @@ import Testing
             }
             let indented = "{\n" + String(repeating: " ", count: length) + "\"k\": [\n" + String(repeating: " ", count: length) + "1]}"
             #expect(try JSONParser().parse(Array(indented.utf8)) == .object(JSONObject(["k": .array([.number("1")])])))
+            #expect(throws: JSONParseError(reason: "expected a member name", offset: 2 + length)) {
+                try JSONParser().parse(Array(("{\n" + String(repeating: " ", count: length) + "x}").utf8))
+            }
+        }
+    }
+
+    /// The webhook scan skips strings it does not decode (`skipString`): the same answers as the
+    /// tree parser, the same errors at the same offsets, wherever a word boundary falls.
+    @Test func theScanSkipsStringsAsTheParserReadsThem() {
+        for length in 0..<24 {
+            let plain = String(repeating: "v", count: length)
+            for value in ["\"\(plain)\"", "\"\(plain)\\t\"", "\"\(plain)ü\"", "\"\(plain)\u{1}\"", "\"\(plain)"] {
+                let body = Array("{\"events\": [{\"action\": \"A\", \"verb\": \(value)}]}".utf8)
+                let tree = WebhookPayload.parse(body)
+                switch WebhookPayload.scan(body) {
+                case .events(let scanned):
+                    guard case .events(let parsed) = tree else {
+                        Issue.record("scan accepted what the parser refused: \(value)")
+                        continue
+                    }
+                    #expect(scanned.events.map(\.action) == parsed.events.map { $0["action"]?.stringValue ?? "" })
+                case .unrecognised(let reason):
+                    #expect(tree == .unrecognised(reason: reason), "\(value)")
+                }
+            }
+            // Invalid UTF-8 after a plain run is reported where the string's bytes begin.
+            let invalid = Array("{\"events\": [{\"action\": \"A\", \"verb\": \"\(plain)".utf8) + [0xC3, 0x28] + Array("\"}]}".utf8)
+            #expect(WebhookPayload.scan(invalid) == .unrecognised(reason: "not JSON: invalid UTF-8 in string at byte 37"))
         }
     }
 }
