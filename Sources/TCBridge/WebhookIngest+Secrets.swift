@@ -10,10 +10,11 @@ extension WebhookIngest {
     var verifier: WebhookVerifier { keyring.verifier }
 
     /// Runs after the signature is verified, before dedup. Returns the 403 for a body whose
-    /// `request_time` (`time`, read from `body`) lies outside the replay window (counted and
-    /// logged), or `nil` to go on. Bodies without a usable time go on and are counted. Never throws,
+    /// `request_time` (`time`, read from the body) lies outside the replay window (counted and
+    /// logged with the body's SHA-256, `bodySHA256`, which the caller has computed once for the
+    /// request), or `nil` to go on. Bodies without a usable time go on and are counted. Never throws,
     /// never traps on any bytes.
-    func replayRefusal(_ time: @autoclosure () -> RequestTime, body: [UInt8], path: String) -> IngestResponse? {
+    func replayRefusal(_ time: @autoclosure () -> RequestTime, bodySHA256: String, path: String) -> IngestResponse? {
         guard let replayWindow else { return nil }
         let now = Double(DedupWindow.wallClock()) / 1000
         switch replayWindow.check(time(), now: now) {
@@ -32,7 +33,7 @@ extension WebhookIngest {
                 "rejected webhook: request_time older than the replay window",
                 metadata: [
                     "path": "\(path)", "age_seconds": "\(Self.rounded(age))", "max_age": "\(replayWindow.maxAge)",
-                    "body_sha256": "\(sha256Hex(body))",
+                    "body_sha256": "\(bodySHA256)",
                 ])
             return .error(403, "request_time too old", .requestTimeTooOld)
         case .inFuture(let ahead):
@@ -40,7 +41,7 @@ extension WebhookIngest {
                 "rejected webhook: request_time too far in the future",
                 metadata: [
                     "path": "\(path)", "ahead_seconds": "\(Self.rounded(ahead))", "max_future_skew": "\(replayWindow.maxFutureSkew)",
-                    "body_sha256": "\(sha256Hex(body))",
+                    "body_sha256": "\(bodySHA256)",
                 ])
             return .error(403, "request_time in the future", .requestTimeInFuture)
         }

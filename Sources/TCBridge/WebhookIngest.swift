@@ -119,9 +119,10 @@ public struct WebhookIngest: Sendable {
         let (payload, refusal, key, digest) = await HeavyWork.run(bytes: body.count) {
             () -> (ScannedWebhookPayload, IngestResponse?, BodyDigest, String) in
             let payload = WebhookPayload.scan(body, parser: parser)
-            let refusal = replayRefusal(Self.requestTime(of: payload, body: body), body: body, path: path)  // i7-secrets: before dedup
             let hash = sha256(body)
-            return (payload, refusal, BodyDigest(sha256: hash), Hex.encode(hash))
+            let digest = Hex.encode(hash)
+            let refusal = replayRefusal(Self.requestTime(of: payload, body: body), bodySHA256: digest, path: path)  // i7-secrets: before dedup
+            return (payload, refusal, BodyDigest(sha256: hash), digest)
         }
         if let refusal { return refusal }
         if let dedup {

@@ -186,6 +186,24 @@ import TutorCruncher
         #expect(publisher.published.isEmpty)
     }
 
+    @Test func aRefusalIsLoggedWithTheBodysDigestNeverItsBytes() async throws {
+        let log = CapturedLog()
+        var configuration = BridgeConfiguration(verifier: Webhooks.verifier, dedupWindow: .seconds(3900))
+        configuration.replayWindow = ReplayWindow(maxAge: 3600, maxFutureSkew: 300)
+        let app = buildApplication(configuration: configuration, publisher: publisher, logger: log.logger(level: .notice))
+        let old = Webhooks.body(actions: ["REPLAYED"], requestTime: now - 7200)
+        let future = Webhooks.body(actions: ["FUTURE"], requestTime: now + 3600)
+        try await app.test(.router) { client async throws in
+            #expect(try await post(client, old).status == 403)
+            #expect(try await post(client, future).status == 403)
+        }
+        let refusals = log.all.filter { $0.contains("rejected webhook: request_time") }
+        #expect(refusals.count == 2, "\(log.all)")
+        #expect(refusals.first?.contains(#""body_sha256": \#(sha256HexForTests(old))"#) == true, "\(refusals)")
+        #expect(refusals.last?.contains(#""body_sha256": \#(sha256HexForTests(future))"#) == true, "\(refusals)")
+        #expect(!refusals.contains { $0.contains("REPLAYED") || $0.contains("FUTURE") }, "no payload in the log")
+    }
+
     @Test func aFutureBodyIs403() async throws {
         try await app().test(.router) { client async throws in
             let response = try await post(client, Webhooks.body(actions: ["FUTURE"], requestTime: now + 3600))
