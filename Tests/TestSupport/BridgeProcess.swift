@@ -9,6 +9,9 @@ public final class BridgeProcess: @unchecked Sendable {
     // @unchecked: `process` is only started in init and then read; Foundation's Process is thread-safe for that.
     public let process: Process
     public let port: Int
+    /// The spool directory this run uses (`TC_BRIDGE_SPOOL_DIR`): a later run given the same one
+    /// forwards what this one left there.
+    public let spoolDirectory: String
     private let output: Pipe
     private let errorLog: LogBuffer
     private let errors: Pipe?
@@ -27,8 +30,10 @@ public final class BridgeProcess: @unchecked Sendable {
 
     /// Starts the bridge with `arguments` after `serve` and waits for its "listening" line.
     /// `captureStandardError`: keep the log (stderr) for ``standardError`` instead of passing it through.
+    /// `spoolDirectory`: another run's ``spoolDirectory`` to take over; a new one by default.
     public init(
-        node: RabbitMQNode, arguments: [String] = [], environment: [String: String] = [:], captureStandardError: Bool = false
+        node: RabbitMQNode, arguments: [String] = [], environment: [String: String] = [:], spoolDirectory: String? = nil,
+        captureStandardError: Bool = false
     ) async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.executable)
@@ -37,7 +42,7 @@ public final class BridgeProcess: @unchecked Sendable {
         env["TC_PRIVATE_KEY"] = Webhooks.testKey
         env["AMQP_URL"] = node.url
         env["TC_BRIDGE_LOG_LEVEL"] = "warning"
-        env["TC_BRIDGE_SPOOL_DIR"] = NSTemporaryDirectory() + "tc-bridge-spool-\(UUID().uuidString)"
+        env["TC_BRIDGE_SPOOL_DIR"] = spoolDirectory ?? NSTemporaryDirectory() + "tc-bridge-spool-\(UUID().uuidString)"
         // The product's 2 s confirm timeout spools (and answers 200) when the broker is slow. The
         // shared broker on a loaded CI machine has stopped confirming for over 2 s, and a test
         // about metrics or signals then saw "spooled" where it waited for "published". So 7.5 s
@@ -45,6 +50,7 @@ public final class BridgeProcess: @unchecked Sendable {
         // tests about a slow broker pass `--confirm-timeout` (an argument wins over both).
         if env["TC_BRIDGE_CONFIRM_TIMEOUT"] == nil { env["TC_BRIDGE_CONFIRM_TIMEOUT"] = "7.5" }
         for (key, value) in environment { env[key] = value }
+        self.spoolDirectory = env["TC_BRIDGE_SPOOL_DIR"] ?? ""
         process.environment = env
         let output = Pipe()
         process.standardOutput = output
