@@ -158,6 +158,7 @@ let package = Package(
             dependencies: [
                 "AMQPClient",
                 "TCBridge",
+                "HexCoding",
                 "TutorCruncher",
                 "TutorCruncherSignature",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -257,6 +258,11 @@ let package = Package(
         .testTarget(
             name: "DurableSpoolTests",
             dependencies: ["DurableSpool", "TestSupport", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HexCodingTests",
+            dependencies: ["HexCoding"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -25,16 +25,33 @@ public enum Hex {
         return bytes
     }
 
-    /// Lower-case hex of `bytes`.
+    /// Lower-case hex of `bytes`. Contiguous bytes (an array, a buffer) are spelled straight into
+    /// the string's storage; any other sequence is copied into an array first.
+    @inlinable
     public static func encode(_ bytes: some Sequence<UInt8>) -> String {
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.underestimatedCount * 2)
-        for byte in bytes {
-            out.append(lowerDigits[Int(byte >> 4)])
-            out.append(lowerDigits[Int(byte & 0xF)])
-        }
-        return String(decoding: out, as: UTF8.self)
+        if let hex = bytes.withContiguousStorageIfAvailable({ encode(buffer: $0) }) { return hex }
+        return Array(bytes).withUnsafeBufferPointer { encode(buffer: $0) }
     }
 
-    @usableFromInline static let lowerDigits: [UInt8] = Array("0123456789abcdef".utf8)
+    /// Lower-case hex of the bytes in `buffer`, written into a new string's storage.
+    ///
+    /// `buffer.count * 2` cannot overflow: a buffer of more than `Int.max / 2` bytes cannot be
+    /// mapped on any platform Swift runs on (64-bit address spaces are at most 2^57 bytes).
+    public static func encode(buffer: UnsafeBufferPointer<UInt8>) -> String {
+        String(unsafeUninitializedCapacity: buffer.count * 2) { out in
+            var position = 0
+            for byte in buffer {
+                out[position] = digit(byte >> 4)
+                out[position + 1] = digit(byte & 0xF)
+                position += 2
+            }
+            return position
+        }
+    }
+
+    /// The lower-case digit of a value under 16.
+    @inline(__always)
+    static func digit(_ value: UInt8) -> UInt8 {
+        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") - 10 + value
+    }
 }

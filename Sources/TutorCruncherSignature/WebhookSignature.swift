@@ -113,5 +113,5 @@ public func sha256Hex(_ bytes: [UInt8]) -> String {
 
 /// The SHA-256 of `bytes`: its 32 bytes (which ``sha256Hex(_:)`` spells in hex).
 public func sha256(_ bytes: [UInt8]) -> [UInt8] {
-    Array(SHA256.hash(data: bytes))
+    SHA256.hash(data: bytes).withUnsafeBytes { Array($0) }
 }
