@@ -71,6 +71,19 @@ import TutorCruncherSignature
         #expect(publisher.published.isEmpty)
     }
 
+    /// Two `webhook-signature` fields read as one malformed value, even when one is valid: the
+    /// router never picks one of them.
+    @Test func aSignatureSentTwiceIsMalformedEvenWhenOneIsValid() async throws {
+        let body = Webhooks.body(actions: ["LOGIN"])
+        let headers = HTTPFields(Array(repeating: HTTPField(name: signatureHeader, value: Webhooks.sign(body)), count: 2))
+        try await app().test(.router) { client in
+            let response = try await client.execute(uri: "/webhook", method: .post, headers: headers, body: ByteBuffer(bytes: body))
+            #expect(response.status == .forbidden)
+            #expect(String(buffer: response.body) == "{\"error\":\"malformed webhook-signature header\"}\n")
+        }
+        #expect(publisher.published.isEmpty)
+    }
+
     @Test func wrongSignatureIs403() async throws {
         let body = Webhooks.body(actions: ["LOGIN"])
         try await app().test(.router) { client in
