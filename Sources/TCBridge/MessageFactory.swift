@@ -46,7 +46,9 @@ public struct MessageFactory: Sendable {
     }
 
     private func eventMessage(for envelope: EventEnvelope, receivedAt: UTCTimestamp) -> AMQPOutboundMessage {
-        var headers: [(String, AMQPHeaderValue)] = [(BridgeHeader.envelopeVersion, .int(EventEnvelope.formatVersion))]
+        var headers: [(String, AMQPHeaderValue)] = []
+        headers.reserveCapacity(4)  // at most these four: one allocation, not three as it grows
+        headers.append((BridgeHeader.envelopeVersion, .int(EventEnvelope.formatVersion)))
         if let model = envelope.subjectModel { headers.append((BridgeHeader.subjectModel, .string(model))) }
         switch envelope.subjectID {
         case .number(let literal)?:

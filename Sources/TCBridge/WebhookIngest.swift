@@ -56,7 +56,11 @@ public enum WebhookOutcome: String, Sendable, CaseIterable {
 /// An identical body already answered 2xx within the dedup window is answered 200 and not
 /// published again. The one 4xx for a verified body: a `request_time` outside the replay window
 /// (a captured request replayed later) is answered 403. Thread-safe; one instance serves every request.
-public struct WebhookIngest: Sendable {
+///
+/// A class, not a struct: each request's closures capture it, and a struct of this many
+/// references was copied into each of them (a retain and a release per reference, about 1 % of
+/// the bridge's CPU at 64 connections).
+public final class WebhookIngest: Sendable {
     let keyring: SigningKeyring  // i7-secrets: read once per request through `verifier`
     let replayWindow: ReplayWindow?  // i7-secrets
     let factory: MessageFactory
@@ -108,7 +112,7 @@ public struct WebhookIngest: Sendable {
     public func handle(
         body: [UInt8], path: String, signature: String?, onVerified: () -> Void = {}
     ) async -> IngestResponse {
-        let verification = await HeavyWork.run(bytes: body.count) { verifier.verify(body: body, signatureHeader: signature) }
+        let verification = await HeavyWork.run(bytes: body.count) { [self] in verifier.verify(body: body, signatureHeader: signature) }
         onVerified()
         guard verification == .valid else { return rejected(verification, path: path, bodyBytes: body.count) }
 
@@ -117,7 +121,7 @@ public struct WebhookIngest: Sendable {
         // a body that is not an event batch has its time read by the lenient root scan.
         // The body's SHA-256 once: the dedup window's key, and in hex for envelopes and logs.
         let (payload, refusal, key, digest) = await HeavyWork.run(bytes: body.count) {
-            () -> (ScannedWebhookPayload, IngestResponse?, BodyDigest, String) in
+            [self] () -> (ScannedWebhookPayload, IngestResponse?, BodyDigest, String) in
             let payload = WebhookPayload.scan(body, parser: parser)
             let hash = sha256(body)
             let digest = Hex.encode(hash)
@@ -213,7 +217,7 @@ public struct WebhookIngest: Sendable {
     private func deliver(
         _ payload: ScannedWebhookPayload, body: [UInt8], digest: String, path: String, receivedAt: UTCTimestamp
     ) async -> IngestResponse {
-        let prepared = await HeavyWork.run(bytes: body.count) { () -> Prepared in
+        let prepared = await HeavyWork.run(bytes: body.count) { [self] () -> Prepared in
             switch payload {
             case .events(let batch) where spool != nil && batch.events.count > Self.directPublishLimit:
                 return .spoolInChunks(batch)
