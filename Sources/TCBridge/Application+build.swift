@@ -204,17 +204,24 @@ struct WebhookRequestHeaders {
     init(_ fields: HTTPFields, signatureName: HTTPField.Name) {
         for field in fields {
             switch field.name {
-            case signatureName: signature = Self.joining(signature, field.value)
-            case .contentLength: contentLength = Self.joining(contentLength, field.value)
+            case signatureName: Self.join(field.value, into: &signature)
+            case .contentLength: Self.join(field.value, into: &contentLength)
             case .transferEncoding: hasTransferEncoding = true
             default: break
             }
         }
     }
 
-    private static func joining(_ earlier: String?, _ value: String) -> String {
-        guard let earlier else { return value }
-        return earlier + ", " + value
+    /// Appends in place (the string is taken out of the optional, so it is unique): a sender
+    /// repeating a field up to the decoder's limits costs linear time, not quadratic.
+    private static func join(_ value: String, into joined: inout String?) {
+        guard var earlier = joined.take() else {
+            joined = value
+            return
+        }
+        earlier += ", "
+        earlier += value
+        joined = earlier
     }
 }
 

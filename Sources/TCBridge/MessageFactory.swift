@@ -47,7 +47,9 @@ public struct MessageFactory: Sendable {
 
     private func eventMessage(for envelope: EventEnvelope, receivedAt: UTCTimestamp) -> AMQPOutboundMessage {
         var headers: [(String, AMQPHeaderValue)] = []
-        headers.reserveCapacity(4)  // at most these four: one allocation, not three as it grows
+        // At most these four: one allocation, not three as it grows (with tracing on, the trace
+        // headers are added later, and one more).
+        headers.reserveCapacity(4)
         headers.append((BridgeHeader.envelopeVersion, .int(EventEnvelope.formatVersion)))
         if let model = envelope.subjectModel { headers.append((BridgeHeader.subjectModel, .string(model))) }
         switch envelope.subjectID {

@@ -81,7 +81,8 @@ public struct WebhookVerifier: Sendable {
     }
 
     public static func signature(for body: [UInt8], key: WebhookSigningKey) -> String {
-        Hex.encode(key.authenticationCode(for: body))
+        // As bytes first: the code is not contiguous storage to `Hex.encode`.
+        Hex.encode(key.authenticationCode(for: body).withUnsafeBytes { Array($0) })
     }
 
     /// 64 hex digits (either case; surrounding spaces ignored) to 32 bytes, or `nil`.
@@ -108,7 +109,7 @@ public struct WebhookVerifier: Sendable {
 
 /// Lower-case hex SHA-256 of `bytes`.
 public func sha256Hex(_ bytes: [UInt8]) -> String {
-    Hex.encode(SHA256.hash(data: bytes))
+    Hex.encode(sha256(bytes))
 }
 
 /// The SHA-256 of `bytes`: its 32 bytes (which ``sha256Hex(_:)`` spells in hex).

@@ -90,7 +90,9 @@ import TutorCruncherSignature
         // By ID, not by count: an event published and then spooled too (its confirm came late)
         // arrives twice.
         func deliveredIDs() -> Set<String> { Set(probe.messages.compactMap(\.properties.messageID)) }
-        try? await waitUntil("every accepted event delivered") { accepted.isSubset(of: deliveredIDs()) }
+        try? await waitUntil("every accepted event delivered") {
+            probe.messages.count >= accepted.count && accepted.isSubset(of: deliveredIDs())
+        }
         next.signal(SIGTERM)
         #expect(try await next.waitForExit() == 0)
         let delivered = deliveredIDs()

@@ -28,6 +28,14 @@ import Testing
         #expect(read.hasTransferEncoding == (headers[.transferEncoding] != nil))
     }
 
+    /// As many fields as Hummingbird's decoder lets through (1000).
+    @Test func aThousandRepeatsAreJoinedLikeTheSubscriptJoinsThem() {
+        let fields = Self.fields((0..<1000).map { ("webhook-signature", String(repeating: "\($0 % 10)", count: 64)) })
+        let read = WebhookRequestHeaders(fields, signatureName: signatureName)
+        #expect(read.signature == fields[signatureName])
+        #expect(read.signature?.utf8.count == 1000 * 64 + 999 * 2)
+    }
+
     @Test func aRepeatedFieldIsItsValuesJoinedInOrder() {
         let fields = Self.fields([("webhook-signature", "first"), ("content-length", "1"), ("webhook-signature", "second")])
         let read = WebhookRequestHeaders(fields, signatureName: signatureName)
