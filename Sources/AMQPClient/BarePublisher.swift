@@ -72,3 +72,25 @@ public enum BarePublisher {
         return Outcome(confirmed: confirmed, elapsed: clock.now - started, latencies: latencies)
     }
 }
+
+/// The owner thread's encoding of messages into frames (``PublishFrames``), for `tc-bench stages`:
+/// one encoder, its storage kept from message to message as the owner keeps it from round to round.
+/// Not thread-safe.
+@_spi(Benchmarks)
+public final class PublishFramesBenchmark {
+    private var frames = PublishFrames()
+
+    public init() {}
+
+    /// Encodes `message` as a round of one (frame size 131,072, channel 1); returns the bytes
+    /// encoded, or `nil` when it cannot be encoded.
+    public func encode(_ message: AMQPOutboundMessage) -> Int? {
+        frames.removeAll()
+        do {
+            try frames.append(message, channel: 1, frameSize: 131_072)
+        } catch {
+            return nil
+        }
+        return frames.bytes.count
+    }
+}

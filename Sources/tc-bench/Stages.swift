@@ -1,4 +1,4 @@
-import AMQPClient
+@_spi(Benchmarks) import AMQPClient
 import ArgumentParser
 import Foundation
 import HexCoding
@@ -81,6 +81,15 @@ extension TCBenchCommand {
                 return batch.events.indices.map { position in
                     factory.message(for: batch.envelope(at: position, bodyDigest: "d", receivedAt: receivedAt), receivedAt: receivedAt).body.count
                 }.reduce(0, +)
+            }
+            // The owner thread's part of a publish: method, content header and body frames.
+            let messages = bodies.map { body -> AMQPOutboundMessage in
+                guard case .events(let batch) = WebhookPayload.scan(body) else { return factory.unrecognisedMessage(body: body, bodyDigest: "d", path: "/", reason: "?", receivedAt: receivedAt) }
+                return factory.message(for: batch.envelope(at: 0, bodyDigest: "d", receivedAt: receivedAt), receivedAt: receivedAt)
+            }
+            let encoder = PublishFramesBenchmark()
+            stage("publish frames of the event's message (method, content header, body)") { index in
+                encoder.encode(messages[index]) ?? 0
             }
             stage("parse into a tree only") { index in
                 if case .events(let batch) = WebhookPayload.parse(bodies[index]) { return batch.events.count }
