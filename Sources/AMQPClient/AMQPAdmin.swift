@@ -83,8 +83,7 @@ public struct AMQPAdmin: Sendable {
         try await perform { (connection: AMQPConnection) throws(AMQPError) in
             try connection.enablePublisherConfirms()
             for message in messages {
-                if let problem = message.encodingProblem(frameSize: connection.frameSize) { throw AMQPError(.unencodable, problem) }
-                try connection.publish(message)
+                try connection.publish(message)  // refuses a message that cannot travel, sending nothing
                 try connection.awaitConfirm()
             }
         }

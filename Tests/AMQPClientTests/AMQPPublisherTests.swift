@@ -268,6 +268,33 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
         #expect(received.map(\.body) == [Array("second".utf8)])
     }
 
+    /// The tools' path (``AMQPAdmin``, rabbitmq-c's own `amqp_basic_publish`) refuses the same
+    /// messages before anything is sent: a header name over 255 bytes, which rabbitmq-c would send
+    /// cut short, among them.
+    @Test(arguments: [
+        ("header name", {
+            var long = message(exchange: "", key: "k", body: "x")
+            long.properties.headers.append((String(repeating: "h", count: 256), .bool(true)))
+            return long
+        }()),
+        ("message id", message(exchange: "", key: "k", body: "x", id: String(repeating: "i", count: 256))),
+    ])
+    func isRefusedByTheToolsPathToo(what: String, bad: AMQPOutboundMessage) async throws {
+        let exchange = "test-ex-\(UUID().uuidString.prefix(8))"
+        let probe = try await QueueProbe(exchange: exchange)
+        defer { Task { await probe.stop() } }
+        var bad = bad
+        bad.exchange = exchange
+        let admin = AMQPAdmin(connection: node.connection)
+        let error = await #expect(throws: AMQPError.self) {
+            try await admin.publishConfirmed([message(exchange: exchange, key: "ok", body: "first"), bad])
+        }
+        #expect(error?.kind == .unencodable, "\(what)")
+        try await admin.publishConfirmed([message(exchange: exchange, key: "ok", body: "second")])
+        let received = try await probe.waitForMessages(count: 2)
+        #expect(received.map(\.body) == [Array("first".utf8), Array("second".utf8)])
+    }
+
     @Test func aLargeBatchIsConfirmedWhateverItsSizeWithAShortDeadline() async throws {
         // 20,000 messages against a 5 s confirm deadline (they take 20-30 s in CI): the deadline
         // measures progress, not the batch (PublisherStateMachineTests proves that without a broker).

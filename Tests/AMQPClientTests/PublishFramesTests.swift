@@ -31,7 +31,7 @@ import Testing
 
     /// What rabbitmq-c's own encoders make of the method's arguments and of the properties.
     func rabbitMQCEncoding(of message: AMQPOutboundMessage) throws -> (method: [UInt8], properties: [UInt8]) {
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var buffer = [UInt8](repeating: 0, count: 1 << 18)
         let method = withBytes(message.exchange) { exchange in
             withBytes(message.routingKey) { routingKey in
                 var publish = amqp_basic_publish_t(
@@ -134,11 +134,13 @@ import Testing
                 timestamp: maybe { random.next() % 4 == 0 ? edges[Int(random.next() % UInt64(edges.count))] : Int64(bitPattern: random.next()) },
                 appID: maybe { text(maxBytes: 255) }, expiration: maybe { text(maxBytes: 255) }, headers: headers)
             let message = AMQPOutboundMessage(exchange: "x", routingKey: "k", properties: properties, body: [1, 2, 3])
-            try #require(message.encodingProblem(frameSize: 131_072) == nil)
+            let context: Comment = "seed \(seed), round \(round)"
+            try #require(message.encodingProblem(frameSize: 131_072) == nil, context)
             var encoder = PublishFrames()
-            try encoder.append(message, channel: 1, frameSize: 131_072)
-            #expect(encoder.bytes.count == message.encodedSize(frameSize: 131_072), "seed \(seed), round \(round)")
+            #expect(throws: Never.self, context) { try encoder.append(message, channel: 1, frameSize: 131_072) }
+            #expect(encoder.bytes.count == message.encodedSize(frameSize: 131_072), context)
             let parsed = try frames(encoder.bytes)
+            try #require(parsed.count >= 2, context)
             let expected = try rabbitMQCEncoding(of: message)
             let wanted = [0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3] + expected.properties
             guard parsed[1].payload == wanted else {
@@ -176,6 +178,37 @@ import Testing
         }
     }
 
+    /// Sizes that need all four bytes of a long string's and a table's length (over 64 KiB), and a
+    /// content header of exactly the frame size (accepted) and one byte more (refused, nothing
+    /// appended), against rabbitmq-c and `encodingProblem`.
+    @Test func lengthsOverSixtyFourKibibytesAndTheFrameSizeEdge() throws {
+        func message(padding: Int) -> AMQPOutboundMessage {
+            AMQPOutboundMessage(
+                exchange: "x", routingKey: "k",
+                properties: AMQPProperties(messageID: "m", headers: [("pad", .string(String(repeating: "p", count: padding)))]), body: [9])
+        }
+        var encoder = PublishFrames()
+        let large = message(padding: 70_000)
+        try encoder.append(large, channel: 1, frameSize: 131_072)
+        #expect(try frames(encoder.bytes)[1].payload.dropFirst(12) == rabbitMQCEncoding(of: large).properties[...])
+
+        let exact = message(padding: 4096 - message(padding: 0).contentHeaderFrameSize)
+        try #require(exact.contentHeaderFrameSize == 4096)
+        #expect(exact.encodingProblem(frameSize: 4096) == nil)
+        encoder.removeAll()
+        try encoder.append(exact, channel: 1, frameSize: 4096)
+        let parsed = try frames(encoder.bytes)
+        #expect(parsed[1].payload.count + 8 == 4096)
+        #expect(try parsed[1].payload.dropFirst(12) == rabbitMQCEncoding(of: exact).properties[...])
+
+        let over = message(padding: 4096 - message(padding: 0).contentHeaderFrameSize + 1)
+        #expect(over.encodingProblem(frameSize: 4096) != nil)
+        let before = encoder.bytes
+        let error = #expect(throws: AMQPError.self) { try encoder.append(over, channel: 1, frameSize: 4096) }
+        #expect(error?.kind == .unencodable)
+        #expect(encoder.bytes == before)
+    }
+
     @Test func messagesFollowEachOtherUntilRemoved() throws {
         var encoder = PublishFrames()
         let first = fullMessage(body: 10), second = fullMessage(body: 5000)
@@ -193,7 +226,7 @@ import Testing
         #expect(encoder.bytes.capacity == 0, "an unusually large round's storage is given back")
     }
 
-    @Test func aMessageRabbitMQCCannotEncodeAppendsNothing() throws {
+    @Test func aMessageTooLargeForItsFrameAppendsNothing() throws {
         var encoder = PublishFrames()
         let good = fullMessage(body: 3)
         try encoder.append(good, channel: 1, frameSize: 4096)

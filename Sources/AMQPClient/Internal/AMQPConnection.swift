@@ -243,7 +243,12 @@ final class AMQPConnection {
     // MARK: Asynchronous methods (no reply)
 
     /// Sends `basic.publish` with its header and body frames. May block while the socket is full.
+    /// A message that cannot travel (``AMQPOutboundMessage/encodingProblem(frameSize:)``) is refused
+    /// with `.unencodable` before anything is sent, as ``PublishFrames`` refuses it: rabbitmq-c would
+    /// send a header name over 255 bytes cut short, and fail on other problems after the method
+    /// frame, leaving the connection unusable.
     func publish(_ message: AMQPOutboundMessage) throws(AMQPError) {
+        if let problem = message.encodingProblem(frameSize: frameSize) { throw AMQPError(.unencodable, problem) }
         let status = withProperties(message.properties) { properties in
             withBytes(message.exchange) { exchange in
                 withBytes(message.routingKey) { routingKey in

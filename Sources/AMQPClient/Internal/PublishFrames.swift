@@ -13,7 +13,7 @@ import CRabbitMQ
 /// weight and body size; the body in frames of at most `frameSize - 8` bytes.
 /// ``AMQPOutboundMessage/encodedSize(frameSize:)`` is the exact size of what this appends.
 ///
-/// Not thread-safe: a value owned by one writer. Errors: ``append(_:frameSize:)`` throws
+/// Not thread-safe: a value owned by one writer. Errors: ``append(_:channel:frameSize:)`` throws
 /// `.unencodable` when the message cannot be encoded (which
 /// ``AMQPOutboundMessage/encodingProblem(frameSize:)`` rules out first), and then appends nothing.
 struct PublishFrames: ~Copyable {
