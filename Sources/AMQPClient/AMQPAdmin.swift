@@ -93,13 +93,19 @@ public struct AMQPAdmin: Sendable {
         let configuration = connection
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<R, AMQPError>, Never>) in
             OwnerThread.spawn(name: "amqp-admin") {
+                let result: Result<R, AMQPError>
                 do throws(AMQPError) {
                     let connection = try AMQPConnection(configuration: configuration)
+                    // Closed before the caller resumes: a tool that exits straight after would
+                    // otherwise cut the connection mid-handshake, and RabbitMQ, tearing the
+                    // channel down, may drop a `basic.ack` it had read but not yet applied
+                    // (the moved message then comes back: a duplicate).
                     defer { connection.close() }
-                    continuation.resume(returning: .success(try body(connection)))
+                    result = .success(try body(connection))
                 } catch {
-                    continuation.resume(returning: .failure(error))
+                    result = .failure(error)
                 }
+                continuation.resume(returning: result)
             }
         }
         return try result.get()
