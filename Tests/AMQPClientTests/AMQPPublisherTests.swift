@@ -192,14 +192,15 @@ func message(exchange: String, key: String, body: String, id: String? = nil) -> 
 
     @Test func idleConnectionStaysUpThroughHeartbeats() async throws {
         var connection = node.connection
-        connection.heartbeat = .seconds(1)
+        connection.heartbeat = .seconds(2)
         let exchange = exchangeName()
         let probe = try await QueueProbe(exchange: exchange)
         defer { Task { await probe.stop() } }
         try await withPublisher(.init(connection: connection, exchanges: [.init(name: exchange, mode: .declareIfMissing)])) { publisher in
             try await waitUntil("publisher connected") { publisher.state == .connected }
-            // Idle for several heartbeat intervals: the broker closes connections that miss two.
-            try await Task.sleep(for: .seconds(4))
+            // Idle for three heartbeat intervals (the idle time itself is what is tested): the broker
+            // closes connections that miss two.
+            try await Task.sleep(for: .seconds(6))
             #expect(publisher.state == .connected)
             try await publisher.publish([message(exchange: exchange, key: "alive", body: "x")])
         }

@@ -46,7 +46,13 @@ import TestSupport
         #expect(exported.isSubset(of: Set(BridgeMetrics.names)), "undocumented: \(exported.subtracting(BridgeMetrics.names))")
 
         // One JSON line per request, with its request id and outcome; never the body or the key.
-        let lines = bridge.standardError.split(separator: "\n").filter { $0.contains(#""message":"webhook""#) }
+        // The log writer's thread and this test's pipe reader each run on their own time: wait for the
+        // lines, then require exactly three (a fourth would still fail).
+        @Sendable func webhookLines() -> [Substring] {
+            bridge.standardError.split(separator: "\n").filter { $0.contains(#""message":"webhook""#) }
+        }
+        try await waitUntil("the three request lines logged") { webhookLines().count >= 3 }
+        let lines = webhookLines()
         #expect(lines.count == 3, "\(bridge.standardError)")
         let objects = try lines.map { try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]) }
         #expect(objects.map { $0["outcome"] as? String } == ["published", "duplicate", "signature_mismatch"])

@@ -71,7 +71,9 @@ import TutorCruncherSignature
         let list = try await runBridgeCommand(["unroutable", "list", "--exchange", exchange], environment: environment)
         #expect(list.status == 0, "\(list.output)")
         #expect(list.output.contains("NOBODY_LISTENS\t\(sha256HexForTests(body))-0"))
-        #expect(try await admin.messageCount(queue: "\(exchange).unroutable") == 1, "listing leaves it in place")
+        // The listing's basic.get leaves the message unacknowledged until its channel closes; the
+        // queue puts it back when it learns of the close, which a count (served ahead of that) can overtake.
+        try await waitUntil("listing leaves it in place") { (try? await admin.messageCount(queue: "\(exchange).unroutable")) == 1 }
 
         let probe = try await QueueProbe(exchange: exchange, bindingKeys: ["NOBODY_LISTENS"])
         defer { Task { await probe.stop() } }
@@ -117,13 +119,15 @@ import TutorCruncherSignature
         let list = try await onOwnThread { try run([]) }
         #expect(list.status == 0, "\(list.output)")
         #expect(list.output.contains("RAISED_INVOICE\tdead-1\tfailed 3 times; last error: boom"))
-        #expect(try await admin.messageCount(queue: "\(queue).dead-letter") == 1, "listing leaves it in place")
+        // As above: the listed message is back in the queue once the queue has learnt of the close.
+        try await waitUntil("listing leaves it in place") { (try? await admin.messageCount(queue: "\(queue).dead-letter")) == 1 }
 
         let requeue = try await onOwnThread { try run(["--requeue"]) }
         #expect(requeue.status == 0, "\(requeue.output)")
         #expect(requeue.output.contains("1 messages moved from \(queue).dead-letter to \(queue)"), "\(requeue.output)")
-        // The tool exits only after its connection closed cleanly, so the broker has applied the
-        // original's ack by then: not a moment later, no copy is left behind.
+        // The tool acknowledged the original before closing its connection cleanly, and the queue
+        // applies a channel's acks before it requeues what that channel left unacknowledged; a
+        // basic.get (peek) comes after both. So no copy is left behind, not a moment later.
         let left = try await admin.peek(queue: "\(queue).dead-letter", limit: 10)
         #expect(left.isEmpty, "left behind: \(left.map { "\($0.properties.messageID ?? "-") redelivered=\($0.redelivered)" })")
         let back = try await admin.peek(queue: queue, limit: 10)

@@ -62,6 +62,7 @@ public final class BridgeProcess: @unchecked Sendable {
                 let data = handle.availableData
                 if data.isEmpty {
                     handle.readabilityHandler = nil
+                    log.ended.withLock { $0 = true }
                 } else {
                     log.text.withLock { $0 += String(decoding: data, as: UTF8.self) }
                 }
@@ -108,9 +109,14 @@ public final class BridgeProcess: @unchecked Sendable {
         }
     }
 
-    /// Waits for the process to exit and returns its exit status.
+    /// Waits for the process to exit and returns its exit status. With `captureStandardError`, also
+    /// until its stderr reached end of file: the pipe is read on its own thread, and the last lines
+    /// before the exit must be in ``standardError`` when this returns.
     public func waitForExit(timeout: Duration = .seconds(30)) async throws -> Int32 {
         try await waitUntil(timeout: timeout, "tc-bridge to exit") { !self.process.isRunning }
+        if errors != nil {
+            try await waitUntil(timeout: timeout, "tc-bridge's stderr to end") { self.errorLog.ended.withLock { $0 } }
+        }
         return process.terminationStatus
     }
 
@@ -128,6 +134,8 @@ public final class BridgeProcess: @unchecked Sendable {
 /// Text collected from a pipe's readability handler. Thread-safe.
 private final class LogBuffer: Sendable {
     let text = Mutex("")
+    /// The pipe reached end of file: every writer (the process) closed it.
+    let ended = Mutex(false)
 }
 
 /// One HTTP request on a fresh connection.
