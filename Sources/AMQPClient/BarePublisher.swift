@@ -23,8 +23,10 @@ public enum BarePublisher {
     }
 
     /// Publishes `count` messages made by `message(index)` with at most `inFlight` unconfirmed at once.
+    /// `pause`: how long the thread sleeps before each publish (the broker idles meanwhile, as it
+    /// does while a receiver handles its next request); not counted in the latencies.
     public static func run(
-        connection configuration: AMQPConnectionConfiguration, count: Int, inFlight: Int,
+        connection configuration: AMQPConnectionConfiguration, count: Int, inFlight: Int, pause: Duration = .zero,
         message: (Int) -> AMQPOutboundMessage
     ) throws(AMQPError) -> Outcome {
         precondition(inFlight >= 1, "inFlight must be at least 1")
@@ -41,6 +43,12 @@ public enum BarePublisher {
         var lowestUnconfirmed = 1
         while confirmed < count {
             while published < count, published - confirmed < inFlight {
+                if pause > .zero {
+                    var interval = timespec(
+                        tv_sec: Int(pause.components.seconds), tv_nsec: Int(pause.components.attoseconds / 1_000_000_000))
+                    var remaining = timespec()
+                    while nanosleep(&interval, &remaining) != 0, errno == EINTR { interval = remaining }
+                }
                 try connection.publish(message(published))
                 sentAt[published] = clock.now
                 published += 1

@@ -137,14 +137,17 @@ extension TCBenchCommand {
         @Option(help: "First body index (distinct bodies across rounds).") var from = 0
         @Flag(help: "Properties and headers shaped like the bridge's messages (type, timestamp, app id, tc-* headers).")
         var bridgeShaped = false
+        @Option(help: "Microseconds to sleep before each publish: the broker idles meanwhile, as between a receiver's requests.")
+        var pauseUs = 0
 
         func run() throws {
             guard count >= 1, inFlight >= 1 else { throw ValidationError("count and in-flight must be at least 1") }
+            guard (0...1_000_000).contains(pauseUs) else { throw ValidationError("--pause-us is 0 to 1,000,000") }
             let template = BodyTemplate(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: template))))
             let connection = try AMQPConnectionConfiguration(url: url)
             let (exchange, routingKey, from, bridgeShaped) = (exchange, routingKey, from, bridgeShaped)
             let timestamp = Int64(Date().timeIntervalSince1970)
-            let outcome = try BarePublisher.run(connection: connection, count: count, inFlight: inFlight) { index in
+            let outcome = try BarePublisher.run(connection: connection, count: count, inFlight: inFlight, pause: .microseconds(pauseUs)) { index in
                 var properties = AMQPProperties(contentType: "application/json", messageID: "bare-\(from + index)")
                 if bridgeShaped {
                     properties.type = routingKey
