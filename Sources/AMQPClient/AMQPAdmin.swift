@@ -38,8 +38,9 @@ public struct AMQPAdmin: Sendable {
     }
 
     /// Up to `limit` messages of `queue`, oldest first, left in the queue (read with `basic.get`,
-    /// then requeued in order when the connection closes). Safe beside live consumers, which may
-    /// receive them meanwhile.
+    /// then requeued in order when the connection closes; the queue does that once it learns of the
+    /// close, so a message count taken at once may not show them yet, while a later `basic.get`
+    /// does). Safe beside live consumers, which may receive them meanwhile.
     public func peek(queue: String, limit: Int) async throws(AMQPError) -> [AMQPInboundMessage] {
         try await perform { (connection: AMQPConnection) throws(AMQPError) -> [AMQPInboundMessage] in
             var messages: [AMQPInboundMessage] = []
@@ -51,7 +52,9 @@ public struct AMQPAdmin: Sendable {
     /// Moves the messages `queue` holds now (at most `limit`) by publishing what `transform` makes of
     /// each, with a broker confirm, then acknowledging the original: a message is never lost, and is
     /// duplicated only if the connection breaks between the confirm and the ack. `transform`
-    /// returning `nil` leaves a message where it is. Returns how many were moved.
+    /// returning `nil` leaves a message where it is. Returns how many were moved, once the broker has
+    /// answered the connection's close (so it has applied the acks); when it does not answer, throws
+    /// `.connectionLost` saying how many were moved and that their originals may still be in `queue`.
     public func move(
         queue: String, limit: Int, _ transform: @escaping @Sendable (AMQPInboundMessage) -> AMQPOutboundMessage?
     ) async throws(AMQPError) -> Int {
@@ -74,6 +77,12 @@ public struct AMQPAdmin: Sendable {
                 moved += 1
             }
             for tag in skipped { try connection.nack(tag, requeue: true) }
+            guard moved == 0 || connection.close() else {
+                throw AMQPError(
+                    .connectionLost,
+                    "\(moved) messages were published again, but the broker did not answer the connection's close: "
+                        + "some originals may still be in \(queue) as well (duplicates)")
+            }
             return moved
         }
     }

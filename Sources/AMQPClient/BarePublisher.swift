@@ -24,12 +24,14 @@ public enum BarePublisher {
 
     /// Publishes `count` messages made by `message(index)` with at most `inFlight` unconfirmed at once.
     /// `pause`: how long the thread sleeps before each publish (the broker idles meanwhile, as it
-    /// does while a receiver handles its next request); not counted in the latencies.
+    /// does while a receiver handles its next request). Meant for `inFlight` 1, where no confirm can
+    /// arrive during a pause and the latencies leave the pauses out (`elapsed` includes them).
     public static func run(
         connection configuration: AMQPConnectionConfiguration, count: Int, inFlight: Int, pause: Duration = .zero,
         message: (Int) -> AMQPOutboundMessage
     ) throws(AMQPError) -> Outcome {
         precondition(inFlight >= 1, "inFlight must be at least 1")
+        precondition(pause == .zero || inFlight == 1, "a pause is for one message in flight")
         let connection = try AMQPConnection(configuration: configuration)
         defer { connection.close() }
         try connection.enablePublisherConfirms()

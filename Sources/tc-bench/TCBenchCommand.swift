@@ -143,6 +143,9 @@ extension TCBenchCommand {
         func run() throws {
             guard count >= 1, inFlight >= 1 else { throw ValidationError("count and in-flight must be at least 1") }
             guard (0...1_000_000).contains(pauseUs) else { throw ValidationError("--pause-us is 0 to 1,000,000") }
+            guard pauseUs == 0 || inFlight == 1 else {
+                throw ValidationError("--pause-us needs --in-flight 1 (a confirm arriving during a pause would wait for it)")
+            }
             let template = BodyTemplate(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: template))))
             let connection = try AMQPConnectionConfiguration(url: url)
             let (exchange, routingKey, from, bridgeShaped) = (exchange, routingKey, from, bridgeShaped)

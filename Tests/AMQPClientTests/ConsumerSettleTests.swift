@@ -201,6 +201,11 @@ import TestSupport
             var configuration = settleConfiguration(node, names, prefetch: 10)
             configuration.shutdownTimeout = .milliseconds(100)
             configuration.confirmTimeout = .seconds(30)
+            // Stopping sends basic.cancel, whose reply waits, like the republish, until the alarm
+            // clears; clearing it (rabbitmqctl, then the broker's next memory check) took over the
+            // default 5 s RPC timeout under a full run's load once, and the consumer then rightly
+            // gave the connection up. This test is about the shutdown deadline, not that timeout.
+            configuration.connection.rpcTimeout = .seconds(30)
             let consumer = AMQPConsumer(configuration: configuration, logger: quietConsumerLogger)
             let runner = Task { try await consumer.run() }
             let deliveries = DeliveryCollector(consumer, holdFirst: 1)

@@ -20,8 +20,9 @@ import TutorCruncherSignature
     struct Setup {
         let exchange = "faults-\(UUID().uuidString.prefix(8))"
         let spoolDirectory = NSTemporaryDirectory() + "tc-bridge-fault-spool-\(UUID().uuidString)"
-        /// A 1 s confirm timeout, so the faults' tests see a dead broker quickly; `nil` for the
-        /// default (2 s), where a slow confirm on a loaded machine must not turn into a spooled answer.
+        /// A 1 s confirm timeout, so the faults' tests see a dead broker quickly; `nil` for
+        /// ``BridgeProcess``'s (7.5 s), where a slow confirm on a loaded machine must not turn into a
+        /// spooled answer.
         func arguments(_ extra: [String] = [], confirmTimeout: String? = "1") -> [String] {
             ["--exchange", exchange, "--spool-dir", spoolDirectory] + (confirmTimeout.map { ["--confirm-timeout", $0] } ?? []) + extra
         }
@@ -114,12 +115,8 @@ import TutorCruncherSignature
         let report = try await stream.verifyDelivered(to: probe, name: "spool limit reached")
         #expect(report.fiveHundreds >= 20)
         try await waitUntil(timeout: .seconds(60), "spool drained") { try await spoolRecords(bridge) == 0 }
-        // Normal service: straight to the broker again (a confirm slower than the 1 s timeout on a
-        // loaded machine answers "spooled" instead; the next fresh body is asked then).
-        try await waitUntil("a body published straight to the broker again") {
-            let after = try await postSigned(port: bridge.port, body: Webhooks.body(actions: ["AFTER_THE_LIMIT"]))
-            return after.status == 200 && after.body == "{\"events\":1}\n"
-        }
+        // Normal service: straight to the broker again.
+        try await expectPublishedStraightAway(port: bridge.port, action: "AFTER_THE_LIMIT")
         bridge.signal(SIGTERM)
         #expect(try await bridge.waitForExit() == 0)
     }
@@ -379,4 +376,17 @@ final class WebhookStream: Sendable {
                 + "connection errors \(report.connectionErrors) / delivered \(report.delivered) / duplicates \(report.duplicates) / lost \(report.accepted - report.delivered)")
         return report
     }
+}
+
+/// Posts fresh bodies until one is answered as published straight to the broker, at most three: a
+/// confirm slower than the faults' 1 s timeout on a loaded machine answers "spooled" instead, once
+/// in a while, not three times in a row.
+func expectPublishedStraightAway(port: Int, action: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    var answers: [String] = []
+    for _ in 0..<3 {
+        let response = try await postSigned(port: port, body: Webhooks.body(actions: [action]))
+        if response.status == 200, response.body == "{\"events\":1}\n" { return }
+        answers.append("\(response.status) \(response.body)")
+    }
+    Issue.record("never published straight to the broker: \(answers)", sourceLocation: sourceLocation)
 }

@@ -428,11 +428,15 @@ final class AMQPConnection {
 
     // MARK: Closing
 
-    /// Sends `connection.close` (bounded by rpcTimeout) and releases the handle. Idempotent.
-    func close() {
-        guard !destroyed else { return }
-        _ = amqp_connection_close(state, AMQP_REPLY_SUCCESS)
+    /// Sends `connection.close`, waits (up to rpcTimeout) for the broker's `close-ok`, and releases
+    /// the handle. Returns whether the broker answered: only then has it applied everything sent
+    /// before (acks included). Idempotent (`false` once closed).
+    @discardableResult
+    func close() -> Bool {
+        guard !destroyed else { return false }
+        let reply = amqp_connection_close(state, AMQP_REPLY_SUCCESS)
         destroy()
+        return reply.reply_type == AMQP_RESPONSE_NORMAL
     }
 
     /// Holds back partial TCP segments (`TCP_CORK`) while `true`: the frames of several publishes
