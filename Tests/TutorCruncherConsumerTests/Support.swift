@@ -1,3 +1,4 @@
+import AMQPClient
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -42,6 +43,14 @@ var quietLogger: Logger {
     var logger = Logger(label: "consumer-under-test")
     logger.logLevel = .critical
     return logger
+}
+
+/// How many messages `queue` still holds, ready or not, once every consumer of it has stopped.
+/// Counted with `basic.get`, which the queue serves only after it has applied the stopped consumers'
+/// acks and requeued what they left unsettled. (A passive declare's count does not wait for that,
+/// and while a consumer runs it never counts what the consumer holds, acknowledged or not.)
+func messagesLeft(in queue: String) async throws -> Int {
+    try await AMQPAdmin(connection: RabbitMQNode.shared.connection).peek(queue: queue, limit: 100).count
 }
 
 func uniqueExchange() -> String { "cons-\(UUID().uuidString.prefix(8))" }
