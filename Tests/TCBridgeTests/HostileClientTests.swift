@@ -74,7 +74,9 @@ import Testing
             "hostile clients: \(latencies.all.count) valid webhooks, slowest \(slowest), baseline RSS \(baselineRSS / 1024) MiB, peak RSS \(peakRSS / 1024) MiB"
         )
         #expect(latencies.all.count >= 5)
-        #expect(slowest < .seconds(1), "a valid webhook waited \(slowest)")
+        // Not a speed goal (those are benchmarks): a valid webhook that had to wait for attackers to
+        // time out and free a connection slot or the event loop would wait at least the header timeout.
+        #expect(slowest < .seconds(Self.headerTimeout), "a valid webhook waited \(slowest): it queued behind the attackers")
         // What the attack added to the bridge's memory: at most the unverified-body budget plus
         // 25 MiB of connection and parser state. (Measured from the baseline: the limit was once
         // `budget + 64 MiB` of absolute RSS, with a 39 MiB baseline, which allowed the same 57 MiB;
