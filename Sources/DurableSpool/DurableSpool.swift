@@ -390,6 +390,9 @@ private final class Store {
         case .success(let listed): names = listed
         }
         let sequences = names.compactMap(Self.segmentSequence).sorted()
+        for name in names where name.hasPrefix("segment-") && name.hasSuffix(".spool") && Self.segmentSequence(name) == nil {
+            logger.warning("not a spool segment's name (the spool writes them itself); left alone", metadata: ["name": "\(name)"])
+        }
         nextSequence = (sequences.last ?? 0) + 1
         for sequence in sequences { recoverSegment(sequence) }
         if outstandingCount > 0 {
@@ -444,25 +447,45 @@ private final class Store {
     }
 
     /// Copies a damaged or unforwardable span to `corrupt/`, durably; `false` if that failed.
+    ///
+    /// Never over another file there: segment numbers start again at 1 once the spool has emptied,
+    /// so a later run can set aside a span with the same segment and offset as one still waiting
+    /// for `spool replay`. That name then gets a suffix (`-2`, `-3`, …); a file already holding
+    /// exactly these bytes (the same span, kept by an earlier run that then stopped) counts as kept.
     @discardableResult
     func keepAside(_ bytes: UnsafeRawBufferPointer, range: Range<Int>, segment: UInt64, offset: Int? = nil) -> Bool {
         corruptSpans += 1
         let directory = configuration.directory + "/corrupt"
-        let path = "\(directory)/segment-\(segment)-offset-\(offset ?? range.lowerBound).bin"
+        let stem = "\(directory)/segment-\(segment)-offset-\(offset ?? range.lowerBound)"
+        let span = UnsafeRawBufferPointer(rebasing: bytes[range])
+        var path = stem + ".bin"
         var failure: SpoolErrno?
         if case .failure(let error) = fileSystem.makeDirectories(directory) {
             failure = error
         } else {
-            switch fileSystem.open(path, .replace) {
-            case .failure(let error): failure = error
-            case .success(let descriptor):
-                if let error = writeAll(descriptor, UnsafeRawBufferPointer(rebasing: bytes[range]), at: 0) {
+            var attempt = 1
+            while true {
+                switch fileSystem.open(path, .createExclusive) {
+                case .failure(let error) where error.code == EEXIST && attempt < Self.keptAsideNamesPerSpan:
+                    if holds(path, exactly: span) {
+                        logger.notice("spool record skipped; already kept aside", metadata: ["kept_at": "\(path)"])
+                        return true
+                    }
+                    attempt += 1
+                    path = "\(stem)-\(attempt).bin"
+                    continue
+                case .failure(let error):
                     failure = error
-                } else if case .failure(let error) = fileSystem.fsync(descriptor) {
-                    failure = error
+                case .success(let descriptor):
+                    if let error = writeAll(descriptor, span, at: 0) {
+                        failure = error
+                    } else if case .failure(let error) = fileSystem.fsync(descriptor) {
+                        failure = error
+                    }
+                    fileSystem.close(descriptor)
+                    if failure == nil, let error = syncDirectory(directory) { failure = error }
                 }
-                fileSystem.close(descriptor)
-                if failure == nil, let error = syncDirectory(directory) { failure = error }
+                break
             }
         }
         if let failure {
@@ -475,6 +498,17 @@ private final class Store {
             "spool record skipped and kept aside",
             metadata: ["segment": "\(segment)", "offset": "\(offset ?? range.lowerBound)", "bytes": "\(range.count)", "kept_at": "\(path)"])
         return true
+    }
+
+    /// Names tried for one span under `corrupt/` before giving up (see ``keepAside(_:range:segment:offset:)``).
+    static let keptAsideNamesPerSpan = 1000
+
+    /// `true` when the file at `path` holds exactly `bytes`.
+    private func holds(_ path: String, exactly bytes: UnsafeRawBufferPointer) -> Bool {
+        guard case .success(let descriptor) = fileSystem.open(path, .readOnly) else { return false }
+        defer { fileSystem.close(descriptor) }
+        guard let existing = readWholeFile(descriptor) else { return false }
+        return existing.elementsEqual(bytes)
     }
 
     // MARK: Appending
@@ -679,13 +713,26 @@ private final class Store {
     // MARK: Files
 
     private func segmentPath(_ sequence: UInt64) -> String {
-        let digits = String(sequence)
-        return "\(configuration.directory)/segment-\(String(repeating: "0", count: max(0, 12 - digits.count)))\(digits).spool"
+        "\(configuration.directory)/\(Self.segmentName(sequence))"
     }
 
-    private static func segmentSequence(_ name: String) -> UInt64? {
-        guard name.hasPrefix("segment-"), name.hasSuffix(".spool") else { return nil }
-        return UInt64(name.dropFirst("segment-".count).dropLast(".spool".count))
+    /// The sequence number of a segment's file name, exactly as ``segmentPath(_:)`` spells it (so two
+    /// names cannot stand for one segment), and small enough that counting on from it cannot overflow.
+    static func segmentSequence(_ name: String) -> UInt64? {
+        guard name.hasPrefix("segment-"), name.hasSuffix(".spool"),
+              let sequence = UInt64(name.dropFirst("segment-".count).dropLast(".spool".count)),
+              sequence < maxSequence, segmentName(sequence) == name
+        else { return nil }
+        return sequence
+    }
+
+    /// Segment numbers from here on are not read back (a name an operator made; the spool counts
+    /// from 1 and would need millions of years of segments to get here).
+    static let maxSequence: UInt64 = 1 << 62
+
+    private static func segmentName(_ sequence: UInt64) -> String {
+        let digits = String(sequence)
+        return "segment-\(String(repeating: "0", count: max(0, 12 - digits.count)))\(digits).spool"
     }
 
     /// `fsync` of a directory, so names created or removed in it survive a crash; the error if any.

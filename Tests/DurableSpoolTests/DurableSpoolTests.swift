@@ -126,6 +126,78 @@ import Testing
         #expect(keptBytes.count == recordSize)
     }
 
+    /// Damages the first record of the spool's only segment (a payload byte).
+    func damageFirstRecord() throws {
+        let file = directory + "/" + (try segmentFiles()[0])
+        var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: file)))
+        bytes[RecordFormat.headerSize + 3] ^= 0xFF
+        try Data(bytes).write(to: URL(fileURLWithPath: file))
+    }
+
+    func keptAside() throws -> [String: [UInt8]] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/corrupt")) ?? []
+        var files: [String: [UInt8]] = [:]
+        for name in names { files[name] = Array(try Data(contentsOf: URL(fileURLWithPath: directory + "/corrupt/" + name))) }
+        return files
+    }
+
+    @Test func aSpanKeptAsideByAnEarlierRunIsNeverOverwritten() async throws {
+        // Run 1 and 2: segment 1's first record is damaged, kept aside, the rest forwarded; the
+        // spool empties, so the next run numbers its segments from 1 again.
+        for run in 0..<2 {
+            do {
+                let spool = spool()
+                for index in 0..<3 { try await spool.append(payload(10 * run + index)) }
+                await spool.close()
+            }
+            try damageFirstRecord()
+            let reopened = spool()
+            let recovered = await reopened.lease(maxRecords: 10)
+            #expect(recovered.map(\.payload) == [payload(10 * run + 1), payload(10 * run + 2)])
+            await reopened.acknowledge(recovered.map(\.id))
+            await reopened.close()
+            #expect(try segmentFiles().isEmpty)
+        }
+        let kept = try keptAside()
+        #expect(kept.count == 2, "\(kept.keys.sorted())")
+        #expect(Set(kept.keys) == ["segment-1-offset-0.bin", "segment-1-offset-0-2.bin"])
+        // Each holds its own run's record (damaged), not the other's.
+        let first = try #require(kept["segment-1-offset-0.bin"])
+        let second = try #require(kept["segment-1-offset-0-2.bin"])
+        #expect(first != second)
+        #expect(first.count == RecordFormat.headerSize + payload(0).count)
+    }
+
+    @Test func theSameDamagedSpanFoundAgainIsKeptOnce() async throws {
+        do {
+            let spool = spool()
+            for index in 0..<3 { try await spool.append(payload(index)) }
+            await spool.close()
+        }
+        try damageFirstRecord()
+        // Each start finds the damage again (its segment still holds records nobody acknowledged).
+        for _ in 0..<2 {
+            let reopened = spool()
+            #expect(reopened.corruptSpans == 1)
+            await reopened.close()
+        }
+        #expect(try keptAside().keys.sorted() == ["segment-1-offset-0.bin"])
+    }
+
+    @Test func segmentNamesTheSpoolDidNotWriteAreLeftAlone() async throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // The largest sequence (counting on from it would overflow), and one spelled unpadded.
+        for name in ["segment-18446744073709551615.spool", "segment-5.spool"] {
+            try Data("not a segment".utf8).write(to: URL(fileURLWithPath: directory + "/" + name))
+        }
+        let spool = spool()
+        #expect(spool.unavailableReason == nil)
+        try await spool.append(payload(1))
+        #expect(await spool.lease(maxRecords: 10).map(\.payload) == [payload(1)])
+        #expect(try segmentFiles().sorted() == ["segment-000000000001.spool", "segment-18446744073709551615.spool", "segment-5.spool"])
+        await spool.close()
+    }
+
     @Test func damagedHeaderDoesNotBlockLaterRecords() async throws {
         do {
             let spool = spool()
