@@ -295,10 +295,14 @@ public final class WebhookIngest: Sendable {
         case spoolInChunks(EventSummaries)
     }
 
-    /// The distinct actions among `actions`, in first-seen order, at most ten (for log lines).
+    /// The distinct actions among `actions`, in first-seen order, at most ten, each cut to the 255
+    /// bytes of a routing key (for log lines: a verified body's spooled events carry their actions
+    /// as sent, of any length).
     static func distinctActions(_ actions: some Sequence<String>) -> [String] {
         var seen: [String] = []
-        for action in actions where !seen.contains(action) {
+        for raw in actions {
+            let action = raw.utf8.count <= 255 ? raw : String(decoding: raw.utf8.prefix(255), as: UTF8.self)
+            guard !seen.contains(action) else { continue }
             seen.append(action)
             if seen.count == 10 { break }
         }

@@ -76,6 +76,32 @@ import TutorCruncher
         let ids = try records.flatMap { try SpooledMessages.decode($0.payload).compactMap(\.properties.messageID) }
         #expect(Set(ids).count == 2_500)
     }
+
+    @Test func aSpooledBodysLogLineCutsItsActionsToARoutingKeysLength() async throws {
+        let directory = NSTemporaryDirectory() + "spool-long-action-\(UUID().uuidString)"
+        var quiet = Logger(label: "spool")
+        quiet.logLevel = .critical
+        let spool = DurableSpool(configuration: .init(directory: directory, maxBytes: 1 << 30), logger: quiet)
+        let log = CapturedLog()
+        var logger = log.logger(label: "long-action")
+        logger.logLevel = .info
+        // More events than go straight to the broker, the first with a 100,000-byte action.
+        let long = String(repeating: "x", count: 100_000)
+        let events = ([long] + (0..<1_200).map { "A\($0 % 3)" }).map { #"{"action": "\#($0)"}"# }.joined(separator: ", ")
+        let body = Array(#"{"request_time": 1, "events": [\#(events)]}"#.utf8)
+        let app = buildApplication(
+            configuration: BridgeConfiguration(verifier: Webhooks.verifier), publisher: RecordingPublisher(), spool: spool, logger: logger)
+        try await app.test(.router) { client in
+            let response = try await client.execute(
+                uri: "/webhook", method: .post, headers: [HTTPField.Name("webhook-signature")!: Webhooks.sign(body)],
+                body: ByteBuffer(bytes: body))
+            #expect(response.status == .ok)
+        }
+        let line = try #require(log.all.first { $0.hasPrefix("info webhook ") }, "\(log.all.map { $0.prefix(200) })")
+        let cut = line.contains(String(repeating: "x", count: 255) + ",A0,A1,A2")
+        let whole = line.contains(String(repeating: "x", count: 256))
+        #expect(cut && !whole, "the long action is not cut to 255 bytes in a line of \(line.utf8.count) bytes")
+    }
 }
 
 /// A publisher that refuses messages with chosen routing keys, as a broker would for good.
