@@ -51,9 +51,13 @@ public struct AMQPAdmin: Sendable {
 
     /// Moves the messages `queue` holds now (at most `limit`) by publishing what `transform` makes of
     /// each, with a broker confirm, then acknowledging the original: a message is never lost, and is
-    /// duplicated only if the connection breaks between the confirm and the ack. `transform`
-    /// returning `nil` leaves a message where it is. Returns how many were moved, once the broker has
-    /// answered the connection's close (so it has applied the acks); when it does not answer, throws
+    /// duplicated only if the connection breaks between the confirm and the ack. Every copy is
+    /// published `mandatory`: one that reaches no queue (a target queue that does not exist, an
+    /// exchange nothing is bound to) comes back, and the move stops there with `.nacked`, leaving
+    /// that message and the rest in `queue` (the broker confirms a dropped copy like any other, so
+    /// without this its original would be acknowledged away). `transform` returning `nil` leaves a
+    /// message where it is. Returns how many were moved, once the broker has answered the
+    /// connection's close (so it has applied the acks); when it does not answer, throws
     /// `.connectionLost` saying how many were moved and that their originals may still be in `queue`.
     public func move(
         queue: String, limit: Int, _ transform: @escaping @Sendable (AMQPInboundMessage) -> AMQPOutboundMessage?
@@ -67,12 +71,21 @@ public struct AMQPAdmin: Sendable {
             // unroutable) is not taken again.
             for _ in 0..<min(waiting, limit) {
                 guard let (tag, message) = try connection.get(queue: queue) else { break }
-                guard let copy = transform(message) else {
+                guard var copy = transform(message) else {
                     skipped.append(tag)
                     continue
                 }
+                copy.mandatory = true
                 try connection.publish(copy)
-                try connection.awaitConfirm()
+                do throws(AMQPError) {
+                    try connection.awaitConfirm()
+                } catch {
+                    guard error.kind == .nacked else { throw error }
+                    throw AMQPError(
+                        .nacked,
+                        "\(moved) moved; the next copy reached no queue (exchange '\(copy.exchange)', routing key '\(copy.routingKey)': "
+                            + "\(error.message)), so it and the rest stay in \(queue)")
+                }
                 try connection.ack(tag)
                 moved += 1
             }

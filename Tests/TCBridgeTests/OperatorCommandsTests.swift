@@ -103,19 +103,7 @@ import TutorCruncherSignature
                 body: Array("{}".utf8))
         ])
 
-        let tool = URL(fileURLWithPath: BridgeProcess.executable).deletingLastPathComponent().appendingPathComponent("tc-consume").path
-        @Sendable func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: tool)
-            process.arguments = ["dead-letters", queue, "--amqp-url", RabbitMQNode.shared.url] + arguments
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            try process.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-        }
+        @Sendable func run(_ arguments: [String]) throws -> (status: Int32, output: String) { try Self.deadLetters(queue, arguments) }
         let list = try await onOwnThread { try run([]) }
         #expect(list.status == 0, "\(list.output)")
         #expect(list.output.contains("RAISED_INVOICE\tdead-1\tfailed 3 times; last error: boom"))
@@ -134,5 +122,37 @@ import TutorCruncherSignature
         #expect(back.map(\.properties.messageID) == ["dead-1"])
         #expect(back.first?.properties.header("tc-attempt") == nil, "attempts start again")
         #expect(back.first?.properties.header("tc-error") == .string("failed 3 times; last error: boom"), "the error stays for the record")
+    }
+
+    @Test func aMoveToAQueueThatDoesNotExistLeavesTheDeadLettersWhereTheyAre() async throws {
+        // The service's own queue was never declared (a typo, a service not deployed yet): its
+        // name routes nowhere, and a copy sent there would be dropped by the broker, yet confirmed.
+        let service = "dlq-missing-\(UUID().uuidString.prefix(8))"
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        try await admin.declare(queues: [AMQPQueueDeclaration(name: "\(service).dead-letter")])
+        defer { Task { _ = try? await admin.deleteQueue("\(service).dead-letter") } }
+        try await admin.publishConfirmed(
+            (1...2).map { AMQPOutboundMessage(exchange: "", routingKey: "\(service).dead-letter", properties: AMQPProperties(messageID: "dead-\($0)"), body: [1]) })
+
+        let requeue = try await onOwnThread { try Self.deadLetters(service, ["--requeue"]) }
+        #expect(requeue.status != 0, "\(requeue.output)")
+        #expect(requeue.output.contains("0 moved; the next copy reached no queue"), "\(requeue.output)")
+        let left = try await admin.peek(queue: "\(service).dead-letter", limit: 10)
+        #expect(left.compactMap(\.properties.messageID).sorted() == ["dead-1", "dead-2"])
+    }
+
+    /// Runs `tc-consume dead-letters SERVICE ARGUMENTS` against the shared node, to its end.
+    static func deadLetters(_ service: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let tool = URL(fileURLWithPath: BridgeProcess.executable).deletingLastPathComponent().appendingPathComponent("tc-consume").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: tool)
+        process.arguments = ["dead-letters", service, "--amqp-url", RabbitMQNode.shared.url] + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 }
