@@ -91,8 +91,9 @@ public struct AMQPDelivery: Sendable {
     /// Publishes `message` (e.g. a copy with an error header to a dead-letter queue), waits for the
     /// broker's confirm, then acknowledges this delivery. If the publish is not confirmed the
     /// delivery is left unacknowledged and the error is thrown: `.blocked` when the broker kept
-    /// publishing blocked for the whole `confirmTimeout`, `.confirmTimeout`, `.nacked`,
-    /// `.unencodable` (nothing sent), or `.connectionLost`. The caller still owns the delivery then
+    /// publishing blocked for the whole `confirmTimeout`, `.confirmTimeout`, `.nacked` (with
+    /// ``AMQPError/isUnroutable`` when a `mandatory` copy reached no queue), `.unencodable` (nothing
+    /// sent), or `.connectionLost`. The caller still owns the delivery then
     /// and may settle it otherwise (e.g. ``nack(requeue:)``).
     public func republishThenAck(_ message: AMQPOutboundMessage) async throws(AMQPError) {
         try await consumer.settle(.republishThenAck(message), deliveryTag: deliveryTag, generation: generation)

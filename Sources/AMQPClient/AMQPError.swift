@@ -37,4 +37,11 @@ public struct AMQPError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { "\(kind): \(message)" }
+
+    /// AMQP's reply code for a `mandatory` message no queue took (`basic.return`, NO_ROUTE).
+    public static let noRoute: UInt16 = 312
+
+    /// `true` for a `mandatory` message the broker returned because it reached no queue (the
+    /// queue it was addressed to does not exist, or nothing is bound for its routing key).
+    public var isUnroutable: Bool { kind == .nacked && replyCode == Self.noRoute }
 }

@@ -145,7 +145,10 @@ public final class TutorCruncherConsumer: Service, Sendable {
     /// Publishes a copy of the message to the dead-letter queue with the error, then acknowledges it.
     /// If that cannot be confirmed (blocked, no confirm, nacked) the delivery is rejected instead, so
     /// the broker dead-letters it through the queue's dead-letter exchange without the error header;
-    /// if the connection broke, the broker redelivers it. Never lost, never left unsettled.
+    /// if the connection broke, the broker redelivers it. If the copy reached no queue (the
+    /// dead-letter queue was deleted while the service runs: it is declared on connect), rejecting
+    /// would send the event into the same missing queue, so the queue is declared again and the copy
+    /// sent once more; failing that, the delivery goes back to the queue. Never lost, never left unsettled.
     func deadLetter(_ delivery: AMQPDelivery, reason: String) async {
         let kind = ["undecodable": "undecodable", "failed": "handler_failed", "unrecognised": "unrecognised"].first { reason.hasPrefix($0.key) }?.value
         ConsumerMetrics.deadLettered(reason: kind ?? "other")
@@ -161,8 +164,21 @@ public final class TutorCruncherConsumer: Service, Sendable {
         properties.expiration = nil  // a dead-lettered event stays until someone looks at it
         let copy = AMQPOutboundMessage(
             exchange: "", routingKey: configuration.deadLetterQueue, properties: properties, body: delivery.message.body, mandatory: true)
-        do {
+        do throws(AMQPError) {
             try await delivery.republishThenAck(copy)
+        } catch where error.isUnroutable {
+            if await declareDeadLetterQueueAgain(), (try? await delivery.republishThenAck(copy)) != nil {
+                logger.warning("the dead-letter queue was missing; declared it again", metadata: ["queue": "\(configuration.deadLetterQueue)"])
+                return
+            }
+            do {
+                try await delivery.nack(requeue: true)
+                logger.error(
+                    "the dead-letter queue is missing and could not be declared again; the event goes back to the queue",
+                    metadata: ["queue": "\(configuration.deadLetterQueue)"])
+            } catch let nackError {
+                logger.warning("could not dead-letter; the message will be redelivered", metadata: ["error": "\(error)", "nack_error": "\(nackError)"])
+            }
         } catch {
             // Blocked, no confirm, or rejected: let the broker dead-letter it through the queue's
             // dead-letter exchange (without the error header) rather than hold it unsettled.
@@ -175,6 +191,19 @@ public final class TutorCruncherConsumer: Service, Sendable {
                 logger.warning(
                     "could not dead-letter; the message will be redelivered", metadata: ["error": "\(error)", "reject_error": "\(rejectError)"])
             }
+        }
+    }
+
+    /// Declares the dead-letter queue as on connect, on a connection of its own; `false` (logged) if that failed.
+    private func declareDeadLetterQueueAgain() async -> Bool {
+        let amqp = configuration.amqpConfiguration
+        guard let declaration = amqp.queues.first(where: { $0.name == configuration.deadLetterQueue }) else { return false }
+        do {
+            try await AMQPAdmin(connection: amqp.connection).declare(queues: [declaration])
+            return true
+        } catch {
+            logger.error("could not declare the dead-letter queue again", metadata: ["queue": "\(configuration.deadLetterQueue)", "error": "\(error)"])
+            return false
         }
     }
 

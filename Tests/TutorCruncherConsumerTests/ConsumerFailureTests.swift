@@ -69,6 +69,34 @@ import TutorCruncherConsumer
         #expect(attempts.all.prefix(2) == [1, 1], "the first attempt again: the retry copy never existed")
     }
 
+    @Test func anEventDeadLetteredAfterItsQueueWasDeletedIsNotLost() async throws {
+        let exchange = uniqueExchange()
+        var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice])
+        configuration.retryPolicy = .init(maxAttempts: 1, initialDelay: .zero)
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { _ in
+            throw HandlerFailure(attempt: 1)
+        }
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            // An operator deletes the dead-letter queue to clear it while the service runs. A copy
+            // sent there reaches no queue, and rejecting the event would route it there too.
+            _ = try await admin.deleteQueue(configuration.deadLetterQueue)
+            let envelopes = try await publishWebhookBodies(exchange: exchange, bodies: [Webhooks.body(actions: ["RAISED_INVOICE"])])
+            try await waitUntil("the dead-letter queue declared again, holding the event") {
+                (try? await admin.peek(queue: configuration.deadLetterQueue, limit: 10).count) == 1
+            }
+            let dead = try await admin.peek(queue: configuration.deadLetterQueue, limit: 10)
+            #expect(dead.first?.properties.messageID == envelopes[0].eventID)
+            guard case .string(let error)? = dead.first?.properties.header(ConsumerHeader.error) else {
+                Issue.record("no tc-error header")
+                return
+            }
+            #expect(error.contains("billing system said no"))
+        }
+        #expect(try await messagesLeft(in: configuration.queue) == 0, "the original was not acknowledged")
+    }
+
     @Test func aWaitingEventHoldsNoPrefetchSlotAndSurvivesARestartOfTheService() async throws {
         let exchange = uniqueExchange()
         var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice, .login], prefetch: 1)

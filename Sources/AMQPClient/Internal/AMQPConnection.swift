@@ -340,7 +340,8 @@ final class AMQPConnection {
             switch event {
             case .ack: return
             case .nack: throw AMQPError(.nacked, "broker rejected the message (basic.nack)")
-            case .returned(let code, let text, _): throw AMQPError(.nacked, "broker returned the message as unroutable: \(code) \(text)")
+            case .returned(let code, let text, _):
+                throw AMQPError(.nacked, "broker returned the message as unroutable: \(code) \(text)", replyCode: code)
             default: continue
             }
         }

@@ -164,7 +164,8 @@ struct ConsumerStateMachine<Waiter: SettleWaiter> {
             // stays unacknowledged, so the event is not lost.
             if let count = returned[pending.key], count > 0 {
                 returned[pending.key] = count > 1 ? count - 1 : nil
-                pending.waiter.answer(.failure(AMQPError(.nacked, "the republished message reached no queue (unroutable)")))
+                pending.waiter.answer(
+                    .failure(AMQPError(.nacked, "the republished message reached no queue (unroutable)", replyCode: AMQPError.noRoute)))
                 continue
             }
             // Only originals still unsettled: a caller whose backstop gave up may have settled the
