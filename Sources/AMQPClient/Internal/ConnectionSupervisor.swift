@@ -79,7 +79,7 @@ struct ConnectionSupervisor {
                 wakeup.wait(socket: -1, timeout: delay)
                 continue
             }
-            attempt = 0
+            let connectedAt = ContinuousClock.now
             if hasConnected { Counter(label: "amqp_reconnects_total", dimensions: [("client", client)]).increment() }
             hasConnected = true
             connected()
@@ -90,10 +90,24 @@ struct ConnectionSupervisor {
                 current.close()
                 return nil
             case .lost(let error):
-                logger.warning("broker connection lost; reconnecting", metadata: ["error": "\(error)"])
                 setState(.disconnected(reason: error.message))
                 lost(error)
                 current.close()
+                // A connection that held for the longest backoff delay is made again at once. One
+                // lost sooner (a channel the broker closes at the first publish, a redelivered
+                // message that fails the same way every time) waits as a failed attempt does, so
+                // such a failure cannot turn into a loop of connections as fast as the broker takes them.
+                if ContinuousClock.now - connectedAt >= backoff.maximum {
+                    attempt = 0
+                    logger.warning("broker connection lost; reconnecting", metadata: ["error": "\(error)"])
+                } else {
+                    let delay = backoff.delay(attempt: attempt)
+                    attempt += 1
+                    logger.warning(
+                        "broker connection lost soon after it was made; reconnecting after a delay",
+                        metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                    wakeup.wait(socket: -1, timeout: delay)
+                }
             }
         }
         return nil
