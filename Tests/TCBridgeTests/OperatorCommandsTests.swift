@@ -144,15 +144,10 @@ import TutorCruncherSignature
     /// Runs `tc-consume dead-letters SERVICE ARGUMENTS` against the shared node, to its end.
     static func deadLetters(_ service: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
         let tool = URL(fileURLWithPath: BridgeProcess.executable).deletingLastPathComponent().appendingPathComponent("tc-consume").path
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = ["dead-letters", service, "--amqp-url", RabbitMQNode.shared.url] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        do {
+            return (0, try runProcess(tool, ["dead-letters", service, "--amqp-url", RabbitMQNode.shared.url] + arguments))
+        } catch let failure as ProcessFailure {
+            return (failure.status, failure.output)
+        }
     }
 }
