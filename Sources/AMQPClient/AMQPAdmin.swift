@@ -80,7 +80,7 @@ public struct AMQPAdmin: Sendable {
                 do throws(AMQPError) {
                     try connection.awaitConfirm()
                 } catch {
-                    guard error.kind == .nacked else { throw error }
+                    guard error.isUnroutable else { throw error }
                     throw AMQPError(
                         .nacked,
                         "\(moved) moved; the next copy reached no queue (exchange '\(copy.exchange)', routing key '\(copy.routingKey)': "

@@ -174,7 +174,7 @@ public final class TutorCruncherConsumer: Service, Sendable {
             do {
                 try await delivery.nack(requeue: true)
                 logger.error(
-                    "the dead-letter queue is missing and could not be declared again; the event goes back to the queue",
+                    "the dead-letter queue was missing, and the event could not be dead-lettered after declaring it again; it goes back to the queue",
                     metadata: ["queue": "\(configuration.deadLetterQueue)"])
             } catch let nackError {
                 logger.warning("could not dead-letter; the message will be redelivered", metadata: ["error": "\(error)", "nack_error": "\(nackError)"])
