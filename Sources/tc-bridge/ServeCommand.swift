@@ -273,6 +273,12 @@ struct ServeCommand: AsyncParsableCommand {
                 "spool directory \(spool.configuration.directory) is in use by another tc-bridge process "
                     + "(\(spool.configuration.directory)/lock is locked); stop it, or give this one its own --spool-dir")
         }
+        if let reason = spool.unavailableReason {
+            // Recovery failed (the directory cannot be created or listed, or its lock cannot be taken,
+            // e.g. ENOLCK on a file system without flock): a bridge started anyway could not survive a
+            // broker outage, and without the lock nothing keeps a second bridge off these files.
+            throw ValidationError("cannot use the spool directory: \(reason); fix it, or choose another --spool-dir")
+        }
         let forwarder = SpoolForwarder(spool: spool, publisher: publisher, logger: logger)
         // Keys reloadable on SIGHUP, the replay window, and the dedup journal beside the spool (so a
         // restart still recognises bodies it already answered 2xx).

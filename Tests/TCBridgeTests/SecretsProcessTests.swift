@@ -116,11 +116,34 @@ func randomKey(_ label: String) -> String { "\(label)-\(UUID().uuidString)" }
     }
 
     @Test func anUnusableDedupJournalIsRefused() async throws {
+        let spool = NSTemporaryDirectory() + "tc-bridge-journal-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: spool + "/dedup.log", withIntermediateDirectories: true)
         let result = try await runBridgeCommand(
-            ["serve", "--port", "0", "--spool-dir", "/dev/null/spool"], environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
+            ["serve", "--port", "0", "--spool-dir", spool], environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
         #expect(!result.timedOut)
         #expect(result.status != 0)
         #expect(result.output.contains("cannot use the dedup journal"))
+    }
+
+    /// A spool the bridge cannot recover into is refused at start, with the reason, whether or not
+    /// the dedup journal (beside it) would have opened.
+    @Test func anUnusableSpoolDirectoryIsRefused() async throws {
+        // The lock cannot be taken (`lock` is a directory); the journal itself would open.
+        let spool = NSTemporaryDirectory() + "tc-bridge-unlockable-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: spool + "/lock", withIntermediateDirectories: true)
+        let unlockable = try await runBridgeCommand(
+            ["serve", "--port", "0", "--spool-dir", spool], environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
+        #expect(!unlockable.timedOut)
+        #expect(unlockable.status != 0)
+        #expect(unlockable.output.contains("cannot use the spool directory: cannot open \(spool)/lock"))
+        #expect(!FileManager.default.fileExists(atPath: spool + "/dedup.log"))
+        // The directory cannot be created, and no journal is asked for.
+        let uncreatable = try await runBridgeCommand(
+            ["serve", "--port", "0", "--spool-dir", "/dev/null/spool", "--dedup-window", "0", "--max-age", "0"],
+            environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
+        #expect(!uncreatable.timedOut)
+        #expect(uncreatable.status != 0)
+        #expect(uncreatable.output.contains("cannot use the spool directory: cannot create /dev/null/spool"))
     }
 
     @Test func aSpoolDirectoryLockedByAnotherProcessIsRefused() async throws {
