@@ -88,6 +88,11 @@ public struct AMQPDelivery: Sendable {
         try await nack(requeue: false)
     }
 
+    /// The connection this delivery came on has broken (or the consumer has stopped): settling it can
+    /// only fail with `.connectionLost`, and the broker delivers the message again. Work not yet
+    /// started on it is better skipped. Safe from any thread.
+    public var isStale: Bool { !consumer.isLive(generation: generation) }
+
     /// Publishes `message` (e.g. a copy with an error header to a dead-letter queue), waits for the
     /// broker's confirm, then acknowledges this delivery. If the publish is not confirmed the
     /// delivery is left unacknowledged and the error is thrown: `.blocked` when the broker kept
@@ -139,6 +144,13 @@ public final class AMQPConsumer: Service, Sendable {
     private let lifecycle = OwnerLifecycle()
     private let stream: AsyncStream<AMQPDelivery>
     private let streamContinuation: AsyncStream<AMQPDelivery>.Continuation
+    /// The generation of the connection deliveries are served on now; 0 while there is none.
+    /// Written by the owner thread only.
+    private let liveGeneration = Atomic<UInt64>(0)
+    /// Deliveries handed to the stream, and those ``deliveries`` dropped because their connection
+    /// had broken (for tests).
+    let yieldedCount = Atomic<Int>(0)
+    let staleDropped = Atomic<Int>(0)
     let hooks: AMQPConsumerHooks
 
     typealias SettleCommand = ConsumerStateMachine<SettleResult>.Command
@@ -166,7 +178,17 @@ public final class AMQPConsumer: Service, Sendable {
 
     /// Deliveries in arrival order, across reconnects. Finishes when the consumer stops.
     /// Iterate it from one task.
-    public var deliveries: AsyncStream<AMQPDelivery> { stream }
+    ///
+    /// A delivery still waiting here when its connection broke is dropped, not handed out: its
+    /// settle calls could only fail, and the broker delivers the message again on the next
+    /// connection (with `redelivered` set). So a reconnect does not run a handler twice for the
+    /// deliveries it had not reached yet.
+    public var deliveries: AMQPDeliveries { AMQPDeliveries(stream: stream, consumer: self) }
+
+    /// Whether deliveries of connection `generation` can still be settled. Safe from any thread.
+    func isLive(generation: UInt64) -> Bool {
+        generation == liveGeneration.load(ordering: .acquiring)
+    }
 
     /// The current connection state (`.blocked` while the broker blocks publishing). Safe from any thread.
     public var state: AMQPConnectionState { shared.withLock { $0.connectionState } }
@@ -240,7 +262,13 @@ public final class AMQPConsumer: Service, Sendable {
         shared.withLock { $0.connectionState = newState }
     }
 
+    /// The owner thread serves connection `generation` from now on; 0 when it serves none.
+    fileprivate func setLiveGeneration(_ generation: UInt64) {
+        liveGeneration.store(generation, ordering: .releasing)
+    }
+
     fileprivate func yield(_ delivery: AMQPDelivery) {
+        yieldedCount.add(1, ordering: .relaxed)
         streamContinuation.yield(delivery)
     }
 
@@ -249,6 +277,7 @@ public final class AMQPConsumer: Service, Sendable {
     }
 
     fileprivate func markFinished(refusal: AMQPError? = nil) {
+        setLiveGeneration(0)  // the connection is closed: nothing still buffered can be settled
         if let refusal { shared.withLock { $0.refusal = refusal } }
         streamContinuation.finish()
         // Finish first: a settle checks `isFinished` under the lock, so anything it appends before this
@@ -262,6 +291,34 @@ public final class AMQPConsumer: Service, Sendable {
         for command in leftovers {
             command.waiter.resume(.failure(AMQPError(.connectionLost, "consumer closed; the message will be redelivered")))
         }
+    }
+}
+
+/// ``AMQPConsumer/deliveries``: the deliveries of the connection being served, in arrival order,
+/// across reconnects; those whose connection broke while they waited are dropped (see there).
+public struct AMQPDeliveries: AsyncSequence, Sendable {
+    public typealias Element = AMQPDelivery
+    public typealias Failure = Never
+    let stream: AsyncStream<AMQPDelivery>
+    let consumer: AMQPConsumer
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        public typealias Failure = Never
+        var base: AsyncStream<AMQPDelivery>.AsyncIterator
+        let consumer: AMQPConsumer
+
+        /// The next delivery whose connection is still served; `nil` once the consumer has stopped.
+        public mutating func next() async -> AMQPDelivery? {
+            while let delivery = await base.next() {
+                guard delivery.isStale else { return delivery }
+                consumer.staleDropped.add(1, ordering: .relaxed)
+            }
+            return nil
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: stream.makeAsyncIterator(), consumer: consumer)
     }
 }
 
@@ -310,9 +367,13 @@ private final class ConsumerLoop: @unchecked Sendable {
                 try connection.setPrefetch(configuration.prefetch)
                 try connection.consume(queue: configuration.queue, consumerTag: consumerTag)
             },
-            connected: { machine.connected() },
+            connected: {
+                machine.connected()
+                consumer.setLiveGeneration(machine.generation)
+            },
             serve: { serve($0) },
             lost: { error in
+                consumer.setLiveGeneration(0)
                 machine.failOutstanding(error)
                 fail(retake, error)
                 retake.removeAll()

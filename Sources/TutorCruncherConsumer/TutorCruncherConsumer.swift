@@ -278,7 +278,7 @@ public struct TutorCruncherDeliveries: AsyncSequence, Sendable {
     let consumer: TutorCruncherConsumer
 
     public struct AsyncIterator: AsyncIteratorProtocol {
-        var base: AsyncStream<AMQPDelivery>.AsyncIterator
+        var base: AMQPDeliveries.AsyncIterator
         let consumer: TutorCruncherConsumer
 
         public mutating func next() async throws(AMQPError) -> TutorCruncherDelivery? {
@@ -313,6 +313,10 @@ public struct TutorCruncherDelivery: Sendable {
         if case .int(let count)? = delivery.message.properties.header(ConsumerHeader.unsettledDeliveries), count > 0 { return true }
         return false
     }
+
+    /// The connection this event came on has broken: settling it can only fail, and the broker
+    /// delivers it again. A handler not yet started on it is better skipped.
+    public var isStale: Bool { delivery.isStale }
 
     /// Which attempt this is (1 for the first delivery; raised by each retry).
     public var attempt: Int {

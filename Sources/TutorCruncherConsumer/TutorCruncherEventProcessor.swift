@@ -65,9 +65,9 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
                         handlers.addTask {
                             if let turn { await turns?.wait(for: turn) }
                             await slots.acquire()
-                            // Shut down while waiting for a slot or a turn: the connection is gone,
+                            // Shut down, or the connection broke, while waiting for a slot or a turn:
                             // the event comes back; do not start work whose ack cannot be sent.
-                            if !Task.isCancelled { await self.process(delivery) }
+                            if !Task.isCancelled, !delivery.isStale { await self.process(delivery) }
                             slots.release()
                             if let turn { turns?.done(turn) }
                         }

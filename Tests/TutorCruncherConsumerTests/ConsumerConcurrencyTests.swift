@@ -99,6 +99,54 @@ import TutorCruncherConsumer
             }
         }
     }
+
+    /// Events waiting for a handler slot when the connection breaks are not handled: their acks could
+    /// only fail, and the broker delivers them again on the next connection, where they are handled
+    /// once each. (Handled anyway, each ran twice after every reconnect.)
+    @Test func eventsWaitingForASlotWhenTheConnectionBreaksAreHandledOnlyAfterTheirRedelivery() async throws {
+        let exchange = uniqueExchange()
+        let name = "stale-\(UUID().uuidString.prefix(8))"
+        var configuration = consumerConfiguration(exchange: exchange, prefetch: 10)
+        configuration.connection.connectionName = name
+        configuration.concurrency = 1
+        let gate = Gate()
+        let runs = Recorder<(eventID: String, redelivered: Bool)>()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event, context in
+            runs.append((event.eventID, context.redelivered))
+            if runs.count == 1 { await gate.wait() }  // the only slot stays taken until the connection broke
+        }
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        let published = try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            let envelopes = try await publishWebhookBodies(exchange: exchange, bodies: (0..<5).map { Webhooks.body(actions: ["LOGIN"], subjectID: $0) })
+            // One handler runs; the other four are with the consumer, waiting for its slot.
+            try await waitUntil("one handler running, none left in the queue") {
+                guard runs.count == 1 else { return false }
+                return try await admin.messageCount(queue: configuration.queue) == 0
+            }
+            let broken = try await connectionPIDs(named: name)
+            try #require(broken.count == 1)
+            try await RabbitMQNode.shared.ctl("close_connection", broken[0], "closed by the test")
+            try await waitUntil("consumer connected again") {
+                let now = try await connectionPIDs(named: name)
+                return now.count == 1 && now != broken
+            }
+            gate.open()
+            try await waitUntil(timeout: .seconds(30), "all five handled after their redelivery") {
+                Set(runs.all.dropFirst().filter(\.redelivered).map(\.eventID)) == Set(envelopes.map(\.eventID))
+            }
+            return envelopes
+        }
+        // The first run (whose ack failed) and one run per redelivered event; none for the four that waited.
+        #expect(runs.count == 1 + published.count, "handler runs: \(runs.all)")
+        #expect(try await messagesLeft(in: configuration.queue) == 0)
+    }
+
+    /// The broker's process ids of the connections named `name`.
+    private func connectionPIDs(named name: String) async throws -> [String] {
+        let listing = try await RabbitMQNode.shared.ctl("list_connections", "pid", "client_properties", "--no-table-headers", "--quiet")
+        return listing.split(separator: "\n").filter { $0.contains("\"\(name)\"") }.compactMap { $0.split(separator: "\t").first.map(String.init) }
+    }
 }
 
 /// Handlers that each wait at one gate while a meter counts how many run at once; the events they
