@@ -308,13 +308,15 @@ public struct AMQPDeliveries: AsyncSequence, Sendable {
         let consumer: AMQPConsumer
 
         /// The next delivery whose connection is still served; `nil` once the consumer has stopped.
-        public mutating func next() async -> AMQPDelivery? {
-            while let delivery = await base.next() {
+        public mutating func next(isolation actor: isolated (any Actor)?) async -> AMQPDelivery? {
+            while let delivery = await base.next(isolation: actor) {
                 guard delivery.isStale else { return delivery }
                 consumer.staleDropped.add(1, ordering: .relaxed)
             }
             return nil
         }
+
+        public mutating func next() async -> AMQPDelivery? { await next(isolation: nil) }
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
@@ -460,6 +462,7 @@ private final class ConsumerLoop: @unchecked Sendable {
             case .publish(let message): try connection.publish(message)
             }
         } catch {
+            consumer.setLiveGeneration(0)  // before any caller hears of it: its deliveries are stale now
             command.waiter.resume(.failure(AMQPError(error.kind, "\(error.message); the message will be redelivered", replyCode: error.replyCode)))
             throw error
         }
@@ -477,6 +480,7 @@ private final class ConsumerLoop: @unchecked Sendable {
             do {
                 try connection.ack(pending.deliveryTag)
             } catch {
+                consumer.setLiveGeneration(0)  // before any caller hears of it: its deliveries are stale now
                 let failure = AMQPError(
                     error.kind, "republished, but acknowledging the original failed (\(error.message)); it will be redelivered",
                     replyCode: error.replyCode)

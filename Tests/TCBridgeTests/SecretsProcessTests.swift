@@ -117,6 +117,7 @@ func randomKey(_ label: String) -> String { "\(label)-\(UUID().uuidString)" }
 
     @Test func anUnusableDedupJournalIsRefused() async throws {
         let spool = NSTemporaryDirectory() + "tc-bridge-journal-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: spool) }
         try FileManager.default.createDirectory(atPath: spool + "/dedup.log", withIntermediateDirectories: true)
         let result = try await runBridgeCommand(
             ["serve", "--port", "0", "--spool-dir", spool], environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
@@ -130,6 +131,7 @@ func randomKey(_ label: String) -> String { "\(label)-\(UUID().uuidString)" }
     @Test func anUnusableSpoolDirectoryIsRefused() async throws {
         // The lock cannot be taken (`lock` is a directory); the journal itself would open.
         let spool = NSTemporaryDirectory() + "tc-bridge-unlockable-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: spool) }
         try FileManager.default.createDirectory(atPath: spool + "/lock", withIntermediateDirectories: true)
         let unlockable = try await runBridgeCommand(
             ["serve", "--port", "0", "--spool-dir", spool], environment: ["TC_PRIVATE_KEY": "k", "TC_BRIDGE_LOG_LEVEL": "critical"])
