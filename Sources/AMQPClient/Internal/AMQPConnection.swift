@@ -31,6 +31,12 @@ final class AMQPConnection {
     let configuration: AMQPConnectionConfiguration
     private let state: amqp_connection_state_t
     private var destroyed = false
+    /// A read inside rabbitmq-c failed. Its input state may then be inconsistent: after a frame
+    /// larger than the frame size (which RabbitMQ sends for a message whose properties outgrew the
+    /// frame, e.g. once dead-lettering added `x-death`) it still expects that frame, in a 7-byte
+    /// buffer, and the next read writes past it. So nothing reads from the connection again; every
+    /// call that would throws, and ``close()`` only releases it.
+    private var unreadable: String?
 
     /// Opens the socket, logs in, opens channel 1. Blocks the calling thread up to the configured timeouts.
     init(configuration: AMQPConnectionConfiguration) throws(AMQPError) {
@@ -127,6 +133,7 @@ final class AMQPConnection {
 
     @discardableResult
     func declare(_ exchange: AMQPExchangeDeclaration) throws(AMQPError) -> ExchangeOutcome {
+        try ensureReadable()
         if exchange.mode == .declareIfMissing {
             withBytes(exchange.name) { name in
                 withBytes(exchange.kind.rawValue) { kind in
@@ -166,6 +173,7 @@ final class AMQPConnection {
     ///   (406 for a mismatch, unless the mode is `declareOrUseExisting`), `.connectionLost` on I/O errors.
     @discardableResult
     func declare(_ queue: AMQPQueueDeclaration) throws(AMQPError) -> DeclareOutcome {
+        try ensureReadable()
         let arguments = queue.arguments.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         _ = FieldTable.with(arguments) { table in
             withBytes(queue.name) { name in
@@ -200,6 +208,7 @@ final class AMQPConnection {
 
     /// Checks that a queue exists (`passive` declare); returns its ready and consumer counts.
     func declarePassive(queue: String) throws(AMQPError) -> (messageCount: UInt32, consumerCount: UInt32) {
+        try ensureReadable()
         let ok = withBytes(queue) { name in
             amqp_queue_declare(state, Self.channel, name, 1, 0, 0, 0, amqp_table_t(num_entries: 0, entries: nil))
         }
@@ -210,28 +219,33 @@ final class AMQPConnection {
     /// Deletes a queue; returns the number of messages it held.
     @discardableResult
     func deleteQueue(_ name: String) throws(AMQPError) -> UInt32 {
+        try ensureReadable()
         let ok = withBytes(name) { amqp_queue_delete(state, Self.channel, $0, 0, 0) }
         try check(amqp_get_rpc_reply(state), kind: .channelClosed, "queue.delete \(name)")
         return ok?.pointee.message_count ?? 0
     }
 
     func enablePublisherConfirms() throws(AMQPError) {
+        try ensureReadable()
         amqp_confirm_select(state, Self.channel)
         try check(amqp_get_rpc_reply(state), kind: .channelClosed, "confirm.select")
     }
 
     func setPrefetch(_ count: UInt16) throws(AMQPError) {
+        try ensureReadable()
         amqp_basic_qos(state, Self.channel, 0, count, 0)
         try check(amqp_get_rpc_reply(state), kind: .channelClosed, "basic.qos")
     }
 
     /// Cancels a subscription (`basic.cancel`); deliveries already sent may still arrive before the reply.
     func cancel(consumerTag: String) throws(AMQPError) {
+        try ensureReadable()
         withBytes(consumerTag) { tag in _ = amqp_basic_cancel(state, Self.channel, tag) }
         try check(amqp_get_rpc_reply(state), kind: .channelClosed, "basic.cancel")
     }
 
     func consume(queue: String, consumerTag: String) throws(AMQPError) {
+        try ensureReadable()
         withBytes(queue) { queueBytes in
             withBytes(consumerTag) { tag in
                 _ = amqp_basic_consume(state, Self.channel, queueBytes, tag, 0, 0, 0, amqp_table_t(num_entries: 0, entries: nil))
@@ -248,6 +262,7 @@ final class AMQPConnection {
     /// send a header name over 255 bytes cut short, and fail on other problems after the method
     /// frame, leaving the connection unusable.
     func publish(_ message: AMQPOutboundMessage) throws(AMQPError) {
+        try ensureReadable()  // rabbitmq-c reads here too, when a heartbeat is due
         if let problem = message.encodingProblem(frameSize: frameSize) { throw AMQPError(.unencodable, problem) }
         let status = withProperties(message.properties) { properties in
             withBytes(message.exchange) { exchange in
@@ -261,7 +276,7 @@ final class AMQPConnection {
                 }
             }
         }
-        guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "publish: \(errorString(status))") }
+        guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "publish: \(readFailed(status))") }
     }
 
     /// `true` when ``sendFrames(_:)`` may write frames straight to the socket: plain TCP. Over TLS every
@@ -317,6 +332,7 @@ final class AMQPConnection {
     /// `nil` when the queue is empty. Settle it with ``ack(_:multiple:)`` or ``nack(_:requeue:)``;
     /// closing the channel requeues whatever is unsettled.
     func get(queue: String) throws(AMQPError) -> (deliveryTag: UInt64, message: AMQPInboundMessage)? {
+        try ensureReadable()
         let reply = withBytes(queue) { amqp_basic_get(state, Self.channel, $0, 0) }
         try check(reply, kind: .channelClosed, "basic.get \(queue)")
         guard reply.reply.id == AMQP_BASIC_GET_OK_METHOD, let decoded = reply.reply.decoded else { return nil }
@@ -355,6 +371,7 @@ final class AMQPConnection {
     /// - Throws: `.connectionLost` on socket errors, heartbeat timeout or a broker `connection.close`;
     ///   `.channelClosed` on a broker `channel.close`.
     func nextEvent(timeout: Duration) throws(AMQPError) -> Event? {
+        try ensureReadable()
         defer { amqp_maybe_release_buffers(state) }
         while true {
             var frame = amqp_frame_t()
@@ -362,7 +379,7 @@ final class AMQPConnection {
             let status = amqp_simple_wait_frame_noblock(state, &frame, &tv)
             if status == AMQP_STATUS_TIMEOUT.rawValue { return nil }
             guard status == AMQP_STATUS_OK.rawValue else {
-                throw AMQPError(.connectionLost, errorString(status))
+                throw AMQPError(.connectionLost, readFailed(status))
             }
             guard frame.frame_type == UInt8(AMQP_FRAME_METHOD) else { continue }  // stray content frames
             let method = frame.payload.method
@@ -420,6 +437,7 @@ final class AMQPConnection {
 
     /// Reads the header and body frames that follow `basic.deliver` / `basic.return`.
     private func readContent(channel: amqp_channel_t) throws(AMQPError) -> (AMQPProperties, [UInt8]) {
+        try ensureReadable()
         var message = amqp_message_t()
         let reply = amqp_read_message(state, channel, &message, 0)
         try check(reply, kind: .connectionLost, "reading message content")
@@ -435,6 +453,10 @@ final class AMQPConnection {
     @discardableResult
     func close() -> Bool {
         guard !destroyed else { return false }
+        guard unreadable == nil else {
+            destroy()
+            return false
+        }
         let reply = amqp_connection_close(state, AMQP_REPLY_SUCCESS)
         destroy()
         return reply.reply_type == AMQP_RESPONSE_NORMAL
@@ -477,13 +499,28 @@ final class AMQPConnection {
 
     // MARK: Helpers
 
+    /// Throws when an earlier read failed (see `unreadable`): call before anything that reads.
+    private func ensureReadable() throws(AMQPError) {
+        if let unreadable { throw AMQPError(.connectionLost, "connection unusable after a failed read (\(unreadable))") }
+    }
+
+    /// Records a failed call into rabbitmq-c's I/O (see `unreadable`) and returns its description.
+    private func readFailed(_ status: Int32) -> String {
+        var text = errorString(status)
+        if status == AMQP_STATUS_BAD_AMQP_DATA.rawValue {
+            text += " (a frame larger than the frame size of \(frameSize) bytes, or malformed: a message whose properties outgrew the frame cannot be read)"
+        }
+        unreadable = unreadable ?? text
+        return text
+    }
+
     private func check(_ reply: amqp_rpc_reply_t, kind: AMQPError.Kind, _ context: String) throws(AMQPError) {
         switch reply.reply_type {
         case AMQP_RESPONSE_NORMAL:
             return
         case AMQP_RESPONSE_LIBRARY_EXCEPTION:
             let kind: AMQPError.Kind = kind == .channelClosed ? .connectionLost : kind
-            throw AMQPError(kind, "\(context): \(errorString(reply.library_error))")
+            throw AMQPError(kind, "\(context): \(readFailed(reply.library_error))")
         case AMQP_RESPONSE_SERVER_EXCEPTION:
             switch reply.reply.id {
             case AMQP_CONNECTION_CLOSE_METHOD:
