@@ -336,8 +336,9 @@ public struct TutorCruncherDelivery: Sendable {
     /// The event waits on the broker (see ``TutorCruncherConsumerConfiguration/RetryPolicy``), not
     /// in this process. When the copy cannot be sent (the broker blocks publishing or does not
     /// confirm) the delivery is requeued as it is (`basic.nack`), which counts towards the retry
-    /// policy's `maxUnsettledDeliveries`, and the error is thrown. Never leaves the delivery
-    /// unsettled on a working connection.
+    /// policy's `maxUnsettledDeliveries`, and the error is thrown. When no copy can be encoded (the
+    /// message's properties fill the frame) it is rejected into the dead-letter queue instead and
+    /// `.unencodable` is thrown. Never leaves the delivery unsettled on a working connection.
     public func retry(because error: any Error) async throws(AMQPError) {
         try await carryOut(consumer.configuration.retryPolicy.decision(afterFailedAttempt: attempt, error: "\(error)"), error: "\(error)")
     }
@@ -369,8 +370,23 @@ public struct TutorCruncherDelivery: Sendable {
             wait = after
         }
         ConsumerMetrics.retried()
-        do {
+        do throws(AMQPError) {
             try await consumer.requeueForRetry(delivery, attempt: attempt, wait: wait)
+        } catch where error.kind == .unencodable {
+            // The message's properties leave no room for the attempt count in the frame: no copy of
+            // it can ever be sent, and one requeued as it is would come straight back, fail, and be
+            // requeued again, for ever (a classic queue's redelivery cannot be recorded either). So
+            // the broker dead-letters it as it is (the queue's dead-letter exchange, without `tc-error`).
+            consumer.logger.error(
+                "the retry copy cannot be encoded; rejecting the event into the dead-letter queue",
+                metadata: ["event_id": "\(event.eventID)", "action": "\(event.action)", "error": "\(error)"])
+            ConsumerMetrics.deadLettered(reason: "unencodable")
+            do throws(AMQPError) {
+                try await delivery.reject()
+            } catch let rejectError {
+                throw AMQPError(rejectError.kind, "the retry copy cannot be encoded (\(error.message)), and rejecting failed: \(rejectError.message)")
+            }
+            throw AMQPError(.unencodable, "the retry copy cannot be encoded (\(error.message)); the event was rejected into the dead-letter queue")
         } catch {
             try? await delivery.nack(requeue: true)
             throw error

@@ -54,6 +54,15 @@ func withTestPublisher<R>(node: RabbitMQNode, exchange: String, _ body: (AMQPPub
 public func publishWebhookBodies(
     node: RabbitMQNode = .shared, exchange: String, bodies: [[UInt8]], headers: [(String, AMQPHeaderValue)] = []
 ) async throws -> [EventEnvelope] {
+    let (envelopes, messages) = webhookMessages(exchange: exchange, bodies: bodies, headers: headers)
+    try await publishMessages(node: node, exchange: exchange, messages)
+    return envelopes
+}
+
+/// The envelopes and messages the bridge would publish for `bodies`, with `headers` added to each.
+public func webhookMessages(
+    exchange: String, bodies: [[UInt8]], headers: [(String, AMQPHeaderValue)] = []
+) -> (envelopes: [EventEnvelope], messages: [AMQPOutboundMessage]) {
     let factory = MessageFactory(exchange: exchange, appID: "tests")
     let now = UTCTimestamp.now()
     var envelopes: [EventEnvelope] = []
@@ -66,8 +75,12 @@ public func publishWebhookBodies(
         message.properties.headers += headers
         return message
     }
+    return (envelopes, messages)
+}
+
+/// Publishes `messages` (confirmed) on `exchange`, declared with the bridge's topology.
+public func publishMessages(node: RabbitMQNode = .shared, exchange: String, _ messages: [AMQPOutboundMessage]) async throws {
     try await withTestPublisher(node: node, exchange: exchange) { try await $0.publish(messages) }
-    return envelopes
 }
 
 /// Publishes raw bytes with a routing key (for undecodable-message tests).

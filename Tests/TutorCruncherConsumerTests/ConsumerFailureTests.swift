@@ -97,6 +97,49 @@ import TutorCruncherConsumer
         #expect(try await messagesLeft(in: configuration.queue) == 0, "the original was not acknowledged")
     }
 
+    /// An event whose properties fill the frame travels, but no copy of it with an attempt count
+    /// can: its retry is rejected into the dead-letter queue. (Requeued as it was, it came straight
+    /// back and failed again, for ever: a classic queue's redelivery cannot be recorded on a copy either.)
+    @Test func aRetryWhoseCopyCannotBeEncodedIsDeadLetteredInsteadOfComingBackForEver() async throws {
+        let exchange = uniqueExchange()
+        let configuration = consumerConfiguration(exchange: exchange)
+        let runs = Recorder<String>()
+        let processor = TutorCruncherEventProcessor(configuration: configuration, logger: quietLogger) { event in
+            runs.append(event.eventID)
+            throw HandlerFailure(attempt: runs.count)
+        }
+        // Padded until one more byte would not fit in RabbitMQ's (and rabbitmq-c's) default frame.
+        let frameSize = 131_072
+        let plain = try #require(webhookMessages(exchange: exchange, bodies: [Webhooks.body(actions: ["LOGIN"])]).messages.first)
+        func padded(_ length: Int) -> AMQPOutboundMessage {
+            var message = plain
+            message.properties.headers.append(("x-padding", .string(String(repeating: "p", count: length))))
+            return message
+        }
+        var (fits, tooLong) = (0, frameSize)
+        while tooLong - fits > 1 {
+            let middle = (fits + tooLong) / 2
+            if padded(middle).encodingProblem(frameSize: frameSize) == nil { fits = middle } else { tooLong = middle }
+        }
+        let message = padded(fits)
+        var copy = message
+        copy.properties.headers.append(("tc-attempt", .int(2)))  // the smallest header a retry copy adds
+        #expect(message.encodingProblem(frameSize: frameSize) == nil)
+        #expect(copy.encodingProblem(frameSize: frameSize) != nil)
+
+        let admin = AMQPAdmin(connection: RabbitMQNode.shared.connection)
+        try await withServices([processor]) {
+            try await waitUntil("consumer connected") { processor.consumer.isConnected }
+            try await publishMessages(exchange: exchange, [message])
+            try await waitUntil("the event in the dead-letter queue") {
+                try await admin.messageCount(queue: configuration.deadLetterQueue) == 1
+            }
+        }
+        #expect(runs.count == 1, "handler runs: \(runs.count)")
+        #expect(try await messagesLeft(in: configuration.queue) == 0)
+        // (Its `x-death` header now takes it past the frame size: reading it is `OversizeFrameTests`' subject.)
+    }
+
     @Test func aWaitingEventHoldsNoPrefetchSlotAndSurvivesARestartOfTheService() async throws {
         let exchange = uniqueExchange()
         var configuration = consumerConfiguration(exchange: exchange, actions: [.raisedInvoice, .login], prefetch: 1)
