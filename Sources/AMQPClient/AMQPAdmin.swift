@@ -69,25 +69,32 @@ public struct AMQPAdmin: Sendable {
             var skipped: [UInt64] = []
             // Only what was there at the start: a moved message that comes back (say, still
             // unroutable) is not taken again.
-            for _ in 0..<min(waiting, limit) {
-                guard let (tag, message) = try connection.get(queue: queue) else { break }
-                guard var copy = transform(message) else {
-                    skipped.append(tag)
-                    continue
+            do throws(AMQPError) {
+                for _ in 0..<min(waiting, limit) {
+                    guard let (tag, message) = try connection.get(queue: queue) else { break }
+                    guard var copy = transform(message) else {
+                        skipped.append(tag)
+                        continue
+                    }
+                    copy.mandatory = true
+                    try connection.publish(copy)
+                    do throws(AMQPError) {
+                        try connection.awaitConfirm()
+                    } catch {
+                        guard error.isUnroutable else { throw error }
+                        throw AMQPError(
+                            .nacked,
+                            "\(moved) moved; the next copy reached no queue (exchange '\(copy.exchange)', routing key '\(copy.routingKey)': "
+                                + "\(error.message)), so it and the rest stay in \(queue)", replyCode: error.replyCode)
+                    }
+                    try connection.ack(tag)
+                    moved += 1
                 }
-                copy.mandatory = true
-                try connection.publish(copy)
-                do throws(AMQPError) {
-                    try connection.awaitConfirm()
-                } catch {
-                    guard error.isUnroutable else { throw error }
-                    throw AMQPError(
-                        .nacked,
-                        "\(moved) moved; the next copy reached no queue (exchange '\(copy.exchange)', routing key '\(copy.routingKey)': "
-                            + "\(error.message)), so it and the rest stay in \(queue)")
-                }
-                try connection.ack(tag)
-                moved += 1
+            } catch where moved > 0 && !error.isUnroutable {
+                throw AMQPError(
+                    error.kind,
+                    "\(moved) messages were published again before this failed: \(error.message); "
+                        + "some of their originals may still be in \(queue) as well (duplicates)", replyCode: error.replyCode)
             }
             for tag in skipped { try connection.nack(tag, requeue: true) }
             guard moved == 0 || connection.close() else {

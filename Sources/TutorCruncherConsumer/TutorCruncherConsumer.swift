@@ -149,15 +149,22 @@ public final class TutorCruncherConsumer: Service, Sendable {
     /// dead-letter queue was deleted while the service runs: it is declared on connect), rejecting
     /// would send the event into the same missing queue, so the queue is declared again and the copy
     /// sent once more; failing that, the delivery goes back to the queue. Never lost, never left unsettled.
-    func deadLetter(_ delivery: AMQPDelivery, reason: String) async {
-        let kind = ["undecodable": "undecodable", "failed": "handler_failed", "unrecognised": "unrecognised"].first { reason.hasPrefix($0.key) }?.value
+    ///
+    /// `annotated: false` sends the message's own headers, without `reason` and the original queue
+    /// and routing key: for a message with no room left in the frame. (Rejected instead, the broker's
+    /// `x-death` header would take it past the frame size, and no one could read it from the
+    /// dead-letter queue.)
+    func deadLetter(_ delivery: AMQPDelivery, reason: String, annotated: Bool = true) async {
+        let kind = ["undecodable": "undecodable", "failed": "handler_failed", "unrecognised": "unrecognised", "unencodable": "unencodable"]
+            .first { reason.hasPrefix($0.key) }?.value
         ConsumerMetrics.deadLettered(reason: kind ?? "other")
-        var headers = delivery.message.properties.headers.filter {
-            ![ConsumerHeader.error, ConsumerHeader.originalQueue, ConsumerHeader.originalRoutingKey].contains($0.0)
+        var headers = delivery.message.properties.headers
+        if annotated {
+            headers.removeAll { [ConsumerHeader.error, ConsumerHeader.originalQueue, ConsumerHeader.originalRoutingKey].contains($0.0) }
+            headers.append((ConsumerHeader.error, .string(String(reason.prefix(1000)))))
+            headers.append((ConsumerHeader.originalQueue, .string(configuration.queue)))
+            headers.append((ConsumerHeader.originalRoutingKey, .string(Self.originalRoutingKey(of: delivery.message))))
         }
-        headers.append((ConsumerHeader.error, .string(String(reason.prefix(1000)))))
-        headers.append((ConsumerHeader.originalQueue, .string(configuration.queue)))
-        headers.append((ConsumerHeader.originalRoutingKey, .string(Self.originalRoutingKey(of: delivery.message))))
         var properties = delivery.message.properties
         properties.headers = headers
         properties.persistent = true
@@ -223,9 +230,16 @@ public final class TutorCruncherConsumer: Service, Sendable {
             delivery, attempt: attempt + 1, unsettledDeliveries: unsettled, to: configuration.waitQueue(for: tier), expiration: expiration)
     }
 
+    /// Room a copy sent to a wait queue must leave in the frame (RabbitMQ's and rabbitmq-c's default,
+    /// 128 KiB) for the `x-death` and `x-first-death-*` headers the broker adds when the wait ends.
+    /// Without it the copy would come back larger than the frame, and no consumer could read it.
+    static let waitQueueHeadroom = 4096
+    static let defaultFrameSize = 131_072
+
     /// Re-queues a copy carrying the attempt and unsettled-delivery counts (at the back of the
     /// queue, or into `waitQueue` with a per-message `expiration`), then acknowledges the original.
-    /// Throws (leaving the original unsettled) when that fails.
+    /// Throws (leaving the original unsettled) when that fails; `.unencodable` when the copy cannot
+    /// travel, or would not leave the headroom a wait queue needs.
     func requeue(
         _ delivery: AMQPDelivery, attempt: Int? = nil, unsettledDeliveries: Int, to waitQueue: String? = nil, expiration: String? = nil
     ) async throws(AMQPError) {
@@ -244,6 +258,9 @@ public final class TutorCruncherConsumer: Service, Sendable {
         // `mandatory`: a copy that reaches no queue fails the call (the original stays) instead of vanishing.
         let copy = AMQPOutboundMessage(
             exchange: "", routingKey: waitQueue ?? configuration.queue, properties: properties, body: delivery.message.body, mandatory: true)
+        if waitQueue != nil, let problem = copy.encodingProblem(frameSize: Self.defaultFrameSize - Self.waitQueueHeadroom) {
+            throw AMQPError(.unencodable, "\(problem), less \(Self.waitQueueHeadroom) bytes for the headers a wait queue adds")
+        }
         try await delivery.republishThenAck(copy)
     }
 
@@ -369,25 +386,20 @@ public struct TutorCruncherDelivery: Sendable {
         case .retry(let after):
             wait = after
         }
-        ConsumerMetrics.retried()
         do throws(AMQPError) {
             try await consumer.requeueForRetry(delivery, attempt: attempt, wait: wait)
+            ConsumerMetrics.retried()
         } catch where error.kind == .unencodable {
-            // The message's properties leave no room for the attempt count in the frame: no copy of
+            // The message's properties leave no room in the frame for the attempt count: no copy of
             // it can ever be sent, and one requeued as it is would come straight back, fail, and be
-            // requeued again, for ever (a classic queue's redelivery cannot be recorded either). So
-            // the broker dead-letters it as it is (the queue's dead-letter exchange, without `tc-error`).
+            // requeued again, for ever (a classic queue's redelivery cannot be recorded either).
             consumer.logger.error(
-                "the retry copy cannot be encoded; rejecting the event into the dead-letter queue",
+                "the retry copy cannot be encoded; dead-lettering the event as it is",
                 metadata: ["event_id": "\(event.eventID)", "action": "\(event.action)", "error": "\(error)"])
-            ConsumerMetrics.deadLettered(reason: "unencodable")
-            do throws(AMQPError) {
-                try await delivery.reject()
-            } catch let rejectError {
-                throw AMQPError(rejectError.kind, "the retry copy cannot be encoded (\(error.message)), and rejecting failed: \(rejectError.message)")
-            }
-            throw AMQPError(.unencodable, "the retry copy cannot be encoded (\(error.message)); the event was rejected into the dead-letter queue")
+            await consumer.deadLetter(delivery, reason: "unencodable retry copy: \(error.message)", annotated: false)
+            throw AMQPError(.unencodable, "the retry copy cannot be encoded (\(error.message)); the event was dead-lettered as it is")
         } catch {
+            ConsumerMetrics.retried()
             try? await delivery.nack(requeue: true)
             throw error
         }

@@ -107,8 +107,10 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
                     "event_id": "\(delivery.event.eventID)", "action": "\(delivery.event.action)",
                     "attempt": "\(delivery.attempt)", "error": "\(error)",
                 ])
-            do {
+            do throws(AMQPError) {
                 try await delivery.retry(because: error)
+            } catch where error.kind == .unencodable {
+                // Dead-lettered as it is instead (logged where that was decided).
             } catch {
                 logger.warning("could not re-queue; the broker will redeliver", metadata: ["error": "\(error)"])
             }

@@ -318,14 +318,18 @@ final class AMQPConnection {
         if let failure { throw AMQPError(.connectionLost, "publish: \(String(cString: strerror(failure)))") }
     }
 
+    // `ack` and `nack` read too: rabbitmq-c decodes what is buffered when a send waits past a heartbeat.
+
     func ack(_ deliveryTag: UInt64, multiple: Bool = false) throws(AMQPError) {
+        try ensureReadable()
         let status = amqp_basic_ack(state, Self.channel, deliveryTag, multiple ? 1 : 0)
-        guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "ack: \(errorString(status))") }
+        guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "ack: \(readFailed(status))") }
     }
 
     func nack(_ deliveryTag: UInt64, requeue: Bool) throws(AMQPError) {
+        try ensureReadable()
         let status = amqp_basic_nack(state, Self.channel, deliveryTag, 0, requeue ? 1 : 0)
-        guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "nack: \(errorString(status))") }
+        guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError(.connectionLost, "nack: \(readFailed(status))") }
     }
 
     /// `basic.get` with manual acknowledgement: the next message of `queue` and its delivery tag, or
@@ -421,13 +425,13 @@ final class AMQPConnection {
                 let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
                 let text = String(amqpBytes: close.reply_text)
                 var ok = amqp_channel_close_ok_t()
-                amqp_send_method(state, frame.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+                sent(amqp_send_method(state, frame.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok))
                 throw AMQPError(.channelClosed, "broker closed the channel: \(close.reply_code) \(text)", replyCode: close.reply_code)
             case AMQP_CONNECTION_CLOSE_METHOD:
                 let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
                 let text = String(amqpBytes: close.reply_text)
                 var ok = amqp_connection_close_ok_t()
-                amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
+                sent(amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok))
                 throw AMQPError(.connectionLost, "broker closed the connection: \(close.reply_code) \(text)", replyCode: close.reply_code)
             default:
                 continue
@@ -504,6 +508,12 @@ final class AMQPConnection {
         if let unreadable { throw AMQPError(.connectionLost, "connection unusable after a failed read (\(unreadable))") }
     }
 
+    /// A reply the broker asked for (`close-ok`) that could not be sent: the connection is unusable
+    /// (the caller is already throwing for the close itself).
+    private func sent(_ status: Int32) {
+        if status != AMQP_STATUS_OK.rawValue { _ = readFailed(status) }
+    }
+
     /// Records a failed call into rabbitmq-c's I/O (see `unreadable`) and returns its description.
     private func readFailed(_ status: Int32) -> String {
         var text = errorString(status)
@@ -533,7 +543,7 @@ final class AMQPConnection {
                 let close = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
                 let text = String(amqpBytes: close.reply_text)
                 var ok = amqp_channel_close_ok_t()
-                amqp_send_method(state, Self.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+                sent(amqp_send_method(state, Self.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok))
                 throw AMQPError(
                     kind == .connectionFailed ? .connectionFailed : .channelClosed,
                     "\(context): broker closed the channel: \(close.reply_code) \(text)", replyCode: close.reply_code)
