@@ -354,8 +354,9 @@ public struct TutorCruncherDelivery: Sendable {
     /// in this process. When the copy cannot be sent (the broker blocks publishing or does not
     /// confirm) the delivery is requeued as it is (`basic.nack`), which counts towards the retry
     /// policy's `maxUnsettledDeliveries`, and the error is thrown. When no copy can be encoded (the
-    /// message's properties fill the frame) it is rejected into the dead-letter queue instead and
-    /// `.unencodable` is thrown. Never leaves the delivery unsettled on a working connection.
+    /// message's properties fill the frame, or leave no room for a wait queue's headers) it goes to
+    /// the dead-letter queue as it is instead and `.unencodable` is thrown. Never leaves the delivery
+    /// unsettled on a working connection.
     public func retry(because error: any Error) async throws(AMQPError) {
         try await carryOut(consumer.configuration.retryPolicy.decision(afterFailedAttempt: attempt, error: "\(error)"), error: "\(error)")
     }
