@@ -150,54 +150,82 @@ public final class TutorCruncherConsumer: Service, Sendable {
     /// would send the event into the same missing queue, so the queue is declared again and the copy
     /// sent once more; failing that, the delivery goes back to the queue. Never lost, never left unsettled.
     ///
-    /// `annotated: false` sends the message's own headers, without `reason` and the original queue
-    /// and routing key: for a message with no room left in the frame. (Rejected instead, the broker's
-    /// `x-death` header would take it past the frame size, and no one could read it from the
-    /// dead-letter queue.)
-    func deadLetter(_ delivery: AMQPDelivery, reason: String, annotated: Bool = true) async {
+    /// A message near the frame size may have no room for the error header: then the copy carries
+    /// only the original routing key, or failing that the message's own headers. Such a message is
+    /// requeued rather than rejected when the copy cannot be sent: the broker's `x-death` header
+    /// would take it past the frame size, and no one could read it from the dead-letter queue.
+    func deadLetter(_ delivery: AMQPDelivery, reason: String) async {
         let kind = ["undecodable": "undecodable", "failed": "handler_failed", "unrecognised": "unrecognised", "unencodable": "unencodable"]
             .first { reason.hasPrefix($0.key) }?.value
         ConsumerMetrics.deadLettered(reason: kind ?? "other")
-        var headers = delivery.message.properties.headers
-        if annotated {
-            headers.removeAll { [ConsumerHeader.error, ConsumerHeader.originalQueue, ConsumerHeader.originalRoutingKey].contains($0.0) }
-            headers.append((ConsumerHeader.error, .string(String(reason.prefix(1000)))))
-            headers.append((ConsumerHeader.originalQueue, .string(configuration.queue)))
-            headers.append((ConsumerHeader.originalRoutingKey, .string(Self.originalRoutingKey(of: delivery.message))))
+        let own = delivery.message.properties.headers.filter {
+            ![ConsumerHeader.error, ConsumerHeader.originalQueue, ConsumerHeader.originalRoutingKey].contains($0.0)
         }
-        var properties = delivery.message.properties
-        properties.headers = headers
-        properties.persistent = true
-        properties.expiration = nil  // a dead-lettered event stays until someone looks at it
-        let copy = AMQPOutboundMessage(
-            exchange: "", routingKey: configuration.deadLetterQueue, properties: properties, body: delivery.message.body, mandatory: true)
-        do throws(AMQPError) {
-            try await delivery.republishThenAck(copy)
-        } catch where error.isUnroutable {
-            if await declareDeadLetterQueueAgain(), (try? await delivery.republishThenAck(copy)) != nil {
-                logger.warning("the dead-letter queue was missing; declared it again", metadata: ["queue": "\(configuration.deadLetterQueue)"])
+        let routingKey: (String, AMQPHeaderValue) = (ConsumerHeader.originalRoutingKey, .string(Self.originalRoutingKey(of: delivery.message)))
+        let annotations: [[(String, AMQPHeaderValue)]] = [
+            [(ConsumerHeader.error, .string(String(reason.prefix(1000)))), (ConsumerHeader.originalQueue, .string(configuration.queue)), routingKey],
+            [routingKey],
+            [],
+        ]
+        for (level, annotation) in annotations.enumerated() {
+            var properties = delivery.message.properties
+            properties.headers = own + annotation
+            properties.persistent = true
+            properties.expiration = nil  // a dead-lettered event stays until someone looks at it
+            let copy = AMQPOutboundMessage(
+                exchange: "", routingKey: configuration.deadLetterQueue, properties: properties, body: delivery.message.body, mandatory: true)
+            do throws(AMQPError) {
+                try await delivery.republishThenAck(copy)
+                if level > 0 {
+                    logger.warning(
+                        "dead-lettered without the error header: the message has no room for it in the frame",
+                        metadata: ["queue": "\(configuration.deadLetterQueue)", "reason": "\(reason.prefix(200))"])
+                }
+                return
+            } catch where error.kind == .unencodable && level < annotations.count - 1 {
+                continue  // less annotation
+            } catch where error.kind == .unencodable {
+                // Not even a copy of the message as it is can travel (its body, say): only the broker can move it.
+                await reject(delivery, error)
+                return
+            } catch where error.isUnroutable {
+                if await declareDeadLetterQueueAgain(), (try? await delivery.republishThenAck(copy)) != nil {
+                    logger.warning("the dead-letter queue was missing; declared it again", metadata: ["queue": "\(configuration.deadLetterQueue)"])
+                    return
+                }
+                await sendBack(delivery, because: "the dead-letter queue was missing, and the event could not be dead-lettered after declaring it again", error)
+                return
+            } catch where level > 0 {
+                await sendBack(delivery, because: "could not publish to the dead-letter queue, and a reject's x-death header would not fit", error)
+                return
+            } catch {
+                // Blocked, no confirm, or rejected: let the broker dead-letter it through the queue's
+                // dead-letter exchange (without the error header) rather than hold it unsettled.
+                await reject(delivery, error)
                 return
             }
-            do {
-                try await delivery.nack(requeue: true)
-                logger.error(
-                    "the dead-letter queue was missing, and the event could not be dead-lettered after declaring it again; it goes back to the queue",
-                    metadata: ["queue": "\(configuration.deadLetterQueue)"])
-            } catch let nackError {
-                logger.warning("could not dead-letter; the message will be redelivered", metadata: ["error": "\(error)", "nack_error": "\(nackError)"])
-            }
-        } catch {
-            // Blocked, no confirm, or rejected: let the broker dead-letter it through the queue's
-            // dead-letter exchange (without the error header) rather than hold it unsettled.
-            do {
-                try await delivery.reject()
-                logger.warning(
-                    "could not publish to the dead-letter queue; rejected it into the dead-letter queue without the error header",
-                    metadata: ["error": "\(error)"])
-            } catch let rejectError {
-                logger.warning(
-                    "could not dead-letter; the message will be redelivered", metadata: ["error": "\(error)", "reject_error": "\(rejectError)"])
-            }
+        }
+    }
+
+    /// `basic.reject`, for a dead-letter copy that could not be sent: the broker dead-letters it.
+    private func reject(_ delivery: AMQPDelivery, _ error: AMQPError) async {
+        do {
+            try await delivery.reject()
+            logger.warning(
+                "could not publish to the dead-letter queue; rejected it into the dead-letter queue without the error header",
+                metadata: ["error": "\(error)"])
+        } catch let rejectError {
+            logger.warning("could not dead-letter; the message will be redelivered", metadata: ["error": "\(error)", "reject_error": "\(rejectError)"])
+        }
+    }
+
+    /// `basic.nack` with requeue, for a dead-letter copy that could not be sent: logs `why` at error level.
+    private func sendBack(_ delivery: AMQPDelivery, because why: String, _ error: AMQPError) async {
+        do {
+            try await delivery.nack(requeue: true)
+            logger.error("\(why); it goes back to the queue", metadata: ["queue": "\(configuration.deadLetterQueue)", "error": "\(error)"])
+        } catch let nackError {
+            logger.warning("could not dead-letter; the message will be redelivered", metadata: ["error": "\(error)", "nack_error": "\(nackError)"])
         }
     }
 
@@ -397,7 +425,7 @@ public struct TutorCruncherDelivery: Sendable {
             consumer.logger.error(
                 "the retry copy cannot be encoded; dead-lettering the event as it is",
                 metadata: ["event_id": "\(event.eventID)", "action": "\(event.action)", "error": "\(error)"])
-            await consumer.deadLetter(delivery, reason: "unencodable retry copy: \(error.message)", annotated: false)
+            await consumer.deadLetter(delivery, reason: "unencodable retry copy: \(error.message)")
             throw AMQPError(.unencodable, "the retry copy cannot be encoded (\(error.message)); the event was dead-lettered as it is")
         } catch {
             ConsumerMetrics.retried()

@@ -110,7 +110,7 @@ public struct TutorCruncherEventProcessor: Service, Sendable {
             do throws(AMQPError) {
                 try await delivery.retry(because: error)
             } catch where error.kind == .unencodable {
-                // Dead-lettered as it is instead (logged where that was decided).
+                // Dead-lettered instead (logged where that was decided).
             } catch {
                 logger.warning("could not re-queue; the broker will redeliver", metadata: ["error": "\(error)"])
             }

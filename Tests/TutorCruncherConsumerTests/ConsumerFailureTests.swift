@@ -144,11 +144,15 @@ import TutorCruncherConsumer
         }
         #expect(runs.count == 1, "handler runs: \(runs.count)")
         #expect(try await messagesLeft(in: configuration.queue) == 0)
-        // Sent as it was, not rejected: an `x-death` header from the broker would take it past the
-        // frame size, and no one could read it from the dead-letter queue (see `OversizeFrameTests`).
+        // Sent by the consumer, not rejected: an `x-death` header from the broker would take it past
+        // the frame size, and no one could read it from the dead-letter queue (see `OversizeFrameTests`).
+        // With as much of the annotation as fits: with the room a wait queue needs, the routing key
+        // (so a requeue from the dead-letter queue keeps its action); one byte short of the frame, nothing.
         let deadLettered = try await admin.peek(queue: configuration.deadLetterQueue, limit: 10)
         #expect(deadLettered.map(\.body) == [message.body])
         #expect(deadLettered.first?.properties.header("x-death") == nil)
+        let routingKey = deadLettered.first?.properties.header(ConsumerHeader.originalRoutingKey)
+        #expect(routingKey == (withWaits ? .string("LOGIN") : nil))
     }
 
     @Test func aWaitingEventHoldsNoPrefetchSlotAndSurvivesARestartOfTheService() async throws {
